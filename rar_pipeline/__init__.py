@@ -1,0 +1,1 @@
+"""rar-pipeline: the Dagster code location (definitions, settings, resources, CLI)."""

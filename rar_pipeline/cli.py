@@ -1,0 +1,64 @@
+"""The ``rar`` command: run the main job, query tables, search and recommend from a shell."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from rar_pipeline.settings import get_settings
+
+
+@click.group()
+def main() -> None:
+    """rar-pipeline: retrieval-augmented conversational recommendation on Dagster."""
+
+
+def ensure_dagster_home() -> str:
+    """Use ``$DAGSTER_HOME`` if set, else ``$RAR_HOME/dagster``, so runs appear in ``dagster dev``."""
+    home = os.environ.get("DAGSTER_HOME") or str(get_settings().path("dagster", "dagster.yaml").parent)
+    os.makedirs(home, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = home
+    return home
+
+
+@main.command()
+@click.option("--job", "job_name", default="main", show_default=True, help="Job to execute.")
+def materialize(job_name: str) -> None:
+    """Execute a job in this process (default: the main job, every asset)."""
+    import dagster as dg
+
+    from rar_pipeline.definitions import defs
+
+    home = ensure_dagster_home()
+    settings = get_settings()
+    click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={home}")
+    result = defs.get_job_def(job_name).execute_in_process(instance=dg.DagsterInstance.get())
+    sys.exit(0 if result.success else 1)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--limit", default=50, show_default=True, help="Rows to print at most.")
+def sql(query: str, limit: int) -> None:
+    """Run a DuckDB QUERY over the pipeline's Parquet tables, each a view named after its table."""
+    import duckdb
+
+    tables_dir = get_settings().tables_dir
+    con = duckdb.connect()
+    names = sorted(p.stem for p in tables_dir.glob("*.parquet")) if tables_dir.is_dir() else []
+    for name in names:
+        con.execute(f"create view \"{name}\" as select * from read_parquet('{tables_dir / name}.parquet')")
+    try:
+        relation = con.sql(query)
+    except duckdb.Error as error:
+        known = ", ".join(names) or f"none yet under {tables_dir}"
+        raise click.ClickException(f"{error}\nknown tables: {known}") from error
+    if relation is None:
+        return
+    relation.limit(limit).show(max_width=200)
+
+
+if __name__ == "__main__":
+    main()

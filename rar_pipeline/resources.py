@@ -1,0 +1,3 @@
+"""Dagster resources shared by the assets."""
+
+RESOURCES: dict = {}

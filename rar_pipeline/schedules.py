@@ -1,0 +1,3 @@
+"""Schedules: nightly alignment and periodic corpus refresh."""
+
+SCHEDULES: list = []

@@ -1,0 +1,64 @@
+"""One settings object for the whole pipeline, read from ``RAR_*`` environment variables.
+
+Every artefact lives under ``RAR_HOME``; ``RAR_PROFILE`` picks the data sources (``sample`` runs
+offline from PyPI-shipped data, ``full`` uses the public upstreams); ``RAR_SOURCE_MIRROR`` serves the
+upstream files from a local folder laid out like ``../shared/data``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["sample", "full"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAR_", extra="ignore")
+
+    home: Path = Field(default=Path(".rar"), description="Root folder of every artefact.")
+    profile: Profile = Field(default="sample", description="Which sources the pipeline reads.")
+    source_mirror: Path | None = Field(
+        default=None, description="Local folder that serves upstream files instead of the network."
+    )
+    seed: int = Field(default=1234, description="Seed for sampling and training.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("source_mirror", mode="after")
+    @classmethod
+    def _mirror_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser().resolve()
+        if not value.is_dir():
+            raise ValueError(f"RAR_SOURCE_MIRROR={value} is not a folder")
+        return value
+
+    @property
+    def tables_dir(self) -> Path:
+        """Folder of the pipeline's Parquet tables, one ``<name>.parquet`` per table (``rar sql``)."""
+        return self.home / "tables"
+
+    def table_path(self, name: str) -> Path:
+        """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``); its folder exists."""
+        return self.path("tables", f"{name}.parquet")
+
+    def path(self, *parts: str) -> Path:
+        """A path under RAR_HOME whose parent folder exists."""
+        target = self.home.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` after changing env)."""
+    return Settings()

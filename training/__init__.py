@@ -1,0 +1,1 @@
+"""Training as a plain library (no Dagster): LRURec, sequences, pretraining, generator, alignment, metrics."""

@@ -1,0 +1,1 @@
+"""The generator: a black-box ranker of retrieved candidates (prompt, parsing, backends)."""
