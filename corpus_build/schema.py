@@ -35,3 +35,34 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
 
 def empty_quarantine() -> pl.DataFrame:
     return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+# What every source adapter yields before merging: corpus fields plus where the row came from.
+# movie_id / content_hash are assigned by the merge; imdb_id is the source's own id when it has one.
+SOURCE_ROW_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String,  # e.g. "imdb", "wikipedia", "movielens", "wikidata_sample"
+    "source_key": pl.String,  # the row's id inside its source (tconst, MovieLens movieId, href, ...)
+    "imdb_id": pl.String,  # normalised tt-id or null
+    **{k: v for k, v in CORPUS_SCHEMA.items() if k not in ("movie_id", "sources", "content_hash")},
+}
+
+# user_sequences: one row per (dataset, user); the LRURec leave-one-out split.
+USER_SEQUENCES_SCHEMA: dict[str, pl.DataType] = {
+    "dataset": pl.String,  # "ml-latest-small", "ml-100k", "ml-1m", ...
+    "user_id": pl.String,
+    "movie_ids": pl.List(pl.String),  # whole chronological history
+    "train_movie_ids": pl.List(pl.String),  # all but the last two
+    "val_movie_id": pl.String,  # second to last
+    "test_movie_id": pl.String,  # last
+}
+
+# conversation_turns: one row per recommender turn that recommends at least one film.
+CONVERSATION_TURNS_SCHEMA: dict[str, pl.DataType] = {
+    "dataset": pl.String,  # "redial", "inspired", "reddit", "movielens_synthetic"
+    "split": pl.String,  # "train", "validation", "test"
+    "dialog_id": pl.String,
+    "turn_index": pl.Int32,
+    "context": pl.List(pl.Struct({"role": pl.String, "text": pl.String})),
+    "history_movie_ids": pl.List(pl.String),  # mentioned before this turn, in order
+    "target_movie_ids": pl.List(pl.String),  # recommended in this turn
+    "target_mentioned_before": pl.List(pl.Boolean),  # per target: already mentioned earlier
+}
