@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default=None, description="Local folder that serves upstream files instead of the network."
     )
     seed: int = Field(default=1234, description="Seed for sampling and training.")
+    lancedb_uri: str | None = Field(
+        default=None,
+        description="LanceDB URI (a folder or an object-store URI); default $RAR_HOME/lancedb.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
@@ -50,6 +54,11 @@ class Settings(BaseSettings):
     def table_path(self, name: str) -> Path:
         """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``); its folder exists."""
         return self.path("tables", f"{name}.parquet")
+
+    @property
+    def vector_db_uri(self) -> str:
+        """The LanceDB URI holding the ``movie_vectors`` table."""
+        return self.lancedb_uri or str(self.home / "lancedb")
 
     def path(self, *parts: str) -> Path:
         """A path under RAR_HOME whose parent folder exists."""

@@ -1,1 +1,46 @@
-"""One module per upstream source; each parses its real upstream format into source rows."""
+"""One module per upstream source; each parses its real upstream format into source rows.
+
+The contract between fetching, parsing and merging:
+
+- a :class:`SourceSpec` names a source, the :class:`RemoteFile` s it needs and a reader;
+- :func:`corpus_build.fetch.fetch_source` puts those files under ``$RAR_HOME/raw/<source>/``;
+- the reader turns the local files into a :class:`SourceResult`: rows in ``SOURCE_ROW_SCHEMA`` and
+  rejected records in ``QUARANTINE_SCHEMA`` (never silently dropped);
+- :func:`corpus_build.merge` combines the rows of every source into ``movie_corpus``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One upstream file: where it lives upstream and where a mirror folder keeps it."""
+
+    name: str  # local file name under $RAR_HOME/raw/<source>/
+    url: str | None  # upstream URL (None: the file ships inside an installed package)
+    mirror_path: str | None = None  # path relative to RAR_SOURCE_MIRROR, when a mirror has it
+    zip_member: str | None = None  # when the URL is a zip archive: the member to extract
+    package_resource: tuple[str, str] | None = None  # (package, relative path) for package data
+    optional: bool = False  # a mirror without it skips the file instead of failing
+
+
+@dataclass
+class SourceResult:
+    rows: pl.DataFrame  # SOURCE_ROW_SCHEMA
+    quarantine: pl.DataFrame  # QUARANTINE_SCHEMA
+    stats: dict[str, float] = field(default_factory=dict)  # e.g. {"rows_read": ..., "films": ...}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str  # asset raw_<name>
+    description: str
+    files: tuple[RemoteFile, ...]
+    reader: Callable[[dict[str, Path]], SourceResult]  # local files by RemoteFile.name -> result
+    profiles: tuple[str, ...]  # profiles that use this source ("sample", "full")
