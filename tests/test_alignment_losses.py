@@ -1,0 +1,85 @@
+"""Alignment maths on hand-computed tiny cases: Plackett-Luce set log-probs, sampling, DPO, GRPO, NLL."""
+
+import math
+
+import pytest
+import torch
+
+from training.alignment import (
+    draw_log_probs, dpo_loss, dpo_pairs, grpo_loss, group_advantages, gumbel_topk_sets,
+    ndcg_of_ranking, nll_loss, set_log_probs,
+)
+
+
+def test_set_log_prob_matches_plackett_luce_by_hand():
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0]]))  # p = 1/6, 2/6, 3/6
+    sets = torch.tensor([[[2, 1], [0, 2]]])
+    expected = torch.tensor([[math.log(3 / 6) + math.log(2 / 3), math.log(1 / 6) + math.log(3 / 5)]])
+    assert torch.allclose(set_log_probs(logits, sets), expected, atol=1e-6)
+    draws = draw_log_probs(logits, sets)
+    assert draws.shape == (1, 2, 2)
+    assert math.isclose(draws[0, 0, 1].item(), math.log(2 / 3), abs_tol=1e-6)
+
+
+def test_all_orderings_of_all_sets_sum_to_one():
+    logits = torch.randn(1, 4, generator=torch.Generator().manual_seed(0))
+    import itertools
+
+    perms = torch.tensor([list(p) for p in itertools.permutations(range(4), 2)]).unsqueeze(0)
+    total = set_log_probs(logits, perms).exp().sum().item()
+    assert math.isclose(total, 1.0, rel_tol=1e-5)
+
+
+def test_gumbel_topk_has_no_repeats_skips_masked_and_follows_softmax():
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0]]))  # last item masked (-inf)
+    sets = gumbel_topk_sets(logits, set_size=3, num_sets=20000, generator=gen)
+    assert sets.shape == (1, 20000, 3)
+    assert (sets != 4).all()
+    sorted_sets = sets.sort(dim=-1).values
+    assert (sorted_sets[..., 1:] != sorted_sets[..., :-1]).all()
+    first = torch.bincount(sets[0, :, 0], minlength=5).float() / 20000
+    assert torch.allclose(first[:4], torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015)
+
+
+def test_ndcg_of_ranking_by_hand():
+    assert ndcg_of_ranking(["a", "b", "c"], {"b"}) == pytest.approx(1 / math.log2(3))
+    assert ndcg_of_ranking(["a", "b", "c"], {"a"}) == 1.0
+    assert ndcg_of_ranking(["a", "b", "c"], {"z"}) == 0.0
+    # two targets, one found at rank 3: DCG 1/log2(4) over IDCG 1 + 1/log2(3)
+    assert ndcg_of_ranking(["a", "b", "c"], {"c", "z"}) == pytest.approx(0.5 / (1 + 1 / math.log2(3)))
+
+
+def test_dpo_loss_by_hand():
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.75)), rel=1e-6)
+
+
+def test_dpo_pairs_skip_ties():
+    best, worst, keep = dpo_pairs(torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3]]))
+    assert best[0].item() == 1 and worst[0].item() == 0
+    assert keep.tolist() == [True, False]
+
+
+def test_group_advantages_by_hand():
+    adv = group_advantages(torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+    assert torch.allclose(adv, torch.tensor([[1.0, -1.0], [0.0, 0.0]]), atol=1e-4)
+
+
+def test_grpo_loss_clips_and_penalises_kl_by_hand():
+    old = torch.zeros(1, 2, 1)
+    policy = torch.tensor([[[math.log(1.5)], [math.log(0.5)]]])  # ratios 1.5 and 0.5
+    adv = torch.tensor([[1.0, -1.0]])
+    # no KL: set 1: min(1.5, 1.2) * 1 = 1.2 ; set 2: min(-0.5, -0.8) = -0.8 ; loss = -(1.2 - 0.8)/2
+    assert grpo_loss(policy, old, policy, adv, clip_eps=0.2, kl_beta=0.0).item() == pytest.approx(-0.2, abs=1e-6)
+    # KL to a reference at 0: q = -log 1.5 and -log 0.5; exp(q) - q - 1
+    q = torch.tensor([-math.log(1.5), -math.log(0.5)])
+    kl = (torch.exp(q) - q - 1).mean().item()
+    got = grpo_loss(policy, old, old, adv, clip_eps=0.2, kl_beta=0.1).item()
+    assert got == pytest.approx(-0.2 + 0.1 * kl, abs=1e-6)
+
+
+def test_nll_loss_ignores_padding_targets():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    loss = nll_loss(logits, torch.tensor([[0, 2]]), torch.tensor([[True, False]]))
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)

@@ -1,0 +1,149 @@
+"""RL alignment of the retriever to a frozen generator: candidate-set sampling, rewards, DPO, GRPO.
+
+Notation. For one conversation turn the retriever gives logits ``z`` over the item table (items that
+must not be proposed, e.g. padding, are ``-inf``). A candidate set is an ordered draw of ``K``
+distinct items ``S = (s_1, ..., s_K)`` without replacement, sampled with the Gumbel top-k trick from
+``softmax(z / tau)``: the top-k of ``z / tau + Gumbel noise`` is an exact Plackett-Luce sample.
+
+Set log-probability (Plackett-Luce, the order of the draw)::
+
+    log pi(S) = sum_j [ z_{s_j} - log( sum_{i not in {s_1..s_{j-1}}} exp z_i ) ]
+
+computed with the all-item log-sum-exp minus the mass already drawn, so it costs O(N + K) per set.
+
+Reward: the generator ranks the items of ``S``; ``r(S) = NDCG@K`` of that ranking against the turn's
+targets (0 when no target is in the set).
+
+DPO (best ``S_w`` vs worst ``S_l`` of a turn, ties skipped; ``pi_ref`` = retriever at round start)::
+
+    L_dpo = -log sigmoid( beta * [ (log pi(S_w) - log pi_ref(S_w)) - (log pi(S_l) - log pi_ref(S_l)) ] )
+
+GRPO (``G`` sets per turn; group-relative advantage; PPO-style clipping per draw position, since a
+set's log-probability is a sum over its ``K`` draws; ``pi_old`` = the policy that sampled)::
+
+    A_g   = (r_g - mean(r)) / (std(r) + eps)
+    rho_gj = exp(log pi(s_gj | s_g<j) - log pi_old(s_gj | s_g<j))
+    L_grpo = -mean_gj min(rho_gj A_g, clip(rho_gj, 1 - eps_clip, 1 + eps_clip) A_g) + beta_kl * KL
+
+with ``KL`` the non-negative estimator ``exp(q) - q - 1``, ``q = log pi_ref - log pi`` per draw.
+
+Both are combined with the supervised term on the turn's targets: ``L = L_rl + lambda * L_nll``,
+``L_nll = -mean_t log softmax(z)[t]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def gumbel_topk_sets(
+    logits: torch.Tensor, set_size: int, num_sets: int, temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample ``num_sets`` ordered sets of ``set_size`` distinct items per row of ``logits``.
+
+    ``logits``: [B, N] (``-inf`` for items that must never be drawn). Returns item indices
+    [B, num_sets, set_size]. Each set is an exact Plackett-Luce draw from softmax(logits / T).
+    """
+    batch, n_items = logits.shape
+    if set_size > n_items:
+        raise ValueError(f"set_size {set_size} exceeds the item table ({n_items})")
+    scaled = (logits / temperature).unsqueeze(1).expand(batch, num_sets, n_items)
+    uniform = torch.rand(scaled.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
+    return torch.topk(scaled + gumbel, set_size, dim=-1).indices
+
+
+def draw_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """Per-draw Plackett-Luce log-probabilities of ordered sets.
+
+    ``logits``: [B, N]; ``sets``: [B, G, K] item indices. Returns [B, G, K] with
+    ``log pi(s_j | s_<j) = z_{s_j} - log(sum_{i not drawn yet} exp z_i)``.
+    """
+    batch, groups, k = sets.shape
+    total = torch.logsumexp(logits, dim=-1).view(batch, 1, 1)  # [B,1,1]
+    chosen = torch.gather(logits, 1, sets.reshape(batch, groups * k)).view(batch, groups, k)
+    # log of the mass already drawn before position j (exclusive cumulative log-sum-exp).
+    drawn = torch.logcumsumexp(chosen, dim=-1)
+    drawn_before = torch.cat([torch.full_like(drawn[..., :1], -math.inf), drawn[..., :-1]], dim=-1)
+    # log(exp(total) - exp(drawn_before)) = total + log1p(-exp(drawn_before - total))
+    remaining = total + torch.log1p(-torch.exp(drawn_before - total).clamp(max=1.0 - 1e-6))
+    return chosen - remaining
+
+
+def set_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """log pi(S) for every set: [B, G] (sum of :func:`draw_log_probs` over the K draws)."""
+    return draw_log_probs(logits, sets).sum(-1)
+
+
+def ndcg_of_ranking(ranking: Sequence[str], targets: Sequence[str] | set[str], k: int | None = None) -> float:
+    """NDCG@k of one ranked list against a set of relevant items (binary relevance)."""
+    targets = set(targets)
+    if not targets:
+        return 0.0
+    ranked = list(ranking)[: k or len(ranking)]
+    dcg = sum(1.0 / math.log2(rank + 2) for rank, item in enumerate(ranked) if item in targets)
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(targets), len(ranked))))
+    return dcg / ideal if ideal > 0 else 0.0
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float,
+) -> torch.Tensor:
+    """Mean DPO loss over pairs of set log-probabilities (all tensors [P])."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def dpo_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best and worst set index per turn, and a mask of turns with a strict preference.
+
+    ``rewards``: [B, G]. Turns whose best and worst rewards tie carry no preference and are skipped.
+    """
+    best = rewards.argmax(dim=1)
+    worst = rewards.argmin(dim=1)
+    has_preference = rewards.max(dim=1).values > rewards.min(dim=1).values
+    return best, worst, has_preference
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages: reward minus the group mean over the group std ([B, G] -> [B, G]).
+
+    Groups whose rewards are all equal get zero advantage (no signal).
+    """
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def grpo_loss(
+    policy_draws: torch.Tensor, old_draws: torch.Tensor, ref_draws: torch.Tensor,
+    advantages: torch.Tensor, clip_eps: float = 0.2, kl_beta: float = 0.04,
+) -> torch.Tensor:
+    """Clipped GRPO objective with a KL penalty, per draw position.
+
+    ``*_draws``: [B, G, K] per-draw log-probabilities (policy, sampling policy, frozen reference);
+    ``advantages``: [B, G].
+    """
+    ratio = torch.exp(policy_draws - old_draws)
+    adv = advantages.unsqueeze(-1)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    q = ref_draws - policy_draws
+    kl = torch.exp(q) - q - 1
+    return (-surrogate + kl_beta * kl).mean()
+
+
+def nll_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the turns' targets.
+
+    ``logits``: [B, N]; ``targets``: [B, T] item indices (padded); ``target_mask``: [B, T] bool.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = torch.gather(log_probs, 1, targets)
+    mask = target_mask.to(picked.dtype)
+    return -(picked * mask).sum() / mask.sum().clamp(min=1.0)
