@@ -1,0 +1,85 @@
+"""Evaluation metrics on hand-computed cases, each protocol switch, bootstrap CIs, report outputs."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from training.evaluation import (
+    Protocol, bootstrap_ci, chart_png, effective_targets, markdown_table, per_turn_results, summarise,
+    turn_metrics,
+)
+
+
+def test_turn_metrics_by_hand():
+    m = turn_metrics(["a", "b", "c", "d"], ["c", "x"], ks=(1, 5))
+    assert m["recall@1"] == 0.0 and m["ndcg@1"] == 0.0
+    assert m["recall@5"] == 0.5
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(4)) / (1 + 1 / math.log2(3)))
+    assert m["mrr"] == pytest.approx(1 / 3)
+    assert turn_metrics(["a"], ["a"], ks=(1,))["ndcg@1"] == 1.0
+
+
+def _turns():
+    return pl.DataFrame({
+        "dataset": ["redial", "redial"], "split": ["test", "test"], "dialog_id": ["d1", "d2"],
+        "turn_index": [3, 5], "target_movie_ids": [["m1", "m2"], ["m3"]],
+        "target_mentioned_before": [[True, False], [False]],
+    })
+
+
+def test_exclude_mentioned_switch_changes_only_mentioned_targets():
+    turns = _turns()
+    rankings = [["m1", "m9"], ["m3"]]
+    with_switch = per_turn_results(turns, rankings, "s", protocol=Protocol(exclude_mentioned=True, in_corpus_only=False))
+    without = per_turn_results(turns, rankings, "s", protocol=Protocol(exclude_mentioned=False, in_corpus_only=False))
+    # turn 1: m1 was mentioned before; excluded -> only m2 counts and the hit on m1 no longer scores
+    assert with_switch["recall@1"].to_list() == [0.0, 1.0]
+    assert without["recall@1"].to_list() == [0.5, 1.0]
+    assert with_switch["n_targets"].to_list() == [1, 1] and without["n_targets"].to_list() == [2, 1]
+
+
+def test_in_corpus_switch_drops_out_of_corpus_targets_and_empty_turns():
+    turns = _turns()
+    rankings = [["m2"], ["m3"]]
+    items = {"m1", "m2"}
+    on = per_turn_results(turns, rankings, "s", item_set=items, protocol=Protocol(False, True))
+    off = per_turn_results(turns, rankings, "s", item_set=items, protocol=Protocol(False, False))
+    assert on.height == 1 and off.height == 2  # turn 2's only target m3 is outside the item set
+    assert on["recall@1"].to_list() == [0.5]
+    assert effective_targets(["m1", "m3", "m1"], None, items, Protocol(False, True)) == ["m1"]
+
+
+def test_rankings_must_match_turns():
+    with pytest.raises(ValueError, match="1 rankings for 2 turns"):
+        per_turn_results(_turns(), [["m1"]], "s")
+
+
+def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = rng.random(50)
+    large = rng.random(5000)
+    lo_s, hi_s = bootstrap_ci(small, n_boot=500)
+    lo_l, hi_l = bootstrap_ci(large, n_boot=500)
+    assert lo_s < small.mean() < hi_s
+    assert (hi_l - lo_l) < (hi_s - lo_s)
+
+
+def test_summary_markdown_and_png():
+    turns = _turns()
+    per_turn = pl.concat([
+        per_turn_results(turns, [["m2", "m1"], ["m3"]], "good", protocol=Protocol(False, False)),
+        per_turn_results(turns, [["m9"], ["m8"]], "bad", protocol=Protocol(False, False)),
+    ])
+    summary = summarise(per_turn, ["ndcg@10", "recall@10"], n_boot=100)
+    assert summary["turns"].to_list() == [2, 2]
+    assert summary.filter(pl.col("system") == "good")["recall@10"].item() == 1.0
+    table = markdown_table(summary, ["ndcg@10", "recall@10"])
+    assert "| redial | good | 2 |" in table and "| redial | bad | 2 | 0.0000" in table
+    png = chart_png(summary, "ndcg@10", rounds={"r1": 0.1, "r2": 0.2})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(png)).size[0] > 500

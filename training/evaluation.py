@@ -1,0 +1,152 @@
+"""Evaluation of ranked recommendation lists: per-turn metrics, protocol switches, bootstrap CIs, report.
+
+The protocol follows the zero-shot CRS evaluation of He et al. (CIKM 2023):
+
+- ``exclude_mentioned``: targets already mentioned earlier in the dialogue are removed from the
+  ground truth (recommending a film the user just named is trivial); turns left with no target drop out.
+- ``in_corpus_only``: targets outside the evaluated item set are removed (a system cannot be blamed
+  for films it cannot propose); turns left with no target drop out.
+
+Metrics per turn (binary relevance, ``T`` = the turn's targets, ranked list ``R``):
+``Recall@k = |R[:k] & T| / |T|``, ``NDCG@k = DCG@k / IDCG@k``, ``MRR = 1 / rank of the first hit``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+DEFAULT_KS = (1, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    exclude_mentioned: bool = True
+    in_corpus_only: bool = True
+
+
+def effective_targets(
+    targets: Sequence[str], mentioned_before: Sequence[bool] | None, item_set: set[str] | None,
+    protocol: Protocol,
+) -> list[str]:
+    """The targets a turn is scored against under ``protocol`` (order kept, duplicates dropped)."""
+    kept: list[str] = []
+    flags = mentioned_before if mentioned_before is not None else [False] * len(targets)
+    for target, mentioned in zip(targets, flags, strict=True):
+        if protocol.exclude_mentioned and mentioned:
+            continue
+        if protocol.in_corpus_only and item_set is not None and target not in item_set:
+            continue
+        if target not in kept:
+            kept.append(target)
+    return kept
+
+
+def turn_metrics(ranking: Sequence[str], targets: Iterable[str], ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """NDCG@k, Recall@k for each k, and MRR of one ranked list against its targets."""
+    target_set = set(targets)
+    hit_ranks = [rank for rank, item in enumerate(ranking) if item in target_set]
+    metrics: dict[str, float] = {}
+    for k in ks:
+        hits_at_k = [r for r in hit_ranks if r < k]
+        ideal = sum(1.0 / math.log2(r + 2) for r in range(min(len(target_set), k)))
+        dcg = sum(1.0 / math.log2(r + 2) for r in hits_at_k)
+        metrics[f"ndcg@{k}"] = dcg / ideal if ideal else 0.0
+        metrics[f"recall@{k}"] = len(hits_at_k) / len(target_set) if target_set else 0.0
+    metrics["mrr"] = 1.0 / (hit_ranks[0] + 1) if hit_ranks else 0.0
+    return metrics
+
+
+def per_turn_results(
+    turns: pl.DataFrame, rankings: Sequence[Sequence[str]], system: str, *,
+    item_set: set[str] | None = None, protocol: Protocol = Protocol(), ks: Sequence[int] = DEFAULT_KS,
+) -> pl.DataFrame:
+    """One row per evaluated turn of ``turns`` (CONVERSATION_TURNS_SCHEMA) with its metrics.
+
+    ``rankings[i]`` is the system's ranked list for ``turns[i]``. Turns with no target left under the
+    protocol are not evaluated.
+    """
+    if len(rankings) != turns.height:
+        raise ValueError(f"{system}: {len(rankings)} rankings for {turns.height} turns")
+    rows = []
+    mentioned_col = turns["target_mentioned_before"] if "target_mentioned_before" in turns.columns else None
+    for i, (turn, ranking) in enumerate(zip(turns.iter_rows(named=True), rankings)):
+        mentioned = mentioned_col[i] if mentioned_col is not None else None
+        targets = effective_targets(turn["target_movie_ids"], mentioned, item_set, protocol)
+        if not targets:
+            continue
+        rows.append({
+            "system": system, "dataset": turn["dataset"], "split": turn["split"],
+            "dialog_id": turn["dialog_id"], "turn_index": turn["turn_index"], "n_targets": len(targets),
+            "top10": list(ranking[:10]), **turn_metrics(ranking, targets, ks),
+        })
+    return pl.DataFrame(rows)
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    if len(values) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def summarise(per_turn: pl.DataFrame, metrics: Sequence[str], n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """Mean and 95% bootstrap CI of each metric per (dataset, system), with the number of turns."""
+    out = []
+    for (dataset, system), group in per_turn.group_by(["dataset", "system"], maintain_order=True):
+        row = {"dataset": dataset, "system": system, "turns": group.height}
+        for metric in metrics:
+            values = group[metric].to_numpy()
+            low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+            row[metric] = float(values.mean())
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = low, high
+        out.append(row)
+    return pl.DataFrame(out)
+
+
+def markdown_table(summary: pl.DataFrame, metrics: Sequence[str]) -> str:
+    """A markdown table: one row per dataset x system, each metric as ``mean [lo, hi]``."""
+    header = "| dataset | system | turns | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (3 + len(metrics))]
+    for row in summary.iter_rows(named=True):
+        cells = [f"{row[m]:.4f} [{row[m + '_lo']:.3f}, {row[m + '_hi']:.3f}]" for m in metrics]
+        lines.append(f"| {row['dataset']} | {row['system']} | {row['turns']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None) -> bytes:
+    """PNG: ``metric`` per system with its CI (one panel per dataset), and across alignment rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = summary["dataset"].unique(maintain_order=True).to_list()
+    panels = len(datasets) + (1 if rounds else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = summary.filter(pl.col("dataset") == dataset)
+        means = part[metric].to_numpy()
+        err = np.vstack([means - part[f"{metric}_lo"].to_numpy(), part[f"{metric}_hi"].to_numpy() - means])
+        ax.barh(part["system"].to_list(), means, xerr=err, color="#4C72B0", capsize=3)
+        ax.set_title(f"{dataset}: {metric} (95% CI)")
+        ax.invert_yaxis()
+    if rounds:
+        ax = axes[0][-1]
+        ax.plot(list(rounds.keys()), list(rounds.values()), marker="o")
+        ax.set_title(f"{metric} across alignment rounds")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
