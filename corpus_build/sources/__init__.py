@@ -18,6 +18,20 @@ from pathlib import Path
 import polars as pl
 
 
+class SourceFormatError(ValueError):
+    """An upstream file that cannot be read at all (bad header, truncated archive, not JSON).
+
+    The message names the file and, where known, the 1-based line; rows that are individually bad go
+    to quarantine instead.
+    """
+
+    def __init__(self, file: str | Path, message: str, line: int | None = None):
+        self.file = str(file)
+        self.line = line
+        where = f"{self.file}, line {line}" if line is not None else self.file
+        super().__init__(f"{where}: {message}")
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """One upstream file: where it lives upstream and where a mirror folder keeps it."""
