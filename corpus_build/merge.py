@@ -1,0 +1,441 @@
+"""Entity resolution: the rows of every source become one row per film (``CORPUS_SCHEMA``).
+
+Matching, in order (a film is an *entity*):
+
+1. rows with an IMDb id form one entity per id (duplicates inside a source merge too);
+   two rows with different IMDb ids are never merged;
+2. rows without an IMDb id form *groups* by normalised title + year (these would get the same
+   ``rar:`` id anyway); each group joins at most one IMDb entity and each IMDb entity absorbs at most
+   one group: exact title key (title or alias) in the same year first, then the adjacent year (±1);
+3. groups still unmatched try a fuzzy title match (rapidfuzz ratio >= ``fuzzy_threshold``) against
+   IMDb entities of the same or adjacent year, never across different sequel numbers;
+4. what is left becomes a film of its own with ``movie_text.rar_movie_id``.
+
+Fields come from the best source for each field (``FIELD_PRECEDENCE``), genres are the union of
+canonical genres, aliases are the other titles seen. Rows that cannot become a film (no title, a year
+outside 1874..next year, no year and no IMDb id) go to the quarantine with their reason.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from corpus_build import movie_text
+from corpus_build.atomic import write_parquet_atomic
+from corpus_build.normalise import CANONICAL_GENRES, canonical_genre, safe_title_key, sequel_markers
+from corpus_build.schema import CAST_LIMIT, CORPUS_SCHEMA, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
+from corpus_build.sources import SourceResult, SourceSpec
+
+FIRST_FILM_YEAR = 1874  # Janssen's "Passage de Vénus"
+
+# Which source wins each field; sources not named here come after, alphabetically.
+SOURCE_ORDER = ("imdb", "wikidata_sample", "movielens", "wikipedia")
+FIELD_PRECEDENCE: dict[str, tuple[str, ...]] = {
+    "title": ("imdb", "wikipedia", "wikidata_sample", "movielens"),
+    "year": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
+    "runtime_minutes": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
+    "imdb_rating": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
+    "imdb_votes": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
+    "directors": ("imdb", "wikidata_sample", "wikipedia", "movielens"),
+    "cast": ("imdb", "wikidata_sample", "wikipedia", "movielens"),
+    "plot": ("wikipedia", "wikidata_sample", "imdb", "movielens"),
+    "genres": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
+}
+MATCH_KINDS = ("matched_imdb_id", "matched_title_year", "matched_fuzzy", "new_films")
+
+_EXACT, _ADJACENT, _FUZZY = 0, 1, 2
+
+
+@dataclass
+class MergeResult:
+    corpus: pl.DataFrame  # CORPUS_SCHEMA, sorted by movie_id
+    quarantine: pl.DataFrame  # QUARANTINE_SCHEMA
+    source_stats: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> counter -> n
+    stats: dict[str, int] = field(default_factory=dict)  # films, rows merged, quarantined, ...
+
+    def quarantine_reasons(self) -> dict[str, int]:
+        """Quarantined rows per reason (reasons with a year are grouped by their text before ':')."""
+        if self.quarantine.is_empty():
+            return {}
+        reasons = self.quarantine.group_by(pl.col("reason").str.split(":").list.first()).len()
+        return dict(sorted(zip(reasons["reason"].to_list(), reasons["len"].to_list())))
+
+
+def default_max_year() -> int:
+    """The latest plausible release year: next year (announced films)."""
+    return _dt.date.today().year + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def read_source(spec: SourceSpec, files: Mapping[str, Path]) -> SourceResult:
+    """Run a source's reader on its local files; files the mirror did not have are left out."""
+    present = {name: Path(path) for name, path in files.items() if Path(path).exists()}
+    return spec.reader(present)
+
+
+def build_corpus(
+    results: Mapping[str, SourceResult], *, max_year: int | None = None, fuzzy_threshold: float = 92.0
+) -> MergeResult:
+    """Merge the rows of every source and collect every rejected record (reader and merge)."""
+    merged = merge_rows([r.rows for r in results.values()], max_year=max_year, fuzzy_threshold=fuzzy_threshold)
+    reader_quarantine = [_as_quarantine(r.quarantine) for r in results.values()]
+    merged.quarantine = pl.concat([*reader_quarantine, merged.quarantine], how="vertical")
+    for name, result in results.items():
+        counts = merged.source_stats.setdefault(name, {k: 0 for k in ("rows_in", "quarantined", *MATCH_KINDS)})
+        counts["reader_quarantined"] = result.quarantine.height
+    merged.stats["quarantined"] = merged.quarantine.height
+    return merged
+
+
+def write_corpus(result: MergeResult, corpus_path: Path, quarantine_path: Path) -> None:
+    """Write both tables as zstd Parquet, atomically (quarantine first: the corpus is the signal)."""
+    write_parquet_atomic(result.quarantine, quarantine_path)
+    write_parquet_atomic(result.corpus, corpus_path)
+
+
+def merge_rows(
+    frames: Sequence[pl.DataFrame], *, max_year: int | None = None, fuzzy_threshold: float = 92.0
+) -> MergeResult:
+    """One row per film from source rows in ``SOURCE_ROW_SCHEMA`` (see the module docstring)."""
+    max_year = max_year or default_max_year()
+    rows = _prepare(frames)
+    rows, rejected = _validate(rows, max_year)
+    rows = _assign_entities(rows, fuzzy_threshold)
+    corpus = _combine(rows)
+    corpus, rows, undated = _reject_undated(corpus, rows)
+    corpus = _finish(corpus)
+    quarantine = pl.concat([rejected, undated], how="vertical")
+    source_stats = _source_stats(rows, quarantine, frames)
+    films_multi = int((corpus["sources"].list.len() > 1).sum()) if corpus.height else 0
+    stats = {
+        "rows_in": sum(f.height for f in frames),
+        "films": corpus.height,
+        "films_from_several_sources": films_multi,
+        "rows_merged": rows.height - corpus.height,
+        "quarantined": quarantine.height,
+    }
+    return MergeResult(corpus=corpus, quarantine=quarantine, source_stats=source_stats, stats=stats)
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def _prepare(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate source rows, check the contract, normalise titles; add a row id and source rank."""
+    parts = []
+    for frame in frames:
+        missing = [c for c in SOURCE_ROW_SCHEMA if c not in frame.columns]
+        if missing:
+            source = frame["source"][0] if "source" in frame.columns and frame.height else "?"
+            raise ValueError(f"source rows of {source!r} lack columns {missing} (SOURCE_ROW_SCHEMA)")
+        parts.append(frame.select([pl.col(c).cast(t) for c, t in SOURCE_ROW_SCHEMA.items()]))
+    rows = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema=SOURCE_ROW_SCHEMA)
+    rank = {name: i for i, name in enumerate(SOURCE_ORDER)}
+    return rows.with_row_index("_rid").with_columns(
+        _clean_text("title"),
+        pl.col("aliases").list.eval(_clean_text(pl.element())).list.drop_nulls(),
+        pl.col("imdb_id").map_elements(movie_text.normalise_imdb_id, return_dtype=pl.String, skip_nulls=True),
+        pl.col("source").replace_strict(rank, default=len(rank), return_dtype=pl.Int32).alias("_source_rank"),
+    ).sort("_source_rank", "source", "source_key", "_rid")
+
+
+def _clean_text(column: str | pl.Expr) -> pl.Expr:
+    expr = pl.col(column) if isinstance(column, str) else column
+    cleaned = expr.str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
+    return pl.when(cleaned.str.len_chars() > 0).then(cleaned).otherwise(None)
+
+
+def _validate(rows: pl.DataFrame, max_year: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split rows into those that can become (part of) a film and quarantined ones with a reason."""
+    year = pl.col("year")
+    reason = (
+        pl.when(pl.col("title").is_null())
+        .then(pl.lit("empty title"))
+        .when(year.is_not_null() & ~year.is_between(FIRST_FILM_YEAR, max_year))
+        .then(pl.format("year outside {}..{}: {}", pl.lit(FIRST_FILM_YEAR), pl.lit(max_year), year))
+        .when(year.is_null() & pl.col("imdb_id").is_null())
+        .then(pl.lit("year missing and no IMDb id"))
+    )
+    rows = rows.with_columns(reason.alias("_reason"))
+    rejected = rows.filter(pl.col("_reason").is_not_null())
+    return rows.filter(pl.col("_reason").is_null()).drop("_reason"), _quarantine_rows(rejected)
+
+
+def _quarantine_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rejected source rows in QUARANTINE_SCHEMA; ``raw`` holds the row as JSON."""
+    record = pl.struct([c for c in SOURCE_ROW_SCHEMA if c in rows.columns]).struct.json_encode()
+    return rows.select(
+        pl.col("source"),
+        pl.lit(None, pl.String).alias("file"),
+        pl.lit(None, pl.Int64).alias("line"),
+        pl.col("_reason").alias("reason"),
+        record.str.slice(0, 2000).alias("raw"),
+    )
+
+
+def _as_quarantine(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()])
+
+
+def _assign_entities(rows: pl.DataFrame, fuzzy_threshold: float) -> pl.DataFrame:
+    """Add ``_entity`` (the film's movie_id) and ``_match`` (how the row joined it) to every row."""
+    with_id = rows.filter(pl.col("imdb_id").is_not_null())
+    without_id = rows.filter(pl.col("imdb_id").is_null())
+    first_of_id = pl.col("_rid").first().over("imdb_id", order_by=["_source_rank", "source", "source_key", "_rid"])
+    with_id = with_id.with_columns(
+        pl.col("imdb_id").alias("_entity"),
+        pl.when(pl.col("_rid") == first_of_id).then(pl.lit("new_films")).otherwise(pl.lit("matched_imdb_id")).alias("_match"),
+    )
+    if without_id.is_empty():
+        return with_id
+    without_id = without_id.with_columns(
+        pl.col("title").map_elements(safe_title_key, return_dtype=pl.String).alias("_key")
+    )
+    groups = _groups(without_id)
+    entity_keys = _entity_keys(with_id)
+    links = _assign(_exact_candidates(groups, entity_keys))
+    unmatched = groups.join(links, on="_group", how="anti")
+    free_keys = entity_keys.join(links.select("_entity"), on="_entity", how="anti")
+    fuzzy_links = _assign(_fuzzy_candidates(unmatched, free_keys, fuzzy_threshold))
+    links = pl.concat([links, fuzzy_links], how="vertical")
+    without_id = _label_group_rows(without_id, groups, links)
+    return pl.concat([with_id, without_id], how="diagonal_relaxed")
+
+
+def _groups(without_id: pl.DataFrame) -> pl.DataFrame:
+    """Rows without an IMDb id grouped by title key + year; the group's id is the rar: id."""
+    return (
+        without_id.group_by("_key", "year", maintain_order=True)
+        .agg(pl.col("title").first())
+        .with_columns(
+            pl.struct("title", "year")
+            .map_elements(lambda r: movie_text.rar_movie_id(r["title"], r["year"]), return_dtype=pl.String)
+            .alias("_group")
+        )
+        .select("_group", "_key", "year")
+    )
+
+
+def _entity_keys(with_id: pl.DataFrame) -> pl.DataFrame:
+    """Every (title key, year) an IMDb entity is known by: its titles and aliases in every source."""
+    if with_id.is_empty():
+        return pl.DataFrame(schema={"_entity": pl.String, "_key": pl.String, "_year": pl.Int32, "_votes": pl.Int64})
+    names = (
+        with_id.select("_entity", "year", pl.concat_list(pl.col("title"), pl.col("aliases")).alias("_name"))
+        .explode("_name")
+        .drop_nulls(["_name", "year"])
+        .unique(["_entity", "_name", "year"])
+    )
+    keys = pl.DataFrame({"_name": names["_name"].unique()}).with_columns(
+        pl.col("_name").map_elements(safe_title_key, return_dtype=pl.String).alias("_key")
+    )
+    votes = with_id.group_by("_entity").agg(pl.col("imdb_votes").max().fill_null(-1).alias("_votes"))
+    return (
+        names.join(keys, on="_name")
+        .filter(pl.col("_key") != "")
+        .select("_entity", "_key", pl.col("year").alias("_year"))
+        .unique()
+        .join(votes, on="_entity")
+    )
+
+
+def _exact_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame) -> pl.DataFrame:
+    """(group, entity) pairs with the same title key and a year at most one apart."""
+    return (
+        groups.join(entity_keys, on="_key")
+        .with_columns((pl.col("year") - pl.col("_year")).abs().alias("_gap"))
+        .filter(pl.col("_gap") <= 1)
+        .group_by("_group", "_entity")
+        .agg(pl.col("_gap").min(), pl.col("_votes").first())
+        .select(
+            "_group",
+            "_entity",
+            pl.when(pl.col("_gap") == 0).then(_EXACT).otherwise(_ADJACENT).alias("_rank"),
+            pl.lit(100.0).alias("_score"),
+            "_votes",
+        )
+    )
+
+
+def _fuzzy_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """(group, entity) pairs whose title keys are near-identical, blocked by same/adjacent year."""
+    import numpy as np
+    from rapidfuzz import fuzz, process
+
+    out: dict[str, list] = {"_group": [], "_entity": [], "_score": [], "_votes": []}
+    groups = groups.filter(pl.col("_key").str.len_chars() >= 4)
+    by_year = {y: part for (y,), part in entity_keys.partition_by("_year", as_dict=True).items()}
+    for (year,), block in groups.partition_by("year", as_dict=True).items():
+        near = [by_year[y] for y in (year - 1, year, year + 1) if y in by_year]
+        if not near:
+            continue
+        choices = pl.concat(near, how="vertical")
+        choice_keys = choices["_key"].to_list()
+        query_keys = block["_key"].to_list()
+        scores = process.cdist(query_keys, choice_keys, scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.uint8, workers=1)
+        for qi, ci in zip(*np.nonzero(scores)):
+            if sequel_markers(query_keys[qi]) != sequel_markers(choice_keys[ci]):
+                continue
+            out["_group"].append(block["_group"][int(qi)])
+            out["_entity"].append(choices["_entity"][int(ci)])
+            out["_score"].append(float(scores[qi, ci]))
+            out["_votes"].append(choices["_votes"][int(ci)])
+    return pl.DataFrame(
+        out, schema={"_group": pl.String, "_entity": pl.String, "_score": pl.Float64, "_votes": pl.Int64}
+    ).with_columns(pl.lit(_FUZZY).alias("_rank")).select("_group", "_entity", "_rank", "_score", "_votes")
+
+
+def _assign(candidates: pl.DataFrame) -> pl.DataFrame:
+    """One-to-one links group -> entity: best rank, then score, then votes; each entity once."""
+    candidates = candidates.unique(["_group", "_entity"]).sort(
+        ["_rank", "_score", "_votes", "_entity", "_group"], descending=[False, True, True, False, False]
+    )
+    links = []
+    while not candidates.is_empty():
+        best_per_group = candidates.group_by("_group", maintain_order=True).first()
+        winners = best_per_group.group_by("_entity", maintain_order=True).first()
+        links.append(winners.select("_group", "_entity", "_rank"))
+        candidates = candidates.join(winners.select("_group"), on="_group", how="anti").join(
+            winners.select("_entity"), on="_entity", how="anti"
+        )
+    if not links:
+        return pl.DataFrame(schema={"_group": pl.String, "_entity": pl.String, "_rank": pl.Int32})
+    return pl.concat(links, how="vertical").with_columns(pl.col("_rank").cast(pl.Int32))
+
+
+def _label_group_rows(without_id: pl.DataFrame, groups: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
+    """Give rows without an IMDb id their entity (linked IMDb film or their own rar: id) and match kind."""
+    rows = without_id.join(groups, on=["_key", "year"], how="left").join(links, on="_group", how="left")
+    first_of_group = pl.col("_rid").first().over("_group", order_by=["_source_rank", "source", "source_key", "_rid"])
+    match = (
+        pl.when(pl.col("_rank") == _FUZZY).then(pl.lit("matched_fuzzy"))
+        .when(pl.col("_rank").is_not_null()).then(pl.lit("matched_title_year"))
+        .when(pl.col("_rid") == first_of_group).then(pl.lit("new_films"))
+        .otherwise(pl.lit("matched_title_year"))
+    )
+    return rows.with_columns(
+        pl.coalesce("_entity", "_group").alias("_entity"), match.alias("_match")
+    ).drop("_key", "_group", "_rank")
+
+
+def _precedence_rank(field_name: str) -> pl.Expr:
+    order = FIELD_PRECEDENCE.get(field_name, SOURCE_ORDER)
+    return pl.col("source").replace_strict({s: i for i, s in enumerate(order)}, default=len(order), return_dtype=pl.Int32)
+
+
+def _combine(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per entity: each field from its best source, genres/aliases/sources as unions."""
+    list_fields = ("directors", "cast")
+    rows = rows.with_columns(
+        [pl.when(pl.col(f).list.len() > 0).then(pl.col(f)).alias(f) for f in list_fields]
+    )
+    picked = [
+        pl.col(f).sort_by(_precedence_rank(f), pl.col("source"), pl.col("_rid")).drop_nulls().first().alias(f)
+        for f in ("title", "year", "runtime_minutes", "imdb_rating", "imdb_votes", "plot", *list_fields)
+    ]
+    corpus = rows.group_by("_entity").agg(
+        *picked,
+        pl.col("source").unique().sort().alias("sources"),
+        pl.concat_list(pl.col("title"), pl.col("aliases")).list.explode(keep_nulls=False, empty_as_null=False).unique(maintain_order=True).alias("_names"),
+    )
+    return corpus.join(_genres(rows), on="_entity", how="left").rename({"_entity": "movie_id"})
+
+
+def _genres(rows: pl.DataFrame) -> pl.DataFrame:
+    """Union of canonical genres per entity, in field precedence order."""
+    exploded = (
+        rows.select("_entity", _precedence_rank("genres").alias("_p"), "_rid", pl.col("genres").alias("_g"))
+        .explode("_g")
+        .with_row_index("_pos")
+        .drop_nulls("_g")
+    )
+    spellings = exploded["_g"].unique().to_list()
+    mapping = {s: canonical_genre(s) for s in spellings}
+    return (
+        exploded.with_columns(pl.col("_g").replace_strict(mapping, return_dtype=pl.String))
+        .drop_nulls("_g")
+        .sort("_entity", "_p", "_rid", "_pos")
+        .unique(["_entity", "_g"], keep="first", maintain_order=True)
+        .group_by("_entity", maintain_order=True)
+        .agg(pl.col("_g").alias("genres"))
+    )
+
+
+def _reject_undated(corpus: pl.DataFrame, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Films whose sources all lack a year cannot be placed: their rows go to the quarantine."""
+    undated = corpus.filter(pl.col("year").is_null())["movie_id"]
+    if undated.is_empty():
+        return corpus, rows, pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    bad_rows = rows.filter(pl.col("_entity").is_in(undated.implode()))
+    quarantine = _quarantine_rows(bad_rows.with_columns(pl.lit("year missing in every source").alias("_reason")))
+    return (
+        corpus.filter(pl.col("year").is_not_null()),
+        rows.filter(~pl.col("_entity").is_in(undated.implode())),
+        quarantine,
+    )
+
+
+def _finish(corpus: pl.DataFrame) -> pl.DataFrame:
+    """Aliases without the title, cast trimmed, content hash, the exact CORPUS_SCHEMA, sorted."""
+    corpus = corpus.with_columns(
+        pl.col("genres").fill_null([]),
+        pl.col("directors").fill_null([]),
+        pl.col("cast").fill_null([]).list.head(CAST_LIMIT),
+    )
+    # aliases: the other titles seen, one spelling per title key, none equal to the title's key
+    corpus = corpus.with_columns(
+        pl.struct("title", "_names")
+        .map_elements(_aliases, return_dtype=pl.List(pl.String))
+        .alias("aliases")
+    ).drop("_names")
+    corpus = corpus.select([pl.col(c).cast(t) for c, t in CORPUS_SCHEMA.items() if c != "content_hash"])
+    hashes = [movie_text.content_hash(row) for row in corpus.iter_rows(named=True)]
+    return corpus.with_columns(pl.Series("content_hash", hashes, dtype=pl.String)).sort("movie_id")
+
+
+def _aliases(record: dict) -> list[str]:
+    names = record["_names"] or []
+    if len(names) < 2:
+        return []
+    seen = {safe_title_key(record["title"])}
+    aliases = []
+    for name in names:
+        key = safe_title_key(name)
+        if key not in seen:
+            seen.add(key)
+            aliases.append(name)
+    return aliases
+
+
+def _source_stats(rows: pl.DataFrame, quarantine: pl.DataFrame, frames: Iterable[pl.DataFrame]) -> dict[str, dict[str, int]]:
+    """Per source: rows in, quarantined, and how each kept row joined its film."""
+    stats: dict[str, dict[str, int]] = {}
+    for frame in frames:
+        for source, n in frame.group_by("source").len().iter_rows():
+            entry = stats.setdefault(source, {"rows_in": 0, "quarantined": 0, **{k: 0 for k in MATCH_KINDS}})
+            entry["rows_in"] += n
+    for source, n in quarantine.group_by("source").len().iter_rows():
+        stats.setdefault(source, {"rows_in": 0, "quarantined": 0, **{k: 0 for k in MATCH_KINDS}})["quarantined"] += n
+    for source, match, n in rows.group_by("source", "_match").len().iter_rows():
+        stats[source][match] += n
+    return stats
+
+
+__all__ = [
+    "CANONICAL_GENRES",
+    "FIELD_PRECEDENCE",
+    "MergeResult",
+    "build_corpus",
+    "merge_rows",
+    "read_source",
+    "write_corpus",
+]
