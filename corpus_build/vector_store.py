@@ -1,0 +1,359 @@
+"""The ``movie_vectors`` table: one embedding per film in embedded LanceDB, kept in step with the corpus.
+
+- :class:`VectorStore` wraps one LanceDB table (local folder or object-store URI): upsert by
+  movie_id, delete, ANN index once the table is large, search with filters, aligned lookups.
+- :func:`sync_vectors` makes the table match a corpus frame incrementally: only rows whose
+  ``content_hash`` (or model) changed are embedded; films gone from the corpus are deleted.
+  Every committed chunk carries its rows' ``content_hash``, so an interrupted run resumes where it
+  stopped, and no row ever holds a vector that does not match its stored hash.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import polars as pl
+
+from corpus_build.movie_text import content_hash, movie_text
+
+TABLE_NAME = "movie_vectors"
+# Corpus columns the table keeps: what a prompt needs to describe a film.
+META_COLUMNS = ("title", "year", "genres", "directors", "cast", "plot")
+# Below this many rows search is exact (a flat scan is fast enough and has recall 1.0).
+INDEX_MIN_ROWS = 50_000
+# IVF_PQ search settings chosen by benchmarks/vectors.py (337k x 384: recall@10 ~0.96).
+NPROBES = 20
+REFINE_FACTOR = 10
+_ID_CHUNK = 1_000  # ids per "movie_id IN (...)" filter
+
+
+def table_schema(dimension: int):
+    import pyarrow as pa
+
+    names = pa.list_(pa.string())
+    return pa.schema(
+        [
+            ("movie_id", pa.string()),
+            ("vector", pa.list_(pa.float32(), dimension)),
+            ("content_hash", pa.string()),
+            ("model", pa.string()),
+            ("title", pa.string()),
+            ("year", pa.int32()),
+            ("genres", names),
+            ("directors", names),
+            ("cast", names),
+            ("plot", pa.string()),
+        ]
+    )
+
+
+def _sql_in(ids: Sequence[str]) -> str:
+    quoted = ",".join("'" + str(i).replace("'", "''") + "'" for i in ids)
+    return f"movie_id IN ({quoted})"
+
+
+def index_partitions(rows: int) -> int:
+    """IVF partitions: the power of two nearest sqrt(rows) (512 at 337k, as measured)."""
+    return int(2 ** round(math.log2(max(math.sqrt(rows), 16))))
+
+
+def pq_sub_vectors(dimension: int) -> int:
+    """PQ sub-vectors of 8 dimensions each (48 for 384-d), or the largest divisor below that."""
+    for sub in range(max(dimension // 8, 1), 0, -1):
+        if dimension % sub == 0:
+            return sub
+    return 1
+
+
+class VectorStore:
+    """One LanceDB table of movie vectors and the metadata a prompt needs."""
+
+    def __init__(self, uri: str, table_name: str = TABLE_NAME) -> None:
+        import lancedb
+
+        self.uri = str(uri)
+        self.table_name = table_name
+        self.db = lancedb.connect(self.uri)
+
+    @classmethod
+    def from_settings(cls, settings) -> VectorStore:
+        return cls(settings.vector_db_uri)
+
+    # --- table life cycle -------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.table_name in self.db.list_tables().tables
+
+    @property
+    def table(self):
+        if not self.exists():
+            raise FileNotFoundError(
+                f"no LanceDB table {self.table_name!r} at {self.uri}: materialise movie_vectors first"
+            )
+        return self.db.open_table(self.table_name)
+
+    def create(self, dimension: int, replace: bool = False):
+        mode = "overwrite" if replace else "create"
+        return self.db.create_table(self.table_name, schema=table_schema(dimension), mode=mode)
+
+    def dimension(self) -> int | None:
+        return self.table.schema.field("vector").type.list_size if self.exists() else None
+
+    def count(self) -> int:
+        return self.table.count_rows() if self.exists() else 0
+
+    # --- writes -----------------------------------------------------------------------------
+    def upsert(self, rows) -> None:
+        """Insert or replace rows (a pyarrow Table in :func:`table_schema`) by movie_id: one commit."""
+        if rows.num_rows:
+            self.table.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+    def delete(self, movie_ids: Sequence[str]) -> int:
+        deleted = 0
+        for start in range(0, len(movie_ids), _ID_CHUNK):
+            deleted += self.table.delete(_sql_in(movie_ids[start : start + _ID_CHUNK])).num_deleted_rows
+        return deleted
+
+    def index_name(self) -> str | None:
+        names = [ix.name for ix in self.table.list_indices() if "vector" in ix.columns]
+        return names[0] if names else None
+
+    def optimise(self, min_rows: int = INDEX_MIN_ROWS) -> str:
+        """Compact fragments and keep the ANN index right for the table's size; returns the index name.
+
+        Below ``min_rows`` there is no index (exact search). Above, IVF_PQ with partitions ~ sqrt(rows);
+        it is retrained when the table size calls for another partition count, else new rows are
+        added to the existing index by ``optimize()``.
+        """
+        table = self.table
+        rows = table.count_rows()
+        table.optimize()
+        current = self.index_name()
+        if rows < min_rows:
+            if current:
+                table.drop_index(current)
+            return "none (exact search)"
+        partitions = index_partitions(rows)
+        wanted = f"vector_ivf_pq_{partitions}"
+        if current != wanted:
+            if current:
+                table.drop_index(current)
+            table.create_index(
+                metric="cosine",
+                index_type="IVF_PQ",
+                num_partitions=partitions,
+                num_sub_vectors=pq_sub_vectors(self.dimension()),
+                vector_column_name="vector",
+                name=wanted,
+            )
+        return wanted
+
+    # --- reads ------------------------------------------------------------------------------
+    def read_columns(self, columns: Sequence[str], where: str | None = None) -> pl.DataFrame:
+        query = self.table.search().select(list(columns)).limit(None)
+        if where:
+            query = query.where(where)
+        return pl.from_arrow(query.to_arrow())
+
+    def content_hashes(self) -> pl.DataFrame:
+        """movie_id, content_hash, model of every stored row (no vectors read)."""
+        if not self.exists():
+            return pl.DataFrame(schema={"movie_id": pl.String, "content_hash": pl.String, "model": pl.String})
+        return self.read_columns(["movie_id", "content_hash", "model"])
+
+    def _rows_for(self, movie_ids: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+        """Rows for the given ids (a full column scan when the list is long)."""
+        if len(movie_ids) > 20 * _ID_CHUNK:
+            frame = self.read_columns(["movie_id", *columns])
+            return frame.join(pl.DataFrame({"movie_id": list(movie_ids)}).unique(), on="movie_id", how="semi")
+        parts = [
+            self.read_columns(["movie_id", *columns], where=_sql_in(movie_ids[start : start + _ID_CHUNK]))
+            for start in range(0, len(movie_ids), _ID_CHUNK)
+        ]
+        return pl.concat(parts) if parts else self.read_columns(["movie_id", *columns], where="false")
+
+    def _aligned(self, movie_ids: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
+        movie_ids = list(movie_ids)
+        order = pl.DataFrame({"movie_id": movie_ids}, schema={"movie_id": pl.String})
+        found = order.join(self._rows_for(movie_ids, columns), on="movie_id", how="left", maintain_order="left")
+        missing = [m for m, c in zip(found["movie_id"], found[columns[0]].is_null()) if c]
+        if missing:
+            raise KeyError(f"{len(missing)} movie_id(s) not in {self.table_name}: {missing[:5]}")
+        return found
+
+    def load_vectors(self, movie_ids: Sequence[str]) -> np.ndarray:
+        """``(len(movie_ids), dim)`` float32 vectors in the order of ``movie_ids`` (KeyError if any is absent)."""
+        found = self._aligned(movie_ids, ["vector"])
+        dim = self.dimension()
+        if found.height == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        return found["vector"].to_numpy().astype(np.float32, copy=False).reshape(-1, dim)
+
+    def get_movies(self, movie_ids: Sequence[str]) -> list[dict]:
+        """Prompt metadata (movie_id, title, year, genres, directors, cast, plot) in the given order."""
+        return self._aligned(movie_ids, list(META_COLUMNS)).to_dicts()
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        year_min: int | None = None,
+        year_max: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        exact: bool | None = None,
+    ) -> list[dict]:
+        """Top-``k`` films by cosine similarity to ``query`` (a normalised vector), best first.
+
+        Filters apply before the search (prefilter), so ``k`` results come back whenever ``k``
+        films pass them. ``exact=None`` uses the ANN index when the table has one.
+        """
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        builder = self.table.search(query, vector_column_name="vector").distance_type("cosine").limit(k)
+        builder = builder.select(["movie_id", *META_COLUMNS])
+        if where := _filters(year_min, year_max, exclude_ids):
+            builder = builder.where(where, prefilter=True)
+        if exact or (exact is None and self.index_name() is None):
+            builder = builder.bypass_vector_index()
+        else:
+            builder = builder.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+        hits = builder.to_list()
+        for hit in hits:
+            hit["score"] = 1.0 - float(hit.pop("_distance"))
+        return hits
+
+
+def _filters(year_min: int | None, year_max: int | None, exclude_ids: Sequence[str]) -> str:
+    clauses = []
+    if year_min is not None:
+        clauses.append(f"year >= {int(year_min)}")
+    if year_max is not None:
+        clauses.append(f"year <= {int(year_max)}")
+    if exclude_ids:
+        clauses.append(f"NOT ({_sql_in(list(exclude_ids))})")
+    return " AND ".join(clauses)
+
+
+# --- incremental sync -----------------------------------------------------------------------
+
+
+@dataclass
+class SyncStats:
+    rows: int  # rows in the table afterwards (= corpus rows)
+    embedded: int  # rows whose vector was computed in this run
+    reused: int  # rows whose stored vector was up to date
+    deleted: int  # films gone from the corpus, removed from the table
+    seconds: float
+    embed_seconds: float
+    index: str
+    dimension: int
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds else 0.0
+
+    def as_metadata(self) -> dict:
+        return {**asdict(self), "texts_per_second": self.texts_per_second}
+
+
+CORPUS_COLUMNS = ("movie_id", *META_COLUMNS, "content_hash")
+
+
+def read_corpus(path) -> pl.DataFrame:
+    """The columns of ``movie_corpus`` that the vectors need, with missing hashes filled in."""
+    frame = pl.read_parquet(path, columns=list(CORPUS_COLUMNS))
+    return fill_content_hash(frame)
+
+
+def fill_content_hash(frame: pl.DataFrame) -> pl.DataFrame:
+    if frame["content_hash"].null_count() == 0:
+        return frame
+    hashes = [h or content_hash(row) for h, row in zip(frame["content_hash"], frame.iter_rows(named=True))]
+    return frame.with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
+
+
+def plan_sync(corpus: pl.DataFrame, stored: pl.DataFrame, model: str) -> tuple[pl.DataFrame, list[str]]:
+    """Rows to embed (new, changed text, or another model) and stored ids gone from the corpus."""
+    duplicated = corpus.filter(pl.col("movie_id").is_duplicated())["movie_id"].unique().to_list()
+    if duplicated:
+        raise ValueError(f"movie_corpus has duplicate movie_id values: {duplicated[:5]}")
+    stored = stored.rename({"content_hash": "stored_hash", "model": "stored_model"})
+    joined = corpus.join(stored, on="movie_id", how="left", maintain_order="left")
+    stale = (
+        pl.col("stored_hash").is_null()
+        | (pl.col("stored_hash") != pl.col("content_hash"))
+        | (pl.col("stored_model") != model)
+    )
+    to_embed = joined.filter(stale).drop("stored_hash", "stored_model")
+    gone = stored.join(corpus.select("movie_id"), on="movie_id", how="anti")["movie_id"].to_list()
+    return to_embed, gone
+
+
+def _arrow_rows(chunk: pl.DataFrame, vectors: np.ndarray, model: str, dimension: int):
+    import pyarrow as pa
+
+    schema = table_schema(dimension)
+    columns = {name: chunk[name].to_arrow() for name in CORPUS_COLUMNS}
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimension)
+    columns["model"] = pa.array([model] * chunk.height, pa.string())
+    return pa.table({f.name: columns[f.name].cast(f.type) for f in schema}, schema=schema)
+
+
+def sync_vectors(
+    corpus: pl.DataFrame,
+    store: VectorStore,
+    embedder,
+    commit_rows: int = 4096,
+    index_min_rows: int = INDEX_MIN_ROWS,
+    progress: bool = True,
+    on_commit: Callable[[int], None] | None = None,
+) -> SyncStats:
+    """Make ``store`` hold exactly one up-to-date vector per corpus film, embedding only what changed.
+
+    Rows are embedded and committed ``commit_rows`` at a time (one LanceDB version each), with
+    their content_hash, so an interrupted run loses at most one chunk of work. Deletions come
+    after all embedding. ``on_commit(rows_done)`` is called after each commit.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    corpus = fill_content_hash(corpus.select(CORPUS_COLUMNS))
+    model = embedder.model_name
+    if store.exists() and corpus.height and store.count() and _model_changed(store, embedder):
+        store.create(embedder.dimension, replace=True)  # another vector space: start over
+    to_embed, gone = plan_sync(corpus, store.content_hashes(), model)
+    if not store.exists():
+        store.create(embedder.dimension)
+    dimension = store.dimension()
+    embed_seconds, done = 0.0, 0
+    with tqdm(total=to_embed.height, desc="embedding films", unit="film", disable=not progress) as bar:
+        for chunk in to_embed.iter_slices(commit_rows):
+            tick = time.perf_counter()
+            vectors = embedder.encode([movie_text(row) for row in chunk.iter_rows(named=True)])
+            embed_seconds += time.perf_counter() - tick
+            store.upsert(_arrow_rows(chunk, vectors, model, dimension))
+            done += chunk.height
+            bar.update(chunk.height)
+            if on_commit:
+                on_commit(done)
+    deleted = store.delete(gone) if gone else 0
+    index = store.optimise(min_rows=index_min_rows)
+    return SyncStats(
+        rows=store.count(),
+        embedded=done,
+        reused=corpus.height - to_embed.height,
+        deleted=deleted,
+        seconds=time.perf_counter() - started,
+        embed_seconds=embed_seconds,
+        index=index,
+        dimension=dimension,
+    )
+
+
+def _model_changed(store: VectorStore, embedder) -> bool:
+    """True when the stored vectors come from another model with another dimension."""
+    stored_dim = store.dimension()
+    models = store.read_columns(["model"])["model"].unique().to_list()
+    return models != [embedder.model_name] and stored_dim != embedder.dimension
