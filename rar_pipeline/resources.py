@@ -1,3 +1,62 @@
 """Dagster resources shared by the assets."""
 
-RESOURCES: dict = {}
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from rar_pipeline.settings import get_settings
+
+GENERATOR_API_KEY_ENV = "RAR_GENERATOR_API_KEY"
+
+
+class GeneratorResource(dg.ConfigurableResource):
+    """The generator that ranks retrieved candidates; unset fields come from the RAR_GENERATOR_* settings.
+
+    The API key only ever arrives through ``dg.EnvVar`` (see :func:`generator_api_key`): Dagster shows
+    the variable's name, never its value, and the key is not logged, cached or put in metadata.
+    """
+
+    backend: str | None = None  # embedding | llama_cpp | openai
+    model: str | None = None
+    base_url: str | None = None
+    mode: str | None = None  # openai: chat | completion
+    max_concurrency: int | None = None
+    max_retries: int | None = None
+    timeout_s: float | None = None
+    prompt_tokens: int | None = None
+    api_key: str | None = None
+
+    def make_generator(self):
+        """A fresh generator (close it when done); its response cache lives under RAR_HOME."""
+        from training.generator import make_generator
+
+        settings = get_settings()
+
+        def pick(value, default):
+            return default if value is None else value
+
+        return make_generator(
+            pick(self.backend, settings.generator_backend),
+            model=pick(self.model, settings.generator_model),
+            base_url=pick(self.base_url, settings.generator_base_url),
+            api_key=self.api_key,
+            mode=pick(self.mode, settings.generator_mode),
+            max_concurrency=pick(self.max_concurrency, settings.generator_max_concurrency),
+            max_retries=pick(self.max_retries, settings.generator_max_retries),
+            timeout_s=pick(self.timeout_s, settings.generator_timeout_s),
+            prompt_tokens=pick(self.prompt_tokens, settings.generator_prompt_tokens),
+            cache_path=settings.path("generator_cache", "responses.sqlite"),
+        )
+
+
+def generator_api_key() -> dg.EnvVar | None:
+    """``dg.EnvVar(RAR_GENERATOR_API_KEY)`` when the variable is set, else None (local and offline
+    backends need no key, and Dagster fails a run whose resource names an unset EnvVar)."""
+    return dg.EnvVar(GENERATOR_API_KEY_ENV) if os.environ.get(GENERATOR_API_KEY_ENV) else None
+
+
+RESOURCES: dict = {
+    "generator": GeneratorResource(api_key=generator_api_key()),
+}
