@@ -40,6 +40,25 @@ class Settings(BaseSettings):
     embedding_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast where the CPU/GPU does bf16 natively, else fp32."
     )
+    # Generator (issue 6). The API key is deliberately not a setting: GeneratorResource reads
+    # RAR_GENERATOR_API_KEY through dg.EnvVar only.
+    generator_backend: Literal["embedding", "llama_cpp", "openai"] = Field(
+        default="embedding", description="Which backend ranks the retrieved candidates."
+    )
+    generator_model: str | None = Field(
+        default=None,
+        description="openai: the model name; llama_cpp: a GGUF path (default: the packaged Gemma-3-270M).",
+    )
+    generator_base_url: str | None = Field(
+        default=None, description="openai: an OpenAI-compatible base URL (default api.openai.com)."
+    )
+    generator_mode: Literal["completion", "chat"] = Field(
+        default="chat", description="openai: 'chat' parses a ranked list; 'completion' reads label logprobs."
+    )
+    generator_max_concurrency: int = Field(default=4, ge=1, description="openai: requests in flight.")
+    generator_max_retries: int = Field(default=4, ge=0, description="openai: retries after the first try.")
+    generator_timeout_s: float = Field(default=60.0, gt=0, description="openai: seconds per request.")
+    generator_prompt_tokens: int = Field(default=2048, ge=256, description="Prompt budget in tokens.")
 
     @field_validator("home", mode="after")
     @classmethod
