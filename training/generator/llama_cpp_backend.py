@@ -82,6 +82,7 @@ class LlamaCppGenerator(Generator):
 
     def label_logprobs(self, prompt_text: str, labels: Sequence[str]) -> dict[str, float]:
         """Log-probability of each label as the next token after ``prompt_text`` (one forward pass)."""
+        import llama_cpp
         import numpy as np
 
         llm = self._load()
@@ -90,7 +91,9 @@ class LlamaCppGenerator(Generator):
             raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
         llm.reset()
         llm.eval(tokens)
-        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        # logits_all=False keeps only the last position's logits in the context (not in llm.scores)
+        last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        logits = np.ctypeslib.as_array(last, shape=(llm.n_vocab(),)).astype(np.float64)
         log_norm = logits.max() + np.log(np.exp(logits - logits.max()).sum())
         self.stats.add(calls=1, prompt_tokens=len(tokens))
         return {label: float(logits[self._label_ids[label]] - log_norm) for label in labels}

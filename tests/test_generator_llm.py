@@ -1,0 +1,72 @@
+"""The local LLM end to end (marked ``llm``): llama-cpp-python's OpenAI-compatible server with the
+offline Gemma-3-270M GGUF, ranked through the ``openai`` backend over real HTTP; and the same model
+in-process through the ``llama_cpp`` backend. Both read the next-token scores of the labels, so on
+the same prompt they must agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason='needs the local-llm extra: pip install -e ".[local-llm]"')
+
+from tests.llm_server import llama_cpp_server  # noqa: E402
+from training.generator.base import RankRequest  # noqa: E402
+from training.generator.llama_cpp_backend import LlamaCppGenerator, packaged_gguf_path  # noqa: E402
+from training.generator.openai_backend import OpenAIConfig, OpenAIGenerator  # noqa: E402
+from training.generator.prompt import build_prompt  # noqa: E402
+
+pytestmark = [pytest.mark.llm, pytest.mark.slow]
+
+MOVIES = {
+    "tt0109830": {"title": "Forrest Gump", "year": 1994, "genres": ["Drama", "Romance"]},
+    "tt0078748": {"title": "Alien", "year": 1979, "genres": ["Horror", "Sci-Fi"]},
+    "tt0107290": {"title": "Jurassic Park", "year": 1993, "genres": ["Adventure", "Sci-Fi"]},
+    "tt0114709": {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Comedy"]},
+}
+REQUESTS = [
+    RankRequest.from_text("I loved Alien. Any other scary space horror?", list(MOVIES), MOVIES),
+    RankRequest.from_text("My kids want an animated comedy.", list(MOVIES)[::-1], MOVIES),
+]
+N_CTX = 512
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return packaged_gguf_path()
+
+
+@pytest.fixture(scope="module")
+def in_process(gguf):
+    with LlamaCppGenerator(gguf, n_ctx=N_CTX, n_threads=2) as generator:
+        yield generator
+
+
+def test_llama_cpp_backend_ranks_in_process_by_label_scores(in_process):
+    results = in_process.rank_batch(REQUESTS)
+    for request, result in zip(REQUESTS, results):
+        assert result.source == "model" and sorted(result.ranking) == sorted(request.candidate_ids)
+        assert list(result.scores) == sorted(result.scores, reverse=True)
+        probability_on_labels = sum(math.exp(s) for s in result.scores)
+        assert 0.2 < probability_on_labels <= 1.0001  # the prompt makes a label the likely next token
+    assert in_process.stats.calls == 2 and in_process.stats.failures == 0 and in_process.stats.prompt_tokens > 100
+
+
+def test_openai_backend_against_llama_cpp_server_end_to_end(gguf, in_process, tmp_path):
+    config = OpenAIConfig(model="gemma-3-270m", mode="completion", max_retries=1, timeout_s=120,
+                          prompt_tokens=N_CTX - 64, top_logprobs=20, cache_path=tmp_path / "cache.sqlite")
+    with llama_cpp_server(gguf, n_ctx=N_CTX) as base_url:
+        generator = OpenAIGenerator(OpenAIConfig(**{**config.__dict__, "base_url": base_url}))
+        served = generator.rank_batch(REQUESTS)
+        again = generator.rank_batch(REQUESTS)
+    assert [r.source for r in served] == ["model", "model"] and generator.stats.failures == 0
+    assert generator.stats.calls == 2 and generator.stats.cache_hits == 2 and [r.source for r in again] == ["cache"] * 2
+    assert generator.stats.prompt_tokens > 100 and generator.stats.completion_tokens == 2
+    # Same model, same prompt, same verbalizer: the server's top logprobs agree with the in-process scores.
+    for request, result in zip(REQUESTS, served):
+        prompt = build_prompt(request, "completion", N_CTX - 64)
+        local = in_process.label_logprobs(prompt.text, prompt.labels)
+        best_local = max(local, key=local.get)
+        assert result.ranking[0] == prompt.label_of()[best_local]
+        assert result.scores[0] == pytest.approx(local[best_local], abs=0.05)
