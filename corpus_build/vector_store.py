@@ -38,7 +38,7 @@ def table_schema(dimension: int):
     return pa.schema(
         [
             ("movie_id", pa.string()),
-            ("vector", pa.list_(pa.float32(), dimension)),
+            pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
             ("content_hash", pa.string()),
             ("model", pa.string()),
             ("title", pa.string()),
@@ -212,7 +212,7 @@ class VectorStore:
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         builder = self.table.search(query, vector_column_name="vector").distance_type("cosine").limit(k)
-        builder = builder.select(["movie_id", *META_COLUMNS])
+        builder = builder.select(["movie_id", *META_COLUMNS, "_distance"])
         if where := _filters(year_min, year_max, exclude_ids):
             builder = builder.where(where, prefilter=True)
         if exact or (exact is None and self.index_name() is None):
@@ -223,6 +223,23 @@ class VectorStore:
         for hit in hits:
             hit["score"] = 1.0 - float(hit.pop("_distance"))
         return hits
+
+
+def bad_vectors(store: VectorStore, batch_rows: int = 16_384) -> list[str]:
+    """movie_ids whose vector has a NaN/inf value or a (near-)zero norm; streams the table in batches."""
+    bad: list[str] = []
+    dim = store.dimension()
+    query = store.table.search().select(["movie_id", "vector"]).limit(None)
+    for batch in query.to_batches(batch_rows):
+        column = batch.column("vector")
+        vectors = np.full((batch.num_rows, dim), np.nan, dtype=np.float32)  # a null vector counts as bad
+        valid = ~column.is_null().to_numpy(zero_copy_only=False)
+        vectors[valid] = column.drop_null().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        finite = np.isfinite(vectors).all(axis=1)
+        norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
+        ids = batch.column("movie_id").to_pylist()
+        bad += [ids[i] for i in np.flatnonzero(~finite | (norms < 1e-6))]
+    return bad
 
 
 def _filters(year_min: int | None, year_max: int | None, exclude_ids: Sequence[str]) -> str:

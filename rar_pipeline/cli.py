@@ -60,5 +60,32 @@ def sql(query: str, limit: int) -> None:
     relation.limit(limit).show(max_width=200)
 
 
+@main.command()
+@click.argument("text")
+@click.option("--k", default=10, show_default=True, help="How many films to return.")
+@click.option("--year-min", type=int, default=None, help="Only films from this year on.")
+@click.option("--year-max", type=int, default=None, help="Only films up to this year.")
+@click.option("--exclude", multiple=True, help="A movie_id to leave out (repeatable).")
+def search(text: str, k: int, year_min: int | None, year_max: int | None, exclude: tuple[str, ...]) -> None:
+    """Films of movie_vectors closest in meaning to TEXT, e.g. rar search "space opera with a twist"."""
+    from corpus_build.embed import Embedder, ModelUnavailableError
+    from corpus_build.vector_store import VectorStore
+
+    settings = get_settings()
+    store = VectorStore.from_settings(settings)
+    if not store.exists():
+        raise click.ClickException(f"no movie_vectors table at {settings.vector_db_uri}: run `rar materialize` first")
+    try:
+        query = Embedder.from_settings(settings).encode([text])[0]
+    except ModelUnavailableError as error:
+        raise click.ClickException(str(error)) from error
+    hits = store.search(query, k=k, year_min=year_min, year_max=year_max, exclude_ids=exclude)
+    for rank, hit in enumerate(hits, 1):
+        genres = ", ".join(hit["genres"] or [])
+        click.echo(f"{rank:>3}. {hit['score']:.3f}  {hit['movie_id']:<14} {hit['title']} ({hit['year'] or '?'})  {genres}")
+    if not hits:
+        click.echo("no film matches the filters")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,100 @@
+"""Vectors stage: ``movie_vectors``, one embedding per film of ``movie_corpus`` in LanceDB, and its checks."""
+
+import dagster as dg
+
+from rar_pipeline.settings import get_settings
+
+VECTORS = dg.AssetKey("movie_vectors")
+CORPUS = dg.AssetKey("movie_corpus")
+
+
+@dg.asset(
+    key=VECTORS,
+    deps=[CORPUS],
+    group_name="corpus",
+    kinds={"lancedb", "python"},
+    owners=["team:rar"],
+)
+def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """One normalised embedding per film of movie_corpus in the LanceDB table `movie_vectors`
+    (movie_id, vector, content_hash, prompt metadata), with an IVF_PQ index once the table is large.
+    Incremental: only films whose content_hash is new or changed are embedded; films gone from the
+    corpus are deleted; an interrupted run resumes from its last committed chunk."""
+    from corpus_build.catalog import file_fingerprint
+    from corpus_build.embed import Embedder
+    from corpus_build.vector_store import VectorStore, read_corpus, sync_vectors
+
+    settings = get_settings()
+    corpus_path = settings.table_path("movie_corpus")
+    if not corpus_path.exists():
+        raise dg.Failure(f"movie_corpus not found at {corpus_path}: materialise movie_corpus first")
+    fingerprint = file_fingerprint(corpus_path)  # before reading: a rewrite during the run shows as a change
+    embedder = Embedder.from_settings(settings)
+    stats = sync_vectors(read_corpus(corpus_path), VectorStore.from_settings(settings), embedder)
+    context.log.info(f"movie_vectors: {stats.embedded} embedded, {stats.reused} reused, {stats.deleted} deleted")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": stats.rows,
+            "embedded": float(stats.embedded),
+            "reused": float(stats.reused),
+            "deleted": float(stats.deleted),
+            "seconds": float(stats.seconds),
+            "texts_per_second": float(stats.texts_per_second),
+            "dimension": stats.dimension,
+            "index": stats.index,
+            "model": settings.embedding_model,
+            "uri": settings.vector_db_uri,
+            "table": "movie_vectors",
+            "corpus_fingerprint": fingerprint,
+        }
+    )
+
+
+def _store_and_corpus_ids():
+    import polars as pl
+
+    from corpus_build.vector_store import VectorStore
+
+    settings = get_settings()
+    corpus_ids = pl.read_parquet(settings.table_path("movie_corpus"), columns=["movie_id"])
+    return VectorStore.from_settings(settings), corpus_ids
+
+
+@dg.asset_check(asset=VECTORS, blocking=True, description="One vector per corpus film: row counts match.")
+def vectors_row_count_matches_corpus() -> dg.AssetCheckResult:
+    store, corpus_ids = _store_and_corpus_ids()
+    rows = store.count()
+    return dg.AssetCheckResult(
+        passed=rows == corpus_ids.height, metadata={"vectors": rows, "corpus": corpus_ids.height}
+    )
+
+
+@dg.asset_check(asset=VECTORS, blocking=True, description="Every movie_id in the table is a corpus film.")
+def vectors_ids_in_corpus() -> dg.AssetCheckResult:
+    store, corpus_ids = _store_and_corpus_ids()
+    stored = store.read_columns(["movie_id"])
+    unknown = stored.join(corpus_ids, on="movie_id", how="anti")["movie_id"].to_list()
+    return dg.AssetCheckResult(
+        passed=not unknown, metadata={"not_in_corpus": len(unknown), "examples": unknown[:10]}
+    )
+
+
+@dg.asset_check(asset=VECTORS, blocking=True, description="Vector dimension equals the embedding model's.")
+def vectors_dimension() -> dg.AssetCheckResult:
+    from corpus_build.embed import Embedder
+
+    settings = get_settings()
+    store, _ = _store_and_corpus_ids()
+    expected = Embedder.from_settings(settings).dimension
+    return dg.AssetCheckResult(
+        passed=store.dimension() == expected,
+        metadata={"table_dimension": store.dimension(), "model_dimension": expected, "model": settings.embedding_model},
+    )
+
+
+@dg.asset_check(asset=VECTORS, blocking=True, description="No vector has NaN/inf values or a zero norm.")
+def vectors_finite_nonzero() -> dg.AssetCheckResult:
+    from corpus_build.vector_store import VectorStore, bad_vectors
+
+    bad = bad_vectors(VectorStore.from_settings(get_settings()))
+    return dg.AssetCheckResult(passed=not bad, metadata={"bad_vectors": len(bad), "examples": bad[:10]})
