@@ -49,6 +49,7 @@ FIELD_PRECEDENCE: dict[str, tuple[str, ...]] = {
 MATCH_KINDS = ("matched_imdb_id", "matched_title_year", "matched_fuzzy", "new_films")
 
 _EXACT, _ADJACENT, _FUZZY = 0, 1, 2
+_EMPTY_LIST = pl.lit([], dtype=pl.List(pl.String))
 
 
 @dataclass
@@ -79,6 +80,26 @@ def read_source(spec: SourceSpec, files: Mapping[str, Path]) -> SourceResult:
     """Run a source's reader on its local files; files the mirror did not have are left out."""
     present = {name: Path(path) for name, path in files.items() if Path(path).exists()}
     return spec.reader(present)
+
+
+def local_files(spec: SourceSpec, raw_dir: Path) -> dict[str, Path] | None:
+    """The files of ``spec`` fetched into ``raw_dir``; None when a required file is not there."""
+    files = {f.name: raw_dir / f.name for f in spec.files if (raw_dir / f.name).is_file()}
+    required = [f.name for f in spec.files if not f.optional]
+    return files if all(name in files for name in required) else None
+
+
+def read_fetched_sources(specs: Iterable[SourceSpec], raw_root: Path) -> tuple[dict[str, SourceResult], dict[str, str]]:
+    """Read every source whose files are under ``raw_root/<source>/``; say why the others were skipped."""
+    results: dict[str, SourceResult] = {}
+    skipped: dict[str, str] = {}
+    for spec in specs:
+        files = local_files(spec, Path(raw_root) / spec.name)
+        if files is None:
+            skipped[spec.name] = f"files not fetched under {Path(raw_root) / spec.name}"
+            continue
+        results[spec.name] = read_source(spec, files)
+    return results, skipped
 
 
 def build_corpus(
@@ -143,9 +164,17 @@ def _prepare(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     return rows.with_row_index("_rid").with_columns(
         _clean_text("title"),
         pl.col("aliases").list.eval(_clean_text(pl.element())).list.drop_nulls(),
-        pl.col("imdb_id").map_elements(movie_text.normalise_imdb_id, return_dtype=pl.String, skip_nulls=True),
+        _imdb_id_expr(),
         pl.col("source").replace_strict(rank, default=len(rank), return_dtype=pl.Int32).alias("_source_rank"),
     ).sort("_source_rank", "source", "source_key", "_rid")
+
+
+def _imdb_id_expr() -> pl.Expr:
+    """Vectorised ``movie_text.normalise_imdb_id``: 'tt0133093', '133093' -> 'tt0133093'; else null."""
+    digits = pl.col("imdb_id").str.strip_chars().str.strip_prefix("tt")
+    number = digits.str.replace(r"^0+", "")
+    valid = digits.str.contains(r"^[0-9]+$") & (number.str.len_chars() > 0)
+    return pl.when(valid).then(pl.lit("tt") + number.str.zfill(7)).otherwise(None).alias("imdb_id")
 
 
 def _clean_text(column: str | pl.Expr) -> pl.Expr:
@@ -332,36 +361,55 @@ def _precedence_rank(field_name: str) -> pl.Expr:
     return pl.col("source").replace_strict({s: i for i, s in enumerate(order)}, default=len(order), return_dtype=pl.Int32)
 
 
+_SCALAR_FIELDS = ("title", "year", "runtime_minutes", "imdb_rating", "imdb_votes", "plot", "directors", "cast")
+
+
 def _combine(rows: pl.DataFrame) -> pl.DataFrame:
-    """One row per entity: each field from its best source, genres/aliases/sources as unions."""
-    list_fields = ("directors", "cast")
+    """One row per entity: each field from its best source, genres/aliases/sources as unions.
+
+    Films seen in one row only (most IMDb titles) skip the group-by: their row is the film.
+    """
     rows = rows.with_columns(
-        [pl.when(pl.col(f).list.len() > 0).then(pl.col(f)).alias(f) for f in list_fields]
+        *[pl.when(pl.col(f).list.len() > 0).then(pl.col(f)).alias(f) for f in ("directors", "cast")],
+        _canonical_genres_expr(rows).alias("genres"),
+        pl.concat_list(pl.col("title"), pl.col("aliases")).list.drop_nulls().alias("_names"),
     )
+    several = pl.len().over("_entity") > 1
+    single = rows.filter(~several).select(
+        pl.col("_entity"),
+        *_SCALAR_FIELDS,
+        pl.concat_list(pl.col("source")).alias("sources"),
+        pl.col("_names").list.unique(maintain_order=True),
+        pl.col("genres"),
+    )
+    merged = rows.filter(several)
     picked = [
         pl.col(f).sort_by(_precedence_rank(f), pl.col("source"), pl.col("_rid")).drop_nulls().first().alias(f)
-        for f in ("title", "year", "runtime_minutes", "imdb_rating", "imdb_votes", "plot", *list_fields)
+        for f in _SCALAR_FIELDS
     ]
-    corpus = rows.group_by("_entity").agg(
+    combined = merged.group_by("_entity").agg(
         *picked,
         pl.col("source").unique().sort().alias("sources"),
-        pl.concat_list(pl.col("title"), pl.col("aliases")).list.explode(keep_nulls=False, empty_as_null=False).unique(maintain_order=True).alias("_names"),
+        pl.col("_names").list.explode(keep_nulls=False, empty_as_null=False).unique(maintain_order=True),
     )
-    return corpus.join(_genres(rows), on="_entity", how="left").rename({"_entity": "movie_id"})
+    combined = combined.join(_genre_union(merged), on="_entity", how="left")
+    return pl.concat([single, combined.select(single.columns)], how="vertical_relaxed").rename({"_entity": "movie_id"})
 
 
-def _genres(rows: pl.DataFrame) -> pl.DataFrame:
-    """Union of canonical genres per entity, in field precedence order."""
-    exploded = (
-        rows.select("_entity", _precedence_rank("genres").alias("_p"), "_rid", pl.col("genres").alias("_g"))
-        .explode("_g")
-        .with_row_index("_pos")
-        .drop_nulls("_g")
-    )
-    spellings = exploded["_g"].unique().to_list()
-    mapping = {s: canonical_genre(s) for s in spellings}
+def _canonical_genres_expr(rows: pl.DataFrame) -> pl.Expr:
+    """Each row's genres mapped onto the canonical vocabulary (unknown dropped, no duplicates)."""
+    spellings = rows["genres"].explode(keep_nulls=False, empty_as_null=False).unique().to_list()
+    mapping = {s: canonical_genre(s) for s in spellings if s is not None}
+    mapped = pl.element().replace_strict(mapping, default=None, return_dtype=pl.String)
+    return pl.col("genres").list.eval(mapped.drop_nulls().unique(maintain_order=True))
+
+
+def _genre_union(rows: pl.DataFrame) -> pl.DataFrame:
+    """Union of (canonical) genres per entity, in field precedence order."""
     return (
-        exploded.with_columns(pl.col("_g").replace_strict(mapping, return_dtype=pl.String))
+        rows.select("_entity", _precedence_rank("genres").alias("_p"), "_rid", pl.col("genres").alias("_g"))
+        .with_row_index("_pos")
+        .explode("_g")
         .drop_nulls("_g")
         .sort("_entity", "_p", "_rid", "_pos")
         .unique(["_entity", "_g"], keep="first", maintain_order=True)
@@ -387,33 +435,72 @@ def _reject_undated(corpus: pl.DataFrame, rows: pl.DataFrame) -> tuple[pl.DataFr
 def _finish(corpus: pl.DataFrame) -> pl.DataFrame:
     """Aliases without the title, cast trimmed, content hash, the exact CORPUS_SCHEMA, sorted."""
     corpus = corpus.with_columns(
-        pl.col("genres").fill_null([]),
-        pl.col("directors").fill_null([]),
-        pl.col("cast").fill_null([]).list.head(CAST_LIMIT),
+        pl.col("genres").fill_null(_EMPTY_LIST),
+        pl.col("directors").fill_null(_EMPTY_LIST),
+        pl.col("cast").fill_null(_EMPTY_LIST).list.head(CAST_LIMIT),
     )
-    # aliases: the other titles seen, one spelling per title key, none equal to the title's key
-    corpus = corpus.with_columns(
-        pl.struct("title", "_names")
-        .map_elements(_aliases, return_dtype=pl.List(pl.String))
-        .alias("aliases")
-    ).drop("_names")
-    corpus = corpus.select([pl.col(c).cast(t) for c, t in CORPUS_SCHEMA.items() if c != "content_hash"])
-    hashes = [movie_text.content_hash(row) for row in corpus.iter_rows(named=True)]
-    return corpus.with_columns(pl.Series("content_hash", hashes, dtype=pl.String)).sort("movie_id")
+    corpus = corpus.drop("aliases", strict=False).join(_aliases(corpus), on="movie_id", how="left")
+    corpus = corpus.select(
+        *[pl.col(c).cast(t) for c, t in CORPUS_SCHEMA.items() if c not in ("content_hash", "aliases")],
+        pl.col("aliases").fill_null(_EMPTY_LIST).cast(CORPUS_SCHEMA["aliases"]),
+    ).select([c for c in CORPUS_SCHEMA if c != "content_hash"])
+    return corpus.with_columns(_content_hashes(corpus)).sort("movie_id")
 
 
-def _aliases(record: dict) -> list[str]:
-    names = record["_names"] or []
-    if len(names) < 2:
-        return []
-    seen = {safe_title_key(record["title"])}
-    aliases = []
-    for name in names:
-        key = safe_title_key(name)
-        if key not in seen:
-            seen.add(key)
-            aliases.append(name)
-    return aliases
+def _alias_key(expr: pl.Expr) -> pl.Expr:
+    """A cheap spelling key for aliases: case and punctuation ignored ('Matrix, The' ~ 'matrix the')."""
+    return expr.str.to_lowercase().str.replace_all(r"[^\w]+", "")
+
+
+def _aliases(corpus: pl.DataFrame) -> pl.DataFrame:
+    """movie_id -> the other titles seen for the film, one per spelling key, none spelled as the title."""
+    return (
+        corpus.select("movie_id", "title", pl.col("_names").alias("_alias"))
+        .filter(pl.col("_alias").list.len() > 1)
+        .with_row_index("_film")
+        .explode("_alias")
+        .with_columns(_alias_key(pl.col("_alias")).alias("_k"))
+        .filter(pl.col("_k") != _alias_key(pl.col("title")))
+        .unique(["_film", "_k"], keep="first", maintain_order=True)
+        .group_by("movie_id", maintain_order=True)
+        .agg(pl.col("_alias").alias("aliases"))
+    )
+
+
+_PY_WHITESPACE = "".join(chr(i) for i in range(0x3000 + 1) if chr(i).isspace())  # what str.strip() strips
+
+
+def _joined(column: str, limit: int | None = None) -> pl.Expr:
+    kept = pl.col(column).list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
+    return (kept.list.head(limit) if limit else kept).list.join(", ")
+
+
+def movie_text_expr() -> pl.Expr:
+    """Vectorised :func:`movie_text.movie_text` (the tests hold it equal to the Python function)."""
+    title, year = pl.col("title").fill_null(""), pl.col("year")
+    head = pl.when(year.is_not_null() & (year != 0)).then(pl.format("{} ({})", title, year)).otherwise(title)
+    genres, directors, cast = _joined("genres"), _joined("directors"), _joined("cast", limit=5)
+    plot = pl.col("plot").fill_null("").str.strip_chars(_PY_WHITESPACE)
+    return pl.concat_str(
+        [
+            head,
+            pl.when(genres != "").then(pl.format("Genres: {}.", genres)),
+            pl.when(directors != "").then(pl.format("Directed by {}.", directors)),
+            pl.when(cast != "").then(pl.format("Starring {}.", cast)),
+            pl.when(plot != "").then(plot),
+        ],
+        separator=" ",
+        ignore_nulls=True,
+    )
+
+
+def _content_hashes(corpus: pl.DataFrame) -> pl.Series:
+    """movie_text.content_hash of every film: the text built in polars, hashed with hashlib."""
+    import hashlib
+
+    texts = corpus.select(movie_text_expr())[:, 0].to_list()
+    hashes = [hashlib.sha256(text.encode()).hexdigest()[:16] for text in texts]
+    return pl.Series("content_hash", hashes, dtype=pl.String)
 
 
 def _source_stats(rows: pl.DataFrame, quarantine: pl.DataFrame, frames: Iterable[pl.DataFrame]) -> dict[str, dict[str, int]]:
@@ -436,6 +523,8 @@ __all__ = [
     "MergeResult",
     "build_corpus",
     "merge_rows",
+    "local_files",
+    "read_fetched_sources",
     "read_source",
     "write_corpus",
 ]

@@ -157,7 +157,8 @@ def test_field_precedence_aliases_and_schema():
     assert film["plot"] == "A shy waitress."
     assert film["cast"] == [f"Actor {i}" for i in range(10)]  # IMDb wins, top billed only
     assert film["genres"] == ["Comedy", "Romance"]
-    assert film["aliases"] == ["Le fabuleux destin d'Amélie Poulain", "Amelie (Fabuleux destin d'Amélie Poulain, Le)"]
+    # other titles seen, in source order; spellings differing only in case/punctuation count once
+    assert film["aliases"] == ["Le fabuleux destin d'Amélie Poulain", "Amelie (Fabuleux destin d'Amélie Poulain, Le)", "Amelie"]
     assert film["sources"] == ["imdb", "movielens", "wikipedia"]
 
 
@@ -215,3 +216,19 @@ def test_genre_vocabulary_and_sequel_markers():
     assert canonical_genres(["Noir", "Film-Noir", "Children", "IMAX"]) == ["Film Noir", "Family"]
     assert sequel_markers("rocky ii") != sequel_markers("rocky iii")
     assert sequel_markers("the matrix") == frozenset()
+
+
+def test_vectorised_movie_text_equals_the_contract_function():
+    from corpus_build.merge import movie_text_expr
+
+    films = pl.DataFrame(
+        [
+            dict(title="Amélie", year=2001, genres=["Comedy", "", None], directors=[], cast=[f"A{i}" for i in range(8)],
+                 plot="\x1f  A shy waitress.\u2003\n"),
+            dict(title="No Year", year=None, genres=[], directors=["X", "Y"], cast=[], plot=None),
+            dict(title="Only Title", year=1950, genres=[], directors=[], cast=[None, "B"], plot="   "),
+        ],
+        schema={k: CORPUS_SCHEMA[k] for k in ("title", "year", "genres", "directors", "cast", "plot")},
+    )
+    texts = films.select(movie_text_expr())[:, 0].to_list()
+    assert texts == [movie_text.movie_text(row) for row in films.iter_rows(named=True)]
