@@ -1,3 +1,101 @@
 """Sensors: the new-release sensor that refreshes only what changed upstream."""
 
 SENSORS: list = []
+
+# --- new-release sensor (issue 3) -----------------------------------------------------------------
+import json  # noqa: E402
+
+import dagster as dg  # noqa: E402
+
+from rar_pipeline.jobs import corpus_refresh_job  # noqa: E402
+from rar_pipeline.settings import get_settings  # noqa: E402
+
+VECTORS_KEY = dg.AssetKey("movie_vectors")
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def profile_sources(settings):
+    """The SourceSpecs of the current profile (the corpus registry)."""
+    from corpus_build.sources.registry import sources_for_profile
+
+    return sources_for_profile(settings.profile, settings.source_mirror)
+
+
+def vectors_run_in_flight(instance: dg.DagsterInstance) -> bool:
+    """A run that may write movie_vectors is queued or running (a whole-job run counts)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT), limit=100)
+    return any(run.asset_selection is None or VECTORS_KEY in run.asset_selection for run in runs)
+
+
+def vectors_built_from(instance: dg.DagsterInstance) -> str | None:
+    """The movie_corpus file fingerprint the latest movie_vectors materialisation was built from."""
+    event = instance.get_latest_materialization_event(VECTORS_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("corpus_fingerprint")
+    return value.value if value is not None else None
+
+
+def build_new_release_sensor(sources_for=profile_sources, name: str = "new_release_sensor", interval_s: int = 3600):
+    """A sensor that refreshes the corpus when upstream changes and the vectors when the corpus does.
+
+    - upstream catalog fingerprint (mirror/package file size+mtime, HTTP ETag/Last-Modified/
+      Content-Length) differs from the cursor's: run ``corpus_refresh`` (sources, movie_corpus,
+      movie_vectors; incremental);
+    - else movie_corpus's file differs from the one movie_vectors was last built from: run
+      movie_vectors only.
+    Nothing is requested while a run that may write movie_vectors is in flight, or when an upstream
+    file cannot be reached (a network blip is not a new release).
+    """
+
+    @dg.sensor(
+        name=name,
+        job=corpus_refresh_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="New releases upstream (or a rebuilt movie_corpus) -> incremental corpus + vectors refresh.",
+    )
+    def _new_release(context: dg.SensorEvaluationContext):
+        from corpus_build.catalog import catalog_fingerprint, file_fingerprint
+
+        settings = get_settings()
+        if vectors_run_in_flight(context.instance):
+            return dg.SkipReason("a run that writes movie_vectors is in flight")
+        try:
+            specs = sources_for(settings)
+        except ImportError as error:
+            return dg.SkipReason(f"source registry unavailable: {error}")
+        catalog = catalog_fingerprint(specs, settings.source_mirror)
+        if catalog.unreachable:
+            names = ", ".join(f"{f.source}/{f.name}" for f in catalog.unreachable)
+            return dg.SkipReason(f"upstream not reachable, catalog not compared: {names}")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        files = {f"{f.source}/{f.name}": json.dumps(f.state, sort_keys=True) for f in catalog.files}
+        context.update_cursor(json.dumps({"catalog": catalog.digest, "files": files}))
+        if cursor.get("catalog") not in (None, catalog.digest):
+            old = cursor.get("files", {})
+            changed = sorted(k for k in files.keys() | old.keys() if files.get(k) != old.get(k))
+            context.log.info(f"upstream catalog changed: {changed}")
+            return dg.RunRequest(
+                run_key=f"catalog-{catalog.digest[:16]}",
+                tags={"rar/trigger": "catalog", "rar/changed_files": ",".join(changed)[:1000]},
+            )
+        corpus = file_fingerprint(settings.table_path("movie_corpus"))
+        if corpus is not None and corpus != vectors_built_from(context.instance):
+            return dg.RunRequest(
+                run_key=f"corpus-{corpus}", asset_selection=[VECTORS_KEY], tags={"rar/trigger": "movie_corpus"}
+            )
+        first = "first look: catalog fingerprint recorded; " if "catalog" not in cursor else ""
+        return dg.SkipReason(f"{first}upstream catalog and movie_corpus unchanged")
+
+    return _new_release
+
+
+new_release_sensor = build_new_release_sensor()
+SENSORS.append(new_release_sensor)
