@@ -83,11 +83,11 @@ def fetch_source(
     return fetched
 
 
-def mirror_file(remote: RemoteFile, settings) -> Path | None:
-    """Where ``settings.source_mirror`` keeps ``remote`` (None: no mirror, or the mirror lacks it)."""
-    if settings.source_mirror is None or remote.mirror_path is None:
+def mirror_file(remote: RemoteFile, mirror: Path | str | None) -> Path | None:
+    """Where the mirror folder keeps ``remote`` (None: no mirror, or the mirror lacks it)."""
+    if mirror is None or remote.mirror_path is None:
         return None
-    path = Path(settings.source_mirror) / remote.mirror_path
+    path = Path(mirror) / remote.mirror_path
     return path if path.is_file() else None
 
 
@@ -99,7 +99,7 @@ def _fetch_one(remote, target, settings, client, retry, progress) -> FetchedFile
                 raise FetchError(f"{remote.name}: package resource {package}/{relative} not found")
             return _copy_local(remote, source, target, "package")
     if settings.source_mirror is not None:
-        source = mirror_file(remote, settings)
+        source = mirror_file(remote, settings.source_mirror)
         if source is not None:
             return _copy_local(remote, source, target, "mirror")
         expected = Path(settings.source_mirror) / (remote.mirror_path or f"<no mirror path for {remote.name}>")

@@ -149,3 +149,8 @@ def test_vectorised_helpers_match_movie_text():
     assert clean_titles(pl.Series(titles)).to_list() == [restore_article(t) if t else None for t in titles]
     ids = ["tt0133093", "tt10000001", "tt0000000", "tt00012345", "tt1"]
     assert imdb_ids(pl.Series(ids)).to_list() == [normalise_imdb_id(t) for t in ids]
+
+
+def test_no_files_at_all_is_an_empty_result():
+    result = read_imdb({})
+    assert result.rows.height == 0 and result.rows.schema == pl.Schema(SOURCE_ROW_SCHEMA)

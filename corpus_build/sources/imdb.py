@@ -62,6 +62,9 @@ REQUIRED = {BASICS: ("tconst", "titleType", "primaryTitle", "isAdult"), RATINGS:
 
 def read_imdb(files: dict[str, Path]) -> SourceResult:
     """Feature films (non-adult ``movie`` titles) with rating, votes, directors and top-billed cast."""
+    if not files:  # a mirror without IMDb: every (optional) file skipped, nothing to read
+        return SourceResult(rows=pl.DataFrame(schema=SOURCE_ROW_SCHEMA),
+                            quarantine=pl.DataFrame(schema=QUARANTINE_SCHEMA), stats={"films": 0.0})
     missing = [name for name in COLUMNS if name not in files]
     if missing:
         raise SourceFormatError(", ".join(missing), "IMDb file(s) not fetched")
