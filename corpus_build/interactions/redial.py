@@ -1,0 +1,105 @@
+"""ReDial (Li et al. 2018): one JSON dialogue per line.
+
+Each dialogue has ``movieMentions`` ({"111776": "Super Troopers (2001)"}), ``messages`` (text with
+``@111776`` placeholders, ``senderWorkerId``), the two workers (``initiatorWorkerId`` = seeker,
+``respondentWorkerId`` = recommender) and both workers' questionnaires
+(``respondentQuestions`` / ``initiatorQuestions``: per mentioned film ``suggested``, ``seen``, ``liked``).
+
+Recommendation rule: a film the recommender mentions in a turn is a target of that turn when the
+questionnaire marks it ``suggested`` = 1 (the recommender's own answer, the seeker's when the
+recommender did not answer for that film). ``rule="suggested_any"``: either worker's 1 counts;
+``rule="mentioned"``: every film the recommender mentions counts (the CRS harness's reading).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from corpus_build.linking import Linker, LinkLog
+from corpus_build.movie_text import nfc
+from corpus_build.interactions.turns import (
+    RECOMMENDER,
+    SEEKER,
+    Utterance,
+    dialog_rows,
+    merge_consecutive,
+    quarantine_row,
+)
+
+_PLACEHOLDER = re.compile(r"@(\d+)")
+RULES = ("suggested", "suggested_any", "mentioned")
+DEFAULT_RULE = "suggested"
+_REQUIRED = ("messages", "initiatorWorkerId", "respondentWorkerId", "conversationId")
+
+
+def read_redial(
+    path: str | Path, split: str, linker: Linker, log: LinkLog, dataset: str = "redial", rule: str = DEFAULT_RULE
+) -> tuple[list[dict], list[dict]]:
+    """Turn rows and quarantine rows of one ReDial jsonl file; ``split`` names the file's split."""
+    if rule not in RULES:
+        raise ValueError(f"unknown ReDial recommendation rule {rule!r}")
+    path = Path(path)
+    rows, quarantine = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                dialog = json.loads(line)
+                missing = [k for k in _REQUIRED if k not in dialog] if isinstance(dialog, dict) else ["object"]
+                if missing:
+                    raise ValueError(f"missing {', '.join(missing)}")
+                rows += _dialog(dialog, split, linker, log, dataset, rule)
+            except (ValueError, TypeError, AttributeError, KeyError) as error:
+                quarantine.append(quarantine_row(dataset, str(path), line_no, f"{type(error).__name__}: {error}", line))
+    return rows, quarantine
+
+
+def _mentions(dialog: dict, linker: Linker, log: LinkLog, dataset: str) -> dict[str, tuple[str | None, str]]:
+    """ReDial movie id -> (corpus movie_id or None, text to show); every entry is logged once."""
+    raw = dialog.get("movieMentions") or {}
+    if not isinstance(raw, dict):  # the published files write an empty mapping as []
+        raw = {}
+    resolved = {}
+    for redial_id, name in raw.items():
+        link = linker.link(name) if name else linker.link(None)
+        log.record(dataset, name or f"@{redial_id}", link)
+        shown = linker.label(link.movie_id) if link.movie_id else (nfc(name) if name else f"@{redial_id}")
+        resolved[str(redial_id)] = (link.movie_id, shown)
+    return resolved
+
+
+def _suggested(dialog: dict, either: bool = False) -> set[str]:
+    """ReDial ids marked suggested: the recommender's answer wins (``either``: any worker's 1)."""
+    answers, anyone = {}, set()
+    for key in ("initiatorQuestions", "respondentQuestions"):
+        questions = dialog.get(key) or {}
+        if isinstance(questions, dict):
+            for redial_id, answer in questions.items():
+                if isinstance(answer, dict) and "suggested" in answer:
+                    answers[str(redial_id)] = answer["suggested"]
+                    if answer["suggested"] == 1:
+                        anyone.add(str(redial_id))
+    return anyone if either else {redial_id for redial_id, value in answers.items() if value == 1}
+
+
+def _dialog(dialog: dict, split: str, linker: Linker, log: LinkLog, dataset: str, rule: str) -> list[dict]:
+    mentions = _mentions(dialog, linker, log, dataset)
+    suggested = _suggested(dialog, either=rule == "suggested_any")
+    roles = {dialog["initiatorWorkerId"]: SEEKER, dialog["respondentWorkerId"]: RECOMMENDER}
+    utterances = []
+    for message in dialog["messages"]:
+        role = roles.get(message.get("senderWorkerId"))
+        if role is None:
+            raise ValueError(f"message {message.get('messageId')} from unknown worker {message.get('senderWorkerId')}")
+        text = str(message.get("text") or "")
+        ids = [m for m in _PLACEHOLDER.findall(text) if m in mentions]
+        linked = [mentions[m][0] for m in ids if mentions[m][0]]
+        targets = []
+        if role == RECOMMENDER:
+            targets = [mentions[m][0] for m in ids if mentions[m][0] and (rule == "mentioned" or m in suggested)]
+        shown = _PLACEHOLDER.sub(lambda m: mentions[m.group(1)][1] if m.group(1) in mentions else m.group(0), text)
+        utterances.append(Utterance(role, nfc(shown), linked, targets))
+    return dialog_rows(dataset, split, str(dialog["conversationId"]), merge_consecutive(utterances))

@@ -1,0 +1,70 @@
+"""From a dialogue (utterances with roles, linked mentions and recommendations) to CONVERSATION_TURNS rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, QUARANTINE_SCHEMA
+
+SEEKER, RECOMMENDER = "seeker", "recommender"
+
+
+@dataclass
+class Utterance:
+    """One turn of one speaker (consecutive messages of a speaker are merged into one turn)."""
+
+    role: str  # SEEKER or RECOMMENDER
+    text: str  # mentions already rendered as "Title (Year)"
+    movie_ids: list[str] = field(default_factory=list)  # linked films mentioned, in order
+    target_ids: list[str] = field(default_factory=list)  # films this turn recommends (recommender only)
+
+
+def merge_consecutive(utterances: list[Utterance]) -> list[Utterance]:
+    """Join consecutive utterances of the same role (CRSLab and the CRS harness do the same)."""
+    merged: list[Utterance] = []
+    for utt in utterances:
+        if merged and merged[-1].role == utt.role:
+            last = merged[-1]
+            last.text = f"{last.text} {utt.text}".strip()
+            last.movie_ids += utt.movie_ids
+            last.target_ids += utt.target_ids
+        else:
+            merged.append(Utterance(utt.role, utt.text, list(utt.movie_ids), list(utt.target_ids)))
+    return merged
+
+
+def dialog_rows(dataset: str, split: str, dialog_id: str, utterances: list[Utterance]) -> list[dict]:
+    """One row per recommender turn with at least one target; context = the turns before it."""
+    rows, history = [], []
+    for index, utt in enumerate(utterances):
+        targets = list(dict.fromkeys(utt.target_ids))
+        if utt.role == RECOMMENDER and targets:
+            seen = set(history)
+            rows.append({
+                "dataset": dataset,
+                "split": split,
+                "dialog_id": dialog_id,
+                "turn_index": index,
+                "context": [{"role": u.role, "text": u.text} for u in utterances[:index]],
+                "history_movie_ids": list(history),
+                "target_movie_ids": targets,
+                "target_mentioned_before": [t in seen for t in targets],
+            })
+        for movie_id in utt.movie_ids + targets:
+            if movie_id not in history:
+                history.append(movie_id)
+    return rows
+
+
+def turns_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA)
+
+
+def quarantine_row(source: str, file: str, line: int | None, reason: str, raw: str) -> dict:
+    return {"source": source, "file": file, "line": line, "reason": reason, "raw": raw[:500]}
+
+
+def quarantine_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=QUARANTINE_SCHEMA)
