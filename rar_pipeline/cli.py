@@ -87,5 +87,64 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
         click.echo("no film matches the filters")
 
 
+def _recommend_retriever(settings):
+    """(retrieve(history_ids, text, k), name): the trained retriever (aligned > sft > pretrained) when
+    one has been materialised, else semantic search of movie_vectors; (None, reason) when neither exists."""
+    try:
+        from training.retriever import load_current_retriever
+    except ImportError:
+        load_current_retriever = None
+    if load_current_retriever is not None and (retriever := load_current_retriever(settings)) is not None:
+        name = getattr(retriever, "name", "retriever")
+        return (lambda history, _text, k: retriever.retrieve(history, k, exclude=history)), name
+    from corpus_build.embed import Embedder
+    from corpus_build.vector_store import VectorStore
+
+    store = VectorStore.from_settings(settings)
+    if not store.exists():
+        return None, f"neither a trained retriever nor a movie_vectors table at {settings.vector_db_uri}"
+    embedder = Embedder.from_settings(settings)
+
+    def retrieve(history, text, k):
+        hits = store.search(embedder.encode([text])[0], k=k, exclude_ids=list(history))
+        return [(hit["movie_id"], hit["score"]) for hit in hits]
+
+    return retrieve, "movie_vectors search (no trained retriever yet)"
+
+
+@main.command()
+@click.argument("text")
+@click.option("--k", default=10, show_default=True, help="How many films to recommend.")
+@click.option("--backend", type=click.Choice(["embedding", "llama_cpp", "openai"]), default=None,
+              help="Generator backend (default: RAR_GENERATOR_BACKEND).")
+def recommend(text: str, k: int, backend: str | None) -> None:
+    """Recommend films for a message, e.g. rar recommend "I loved Alien and Arrival, what next?" --k 10.
+
+    Links the titles TEXT mentions to the corpus, retrieves candidates with the current retriever and
+    ranks them with the generator (RAR_GENERATOR_*; the key only from $RAR_GENERATOR_API_KEY)."""
+    import dagster as dg
+
+    from rar_pipeline.resources import GENERATOR_API_KEY_ENV, GeneratorResource
+    from training.generator.recommend import recommend as run_recommend
+
+    settings = get_settings()
+    corpus_path = settings.table_path("movie_corpus")
+    if not corpus_path.exists():
+        raise click.ClickException(f"the pipeline has not been materialised yet (no {corpus_path}): run `rar materialize`")
+    retrieve, retriever_name = _recommend_retriever(settings)
+    if retrieve is None:
+        raise click.ClickException(f"{retriever_name}: run `rar materialize` first")
+    api_key = dg.EnvVar(GENERATOR_API_KEY_ENV).get_value()
+    with GeneratorResource(backend=backend, api_key=api_key).make_generator() as generator:
+        rows, mentioned = run_recommend(text, k, corpus_path, retrieve, generator)
+        stats = generator.stats
+    if mentioned:
+        click.echo("mentioned: " + "; ".join(mentioned))
+    click.echo(f"retriever: {retriever_name}; generator: {generator.name}"
+               + (f" ({int(stats.failures)} failed, kept retriever order)" if stats.failures else ""))
+    for row in rows:
+        click.echo(f"{row['rank']:>3}. {row.get('title') or row['movie_id']} ({row.get('year') or '?'})")
+
+
 if __name__ == "__main__":
     main()

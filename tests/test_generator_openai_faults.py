@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.llm_server import ScriptedEndpoint
+from llm_server import ScriptedEndpoint
 from training.generator.base import RankRequest
 from training.generator.openai_backend import OpenAIConfig, OpenAIGenerator
 
