@@ -1,0 +1,89 @@
+"""An alignment round end to end on a tiny LRURec: the learning signal, resume after an outage, no repeat calls."""
+
+import pytest
+import torch
+
+from training.alignment_round import (
+    AlignmentTurn, GeneratorUnavailable, RoundConfig, run_round, turn_logits,
+)
+from training.generator.base import Generator, RankResult, fallback
+from training.lrurec import LRURec, LRURecConfig
+
+N_ITEMS = 30
+FAVOURITE = 7  # the film the deterministic ranker always puts first
+
+
+class PreferOneFilm(Generator):
+    """A deterministic black-box ranker: the favourite film first, the others in the retriever's order."""
+
+    name = "prefer-one"
+
+    def __init__(self, favourite: str, fail_after: int | None = None):
+        super().__init__()
+        self.favourite, self.fail_after, self.seen = favourite, fail_after, []
+
+    def _rank_batch(self, requests):
+        results = []
+        for request in requests:
+            self.seen.append(request.candidate_ids)
+            if self.fail_after is not None and len(self.seen) > self.fail_after:
+                results.append(fallback(request, "service unavailable"))
+                continue
+            ids = list(request.candidate_ids)
+            ranking = sorted(ids, key=lambda m: m != self.favourite)
+            results.append(RankResult(tuple(ranking), "model"))
+        self.stats.add(calls=len(requests))
+        return results
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = LRURec(LRURecConfig(num_items=N_ITEMS, hidden=16, blocks=1, dropout=0.0, attn_dropout=0.0))
+    item_ids = ["<pad>"] + [f"m{i}" for i in range(1, N_ITEMS + 1)]
+    gen = torch.Generator().manual_seed(seed)
+    turns = []
+    for t in range(48):
+        history = [int(i) for i in torch.randint(1, N_ITEMS + 1, (3,), generator=gen) if int(i) != FAVOURITE]
+        turns.append(AlignmentTurn(f"d/{t}/1", ({"role": "user", "text": "hi"},), history, [FAVOURITE]))
+    return model, item_ids, turns
+
+
+def _favourite_log_prob(model, turns):
+    with torch.no_grad():
+        return torch.log_softmax(turn_logits(model, turns, 10), -1)[:, FAVOURITE].mean().item()
+
+
+@pytest.mark.parametrize("objective", ["dpo", "grpo"])
+def test_round_moves_the_generators_favourite_up(tmp_path, objective):
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup()
+    before = _favourite_log_prob(model, turns)
+    config = RoundConfig(objective=objective, num_sets=4, set_size=5, nll_weight=0.0, lr=1e-2, epochs=4,
+                         batch_size=16, rollout_batch=16, dpo_beta=1.0)
+    generator = PreferOneFilm(item_ids[FAVOURITE])
+    result = run_round(model, item_ids, turns[:40], turns[40:], generator, lambda ids: {}, config, tmp_path)
+    after = _favourite_log_prob(model, turns)
+    assert after > before + 0.2
+    assert result.reward_mean_after > result.reward_mean_before
+    assert (tmp_path / "round.json").is_file()
+    assert len(result.loss_curve) == 4
+
+
+def test_outage_keeps_finished_batches_and_rerun_makes_no_new_rollout_calls(tmp_path):
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup(1)
+    config = RoundConfig(num_sets=2, set_size=4, epochs=1, rollout_batch=8)
+    # gate measurement (8 calls) + two rollout batches (2 x 16 calls), then the service goes down
+    flaky = PreferOneFilm(item_ids[FAVOURITE], fail_after=8 + 32)
+    with pytest.raises(GeneratorUnavailable, match="service unavailable"):
+        run_round(model, item_ids, turns[:40], turns[40:], flaky, lambda ids: {}, config, tmp_path)
+    parts = sorted((tmp_path / "rollouts").glob("part-*.parquet"))
+    assert len(parts) == 2
+
+    healthy = PreferOneFilm(item_ids[FAVOURITE])
+    model2, _, _ = _setup(1)
+    run_round(model2, item_ids, turns[:40], turns[40:], healthy, lambda ids: {}, config, tmp_path)
+    # the rerun drew the same first sets again only for the gate; rollouts resumed at batch 3 of 5
+    rollout_calls = len(healthy.seen) - 8 - 2 * 8 * 2 - 8  # minus gate before, probes, gate after
+    assert rollout_calls == 3 * 8 * 2
+    assert len(sorted((tmp_path / "rollouts").glob("part-*.parquet"))) == 5

@@ -1,0 +1,362 @@
+"""One RL alignment round: roll out candidate sets, let the frozen generator rank them, update the retriever.
+
+A round has three phases, so that a generator outage never loses work and re-running a finished round
+costs no LLM calls:
+
+1. **Rollout** (with the retriever as it was at the round's start, which is also the DPO/GRPO
+   reference): for each training turn, ``G`` candidate sets of ``K`` films are drawn by Gumbel top-k
+   from the retriever's scores (films already mentioned are never proposed); the generator ranks each
+   set; the reward is NDCG@K of its ranking against the turn's targets. Rollouts are written batch by
+   batch (``rollouts/part-NNNNN.parquet``); a rerun skips finished batches. Draws are seeded per batch,
+   so a rerun asks the generator the same prompts (answered from its response cache).
+2. **Optimisation** on the stored rollouts: DPO or GRPO (see :mod:`training.alignment`) plus the NLL
+   of the targets, ``L = L_rl + lambda * L_nll``. Only the retriever changes.
+3. **Gate measurement**: pipeline NDCG@10 (retriever top-K -> generator ranking) on held-out turns,
+   before and after, so the promotion gate can compare the round with its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from corpus_build.atomic import write_parquet_atomic
+
+MoviesLookup = Callable[[Sequence[str]], Mapping[str, Mapping]]
+
+
+class GeneratorUnavailable(RuntimeError):
+    """The generator failed during a rollout batch; finished batches are kept and the round resumes."""
+
+
+@dataclass
+class RoundConfig:
+    objective: Literal["dpo", "grpo"] = "grpo"
+    num_sets: int = 4  # G: candidate sets per turn
+    set_size: int = 20  # K: films per set (the generator's candidate list)
+    temperature: float = 1.0  # sampling temperature of the Gumbel top-k draws
+    dpo_beta: float = 0.1
+    grpo_clip: float = 0.2
+    grpo_kl: float = 0.04
+    nll_weight: float = 1.0  # lambda in L = L_rl + lambda * L_nll
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    epochs: int = 2
+    batch_size: int = 32
+    rollout_batch: int = 64
+    max_len: int = 50
+    eval_k: int = 10
+    seed: int = 1234
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AlignmentTurn:
+    key: str  # dataset/dialog_id/turn_index
+    context: tuple  # ({"role", "text"}, ...)
+    history: list[int]  # item indices of films mentioned before, in order
+    targets: list[int]  # item indices of the films recommended in this turn
+
+
+@dataclass
+class RoundResult:
+    rollouts: int
+    rollout_reward_mean: float  # mean reward of the stored rollouts (round-start retriever, train turns)
+    reward_mean_before: float
+    reward_std_before: float
+    reward_mean_after: float
+    reward_std_after: float
+    gate_ndcg_before: float
+    gate_ndcg_after: float
+    loss_curve: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------- turns
+
+
+def build_turns(turns: pl.DataFrame, item_index: Mapping[str, int]) -> list[AlignmentTurn]:
+    """Turns (CONVERSATION_TURNS_SCHEMA) as item indices; turns with no known target are dropped."""
+    out = []
+    for row in turns.iter_rows(named=True):
+        history = [item_index[m] for m in row["history_movie_ids"] if m in item_index]
+        targets = [item_index[m] for m in row["target_movie_ids"] if m in item_index]
+        targets = [t for t in dict.fromkeys(targets) if t not in set(history)]
+        if targets:
+            key = f"{row['dataset']}/{row['dialog_id']}/{row['turn_index']}"
+            out.append(AlignmentTurn(key, tuple(row["context"]), history, targets))
+    return out
+
+
+def history_tokens(turns: Sequence[AlignmentTurn], max_len: int):
+    """Left-padded item-index histories [B, L] (0 = padding; at least one column)."""
+    import torch
+
+    length = max(1, min(max_len, max((len(t.history) for t in turns), default=1)))
+    tokens = torch.zeros(len(turns), length, dtype=torch.long)
+    for row, turn in enumerate(turns):
+        recent = turn.history[-length:]
+        if recent:
+            tokens[row, length - len(recent):] = torch.tensor(recent)
+    return tokens
+
+
+def turn_logits(model, turns: Sequence[AlignmentTurn], max_len: int):
+    """Retriever logits [B, N+1] for each turn's next film; padding and mentioned films are -inf."""
+    import torch
+
+    device = next(model.parameters()).device
+    tokens = history_tokens(turns, max_len).to(device)
+    hidden = model.encode(tokens)[:, -1]
+    logits = model.logits(hidden).float()
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[:, 0] = True
+    for row, turn in enumerate(turns):
+        if turn.history:
+            mask[row, turn.history] = True
+    return logits.masked_fill(mask, -math.inf)
+
+
+# ----------------------------------------------------------------------------------- rollout
+
+
+def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup):
+    """Ask the generator to rank every (turn, set); returns rankings [turn][set] or raises."""
+    from training.generator.base import RankRequest
+
+    requests = []
+    for turn, sets in zip(turns, sets_ids):
+        for ids in sets:
+            requests.append(RankRequest(turn.context, tuple(ids), movies_for(ids)))
+    results = generator.rank_batch(requests)
+    failed = [r for r in results if r.source == "fallback"]
+    if failed:
+        raise GeneratorUnavailable(f"{len(failed)} of {len(results)} rankings failed: {failed[0].error}")
+    per_turn = len(sets_ids[0]) if sets_ids else 0
+    rankings = [list(r.ranking) for r in results]
+    return [rankings[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
+
+
+def collect_rollouts(
+    model, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], generator, movies_for: MoviesLookup,
+    config: RoundConfig, rollout_dir: Path, log: Callable[[str], None] = print,
+) -> pl.DataFrame:
+    """Phase 1. Sample G sets per turn, rank them, store rewards; resumable batch by batch."""
+    import torch
+
+    from training.alignment import gumbel_topk_sets, ndcg_of_ranking
+
+    rollout_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    batch_count = math.ceil(len(turns) / config.rollout_batch)
+    for batch_index in range(batch_count):
+        part = rollout_dir / f"part-{batch_index:05d}.parquet"
+        if part.is_file():
+            continue
+        batch = turns[batch_index * config.rollout_batch:(batch_index + 1) * config.rollout_batch]
+        with torch.no_grad():
+            logits = turn_logits(model, batch, config.max_len)
+        draws = torch.Generator(device=logits.device).manual_seed(config.seed * 100_003 + batch_index)
+        sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu()
+        sets_ids = [[[item_ids[i] for i in s] for s in turn_sets.tolist()] for turn_sets in sets]
+        rankings = _rank_sets(generator, batch, sets_ids, movies_for)
+        rows = []
+        for turn, turn_sets, turn_ids, turn_rankings in zip(batch, sets.tolist(), sets_ids, rankings):
+            target_ids = {item_ids[t] for t in turn.targets}
+            for set_index, (items, ids, ranking) in enumerate(zip(turn_sets, turn_ids, turn_rankings)):
+                rows.append({
+                    "turn_key": turn.key, "set_index": set_index, "items": items, "item_ids": ids,
+                    "ranking": ranking, "reward": ndcg_of_ranking(ranking, target_ids, config.set_size),
+                })
+        write_parquet_atomic(pl.DataFrame(rows), part)
+        log(f"rollout batch {batch_index + 1}/{batch_count} done")
+    return pl.concat([pl.read_parquet(p) for p in sorted(rollout_dir.glob("part-*.parquet"))])
+
+
+# ----------------------------------------------------------------------------------- optimisation
+
+
+def _rollout_tensors(rollouts: pl.DataFrame, turns: Sequence[AlignmentTurn], num_sets: int):
+    """Sets [T, G, K] and rewards [T, G] aligned with ``turns``."""
+    import torch
+
+    by_turn = rollouts.sort(["turn_key", "set_index"]).group_by("turn_key", maintain_order=True).agg("items", "reward")
+    lookup = {row["turn_key"]: row for row in by_turn.iter_rows(named=True)}
+    sets = torch.tensor([lookup[t.key]["items"] for t in turns], dtype=torch.long)
+    rewards = torch.tensor([lookup[t.key]["reward"] for t in turns], dtype=torch.float32)
+    if sets.shape[1] != num_sets:
+        raise ValueError(f"rollouts hold {sets.shape[1]} sets per turn, config asks for {num_sets}")
+    return sets, rewards
+
+
+def _target_tensors(turns: Sequence[AlignmentTurn]):
+    import torch
+
+    width = max(len(t.targets) for t in turns)
+    targets = torch.zeros(len(turns), width, dtype=torch.long)
+    mask = torch.zeros(len(turns), width, dtype=torch.bool)
+    for row, turn in enumerate(turns):
+        targets[row, : len(turn.targets)] = torch.tensor(turn.targets)
+        mask[row, : len(turn.targets)] = True
+    return targets, mask
+
+
+def batch_loss(model, reference, turns, sets, rewards, config: RoundConfig):
+    """L = L_rl + lambda * L_nll for one batch of turns with their stored rollouts."""
+    import torch
+
+    from training.alignment import (
+        dpo_loss, dpo_pairs, draw_log_probs, grpo_loss, group_advantages, nll_loss,
+    )
+
+    logits = turn_logits(model, turns, config.max_len)
+    with torch.no_grad():
+        ref_logits = turn_logits(reference, turns, config.max_len)
+    scaled, ref_scaled = logits / config.temperature, ref_logits / config.temperature
+    if config.objective == "dpo":
+        best, worst, keep = dpo_pairs(rewards)
+        if keep.any():
+            rows = torch.nonzero(keep).squeeze(1)
+            pair_sets = torch.stack([sets[rows, best[rows]], sets[rows, worst[rows]]], dim=1)  # [P, 2, K]
+            policy = draw_log_probs(scaled[rows], pair_sets).sum(-1)
+            ref = draw_log_probs(ref_scaled[rows], pair_sets).sum(-1)
+            rl = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.dpo_beta)
+        else:
+            rl = logits.new_zeros(())
+    else:
+        policy_draws = draw_log_probs(scaled, sets)
+        ref_draws = draw_log_probs(ref_scaled, sets)
+        # Rollouts were sampled by the round-start retriever, which is also the reference.
+        rl = grpo_loss(policy_draws, ref_draws, ref_draws, group_advantages(rewards), config.grpo_clip, config.grpo_kl)
+    targets, mask = _target_tensors(turns)
+    nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
+    return rl + config.nll_weight * nll, float(rl.detach()), float(nll.detach())
+
+
+def optimise(model, reference, turns, rollouts: pl.DataFrame, config: RoundConfig, log=print) -> list[dict]:
+    """Phase 2. Update the retriever on the stored rollouts; returns the loss curve (one row per epoch)."""
+    import torch
+
+    from training.lrurec import parameter_groups
+
+    sets, rewards = _rollout_tensors(rollouts, turns, config.num_sets)
+    device = next(model.parameters()).device
+    sets, rewards = sets.to(device), rewards.to(device)
+    reference.eval()
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    curve = []
+    for epoch in range(config.epochs):
+        model.train()
+        order = rng.permutation(len(turns))
+        totals = {"loss": 0.0, "rl": 0.0, "nll": 0.0}
+        steps = 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            loss, rl, nll = batch_loss(model, reference, [turns[i] for i in idx], sets[idx], rewards[idx], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            totals["loss"] += float(loss.detach())
+            totals["rl"] += rl
+            totals["nll"] += nll
+            steps += 1
+        row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in totals.items()}}
+        curve.append(row)
+        log(f"epoch {epoch + 1}: loss={row['loss']:.4f} rl={row['rl']:.4f} nll={row['nll']:.4f}")
+    model.eval()
+    return curve
+
+
+# ----------------------------------------------------------------------------------- measurement
+
+
+def retrieve_top_k(model, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], k: int, batch: int = 256):
+    """The retriever's top-k films (movie ids) per turn, mentioned films excluded."""
+    import torch
+
+    model.eval()
+    out: list[list[str]] = []
+    with torch.no_grad():
+        for start in range(0, len(turns), batch):
+            chunk = turns[start:start + batch]
+            top = torch.topk(turn_logits(model, chunk, 10_000), k, dim=-1).indices.cpu().tolist()
+            out.extend([[item_ids[i] for i in row] for row in top])
+    return out
+
+
+def pipeline_ndcg(model, turns, item_ids, generator, movies_for: MoviesLookup, set_size: int, k: int = 10) -> np.ndarray:
+    """Per-turn NDCG@k of retriever top-``set_size`` candidates re-ranked by the generator."""
+    from training.alignment import ndcg_of_ranking
+
+    candidates = retrieve_top_k(model, turns, item_ids, set_size)
+    rankings = _rank_sets(generator, turns, [[c] for c in candidates], movies_for)
+    return np.array([
+        ndcg_of_ranking(r[0], {item_ids[t] for t in turn.targets}, k) for turn, r in zip(turns, rankings)
+    ])
+
+
+def sampled_rewards(model, turns, item_ids, generator, movies_for, config: RoundConfig, seed: int) -> np.ndarray:
+    """Rewards of freshly drawn sets (G per turn) under ``model``: the round's 'after' statistics."""
+    import torch
+
+    from training.alignment import gumbel_topk_sets, ndcg_of_ranking
+
+    with torch.no_grad():
+        logits = turn_logits(model, turns, config.max_len)
+    draws = torch.Generator(device=logits.device).manual_seed(seed)
+    sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu().tolist()
+    sets_ids = [[[item_ids[i] for i in s] for s in turn_sets] for turn_sets in sets]
+    rankings = _rank_sets(generator, turns, sets_ids, movies_for)
+    return np.array([
+        ndcg_of_ranking(r, {item_ids[t] for t in turn.targets}, config.set_size)
+        for turn, turn_rankings in zip(turns, rankings) for r in turn_rankings
+    ])
+
+
+# ----------------------------------------------------------------------------------- the round
+
+
+def run_round(
+    model, item_ids: Sequence[str], train_turns: Sequence[AlignmentTurn], gate_turns: Sequence[AlignmentTurn],
+    generator, movies_for: MoviesLookup, config: RoundConfig, round_dir: Path,
+    log: Callable[[str], None] = print,
+) -> RoundResult:
+    """Run (or resume) one round on ``model`` in place; writes rollouts and ``round.json`` in ``round_dir``."""
+    import copy
+
+    if not train_turns:
+        raise ValueError("no training turn has a target in the retriever's item table")
+    started = time.monotonic()
+    reference = copy.deepcopy(model).eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    gate_before = pipeline_ndcg(reference, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
+    rollouts = collect_rollouts(reference, train_turns, item_ids, generator, movies_for, config, round_dir / "rollouts", log)
+    curve = optimise(model, reference, train_turns, rollouts, config, log)
+    # Reward before/after: fresh draws on the same held-out turns with the same noise.
+    probe_turns = list(gate_turns) or list(train_turns[: config.rollout_batch])
+    probe = (probe_turns, item_ids, generator, movies_for, config, config.seed + 1)
+    rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)
+    gate_after = pipeline_ndcg(model, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
+    result = RoundResult(
+        rollouts=rollouts.height, rollout_reward_mean=float(rollouts["reward"].mean()),
+        reward_mean_before=float(rewards_before.mean()), reward_std_before=float(rewards_before.std()),
+        reward_mean_after=float(rewards_after.mean()), reward_std_after=float(rewards_after.std()),
+        gate_ndcg_before=float(gate_before.mean()) if len(gate_before) else 0.0,
+        gate_ndcg_after=float(gate_after.mean()) if len(gate_after) else 0.0,
+        loss_curve=curve, seconds=time.monotonic() - started,
+    )
+    (round_dir / "round.json").write_text(json.dumps({"config": config.to_dict(), **asdict(result)}, indent=2))
+    return result
