@@ -70,8 +70,8 @@ def read_imdb(files: dict[str, Path]) -> SourceResult:
         raise SourceFormatError(", ".join(missing), "IMDb file(s) not fetched")
     quarantines: list[pl.DataFrame] = []
     with tempfile.TemporaryDirectory(prefix="imdb-", dir=Path(files[BASICS]).parent) as tmp:
-        def read(name: str, keep: pl.DataFrame | None = None, on: str = "tconst") -> pl.DataFrame:
-            good, bad = read_tsv(Path(files[name]), name, Path(tmp), keep=keep, keep_on=on)
+        def read(name: str, keep=None, on: str = "tconst", where=None) -> pl.DataFrame:
+            good, bad = read_tsv(Path(files[name]), name, Path(tmp), keep=keep, keep_on=on, where=where)
             quarantines.append(bad)
             return good
 
@@ -80,7 +80,7 @@ def read_imdb(files: dict[str, Path]) -> SourceResult:
         keys = films.select("tconst")
         ratings = read(RATINGS, keep=keys)
         crew = read(CREW, keep=keys)
-        principals = read(PRINCIPALS, keep=keys).filter(pl.col("category").is_in(CAST_CATEGORIES))
+        principals = read(PRINCIPALS, keep=keys, where=pl.col("category").is_in(CAST_CATEGORIES))
         directors = _explode_directors(crew)
         people = pl.concat([directors.select("nconst"), principals.select("nconst")]).unique()
         names = read(NAMES, keep=people, on="nconst").select(
@@ -100,20 +100,26 @@ def read_imdb(files: dict[str, Path]) -> SourceResult:
 
 
 def read_tsv(path: Path, name: str, tmp_dir: Path, keep: pl.DataFrame | None = None,
-             keep_on: str = "tconst") -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(valid rows as strings with nulls, quarantine) of one IMDb TSV; ``keep`` semi-joins the rows."""
+             keep_on: str = "tconst", where: pl.Expr | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid rows as strings with nulls, quarantine) of one IMDb TSV.
+
+    ``keep`` (semi-join on ``keep_on``) and ``where`` filter the valid rows inside the streaming scan,
+    so a file far larger than memory (the real title.principals) only holds the rows that are kept.
+    """
     columns = COLUMNS[name]
     text_path = _decompressed(path, tmp_dir)
     _check_header(text_path, path, columns)
-    parsed = _parse_lines(text_path, columns, PATTERNS.get(name, {}), REQUIRED.get(name, ())).collect()
+    parsed = _parse_lines(text_path, columns, PATTERNS.get(name, {}), REQUIRED.get(name, ()))
     bad = parsed.filter(pl.col("_reason").is_not_null()).select(
         source=pl.lit(SOURCE), file=pl.lit(str(path)), line=pl.col("_line").cast(pl.Int64),
         reason=pl.col("_reason"), raw=pl.col("_text").str.slice(0, RAW_CHARS))
     good = parsed.filter(pl.col("_reason").is_null()).select(columns)
-    del parsed
+    if where is not None:
+        good = good.filter(where)
     if keep is not None:
-        good = good.join(keep, on=keep_on, how="semi")
-    return good, bad.cast(QUARANTINE_SCHEMA)
+        good = good.join(keep.lazy(), on=keep_on, how="semi", maintain_order="left")
+    good_df, bad_df = pl.collect_all([good, bad], engine="streaming")
+    return good_df, bad_df.sort("line").cast(QUARANTINE_SCHEMA)
 
 
 def _decompressed(path: Path, tmp_dir: Path) -> Path:
