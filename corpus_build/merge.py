@@ -83,10 +83,10 @@ def read_source(spec: SourceSpec, files: Mapping[str, Path]) -> SourceResult:
 
 
 def local_files(spec: SourceSpec, raw_dir: Path) -> dict[str, Path] | None:
-    """The files of ``spec`` fetched into ``raw_dir``; None when a required file is not there."""
+    """The files of ``spec`` fetched into ``raw_dir``; None when a required file (or every file) is absent."""
     files = {f.name: raw_dir / f.name for f in spec.files if (raw_dir / f.name).is_file()}
     required = [f.name for f in spec.files if not f.optional]
-    return files if all(name in files for name in required) else None
+    return files if files and all(name in files for name in required) else None
 
 
 def read_fetched_sources(specs: Iterable[SourceSpec], raw_root: Path) -> tuple[dict[str, SourceResult], dict[str, str]]:
@@ -160,12 +160,11 @@ def _prepare(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
             raise ValueError(f"source rows of {source!r} lack columns {missing} (SOURCE_ROW_SCHEMA)")
         parts.append(frame.select([pl.col(c).cast(t) for c, t in SOURCE_ROW_SCHEMA.items()]))
     rows = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema=SOURCE_ROW_SCHEMA)
-    rank = {name: i for i, name in enumerate(SOURCE_ORDER)}
     return rows.with_row_index("_rid").with_columns(
         _clean_text("title"),
         pl.col("aliases").list.eval(_clean_text(pl.element())).list.drop_nulls(),
         _imdb_id_expr(),
-        pl.col("source").replace_strict(rank, default=len(rank), return_dtype=pl.Int32).alias("_source_rank"),
+        _precedence_rank("").alias("_source_rank"),
     ).sort("_source_rank", "source", "source_key", "_rid")
 
 
@@ -357,8 +356,13 @@ def _label_group_rows(without_id: pl.DataFrame, groups: pl.DataFrame, links: pl.
 
 
 def _precedence_rank(field_name: str) -> pl.Expr:
+    """Rank of each row's source for a field; a source counts as the family it is named after
+    ("movielens_1m" ranks as "movielens"), unknown sources come last."""
     order = FIELD_PRECEDENCE.get(field_name, SOURCE_ORDER)
-    return pl.col("source").replace_strict({s: i for i, s in enumerate(order)}, default=len(order), return_dtype=pl.Int32)
+    rank = pl.lit(len(order), dtype=pl.Int32)
+    for i, family in reversed(list(enumerate(order))):
+        rank = pl.when(pl.col("source").str.starts_with(family)).then(pl.lit(i, dtype=pl.Int32)).otherwise(rank)
+    return rank
 
 
 _SCALAR_FIELDS = ("title", "year", "runtime_minutes", "imdb_rating", "imdb_votes", "plot", "directors", "cast")

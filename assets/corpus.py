@@ -1,0 +1,247 @@
+"""Corpus stage: one ``raw_<source>`` asset per upstream, ``movie_corpus`` + its quarantine, and checks.
+
+Every source of the registry has an asset in every profile (the graph is the same everywhere); a
+source the current profile does not use, or whose files the mirror lacks, materialises as "skipped"
+with the reason instead of failing. ``movie_corpus`` reads the sources that were fetched.
+"""
+
+import json
+
+import dagster as dg
+
+from corpus_build.sources.registry import SOURCES, source_files_present, sources_for_profile
+from rar_pipeline.settings import get_settings
+
+GROUP = "corpus"
+OWNERS = ["team:rar"]
+CORPUS = dg.AssetKey("movie_corpus")
+QUARANTINE = dg.AssetKey("movie_corpus_quarantine")
+
+
+# --- raw_<source> -------------------------------------------------------------------------------
+
+
+def why_skipped(spec, settings) -> str | None:
+    """Why ``spec`` does no work under the current settings (None: it should be fetched)."""
+    if settings.profile not in spec.profiles:
+        return f"not in profile {settings.profile!r} (used by: {', '.join(spec.profiles)})"
+    if not source_files_present(spec, settings):
+        return f"RAR_SOURCE_MIRROR={settings.source_mirror} holds none of its files"
+    return None
+
+
+def raw_source_asset(spec) -> dg.AssetsDefinition:
+    """The asset that brings one upstream's files to ``$RAR_HOME/raw/<source>/``."""
+
+    @dg.asset(
+        name=f"raw_{spec.name}",
+        group_name=GROUP,
+        kinds={"python", "file"},
+        owners=OWNERS,
+        description=f"{spec.description} Files land in $RAR_HOME/raw/{spec.name}/ with size, sha256 and fetch time.",
+    )
+    def _raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        from corpus_build.fetch import fetch_source, fetched_metadata
+
+        settings = get_settings()
+        reason = why_skipped(spec, settings)
+        if reason is not None:
+            context.log.info(f"raw_{spec.name} skipped: {reason}")
+            return dg.MaterializeResult(metadata={"status": "skipped", "skipped_because": reason, "files": 0})
+        files = fetch_source(spec, settings, progress=False)
+        meta = fetched_metadata(files)
+        return dg.MaterializeResult(
+            metadata={
+                "status": "fetched",
+                "files": len(files),
+                "size_bytes": float(sum(f.size for f in files)),
+                "skipped_unchanged": sum(f.skipped_unchanged for f in files),
+                "origin": ", ".join(sorted({f.origin for f in files})),
+                "fetched_at": max((f.fetched_at for f in files), default=""),
+                "sha256": {f.name: f.sha256 for f in files},
+                "path": dg.MetadataValue.path(str(settings.home / "raw" / spec.name)),
+                "file_details": dg.MetadataValue.json(json.loads(json.dumps(meta, default=str))),
+            }
+        )
+
+    return _raw
+
+
+RAW_ASSETS = [raw_source_asset(spec) for spec in SOURCES.values()]
+RAW_KEYS = [dg.AssetKey(f"raw_{name}") for name in SOURCES]
+
+
+# --- movie_corpus + movie_corpus_quarantine ------------------------------------------------------
+
+
+@dg.multi_asset(
+    name="movie_corpus_build",
+    specs=[
+        dg.AssetSpec(
+            CORPUS,
+            group_name=GROUP,
+            kinds={"polars", "parquet"},
+            owners=OWNERS,
+            deps=RAW_KEYS,
+            description=(
+                "Merged, normalised, deduplicated movies, one row per film (zstd Parquet at "
+                "$RAR_HOME/tables/movie_corpus.parquet): IMDb-id, title+year and fuzzy matching across sources."
+            ),
+        ),
+        dg.AssetSpec(
+            QUARANTINE,
+            group_name=GROUP,
+            kinds={"polars", "parquet"},
+            owners=OWNERS,
+            deps=RAW_KEYS,
+            description="Every source record rejected while building movie_corpus, with its source, file, line and reason.",
+        ),
+    ],
+)
+def movie_corpus_build(context: dg.AssetExecutionContext):
+    """Merge the fetched sources of the current profile into movie_corpus and its quarantine."""
+    from corpus_build.merge import build_corpus, read_fetched_sources, write_corpus
+
+    settings = get_settings()
+    specs = sources_for_profile(settings.profile, settings.source_mirror)
+    results, skipped = read_fetched_sources(specs, settings.home / "raw")
+    for name, reason in skipped.items():
+        context.log.warning(f"source {name} not merged: {reason}")
+    if not results:
+        raise dg.Failure(f"no source of profile {settings.profile!r} has been fetched: {skipped}")
+    merged = build_corpus(results)
+    corpus_path, quarantine_path = settings.table_path("movie_corpus"), settings.table_path("movie_corpus_quarantine")
+    write_corpus(merged, corpus_path, quarantine_path)
+    previous = previous_row_count(context.instance)
+    yield dg.MaterializeResult(asset_key=CORPUS, metadata=_corpus_metadata(merged, corpus_path, previous, skipped))
+    yield dg.MaterializeResult(
+        asset_key=QUARANTINE,
+        metadata={
+            "dagster/row_count": merged.quarantine.height,
+            "path": dg.MetadataValue.path(str(quarantine_path)),
+            "by_reason": dg.MetadataValue.json(merged.quarantine_reasons()),
+            "dagster/column_schema": _table_schema(merged.quarantine),
+        },
+    )
+
+
+def previous_row_count(instance: dg.DagsterInstance) -> int | None:
+    """Row count of the latest recorded movie_corpus materialisation (None: there was none)."""
+    event = instance.get_latest_materialization_event(CORPUS)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("dagster/row_count")
+    return int(value.value) if value is not None else None
+
+
+def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str]) -> dict:
+    metadata: dict = {
+        "dagster/row_count": merged.corpus.height,
+        "dagster/column_schema": _table_schema(merged.corpus),
+        "path": dg.MetadataValue.path(str(path)),
+        "films_from_several_sources": float(merged.stats["films_from_several_sources"]),
+        "rows_merged": float(merged.stats["rows_merged"]),
+        "quarantined": float(merged.stats["quarantined"]),
+        "previous_row_count": float(previous) if previous is not None else None,
+        "source_stats": dg.MetadataValue.md(_stats_table(merged.source_stats)),
+        "sources_skipped": dg.MetadataValue.json(skipped),
+    }
+    for source, counts in merged.source_stats.items():
+        for counter, value in counts.items():
+            metadata[f"{source}/{counter}"] = float(value)
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def _stats_table(stats: dict[str, dict[str, int]]) -> str:
+    counters = sorted({c for counts in stats.values() for c in counts})
+    lines = ["| source | " + " | ".join(counters) + " |", "|---" * (len(counters) + 1) + "|"]
+    for source, counts in sorted(stats.items()):
+        lines.append(f"| {source} | " + " | ".join(f"{counts.get(c, 0):,}" for c in counters) + " |")
+    return "\n".join(lines)
+
+
+def _table_schema(frame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
+# --- checks on movie_corpus (blocking: a failing corpus stops everything downstream) --------------
+
+
+def _load_corpus():
+    import polars as pl
+
+    return pl.read_parquet(get_settings().table_path("movie_corpus"))
+
+
+@dg.asset_check(asset=CORPUS, blocking=True, description="movie_id is unique.")
+def movie_id_unique() -> dg.AssetCheckResult:
+    from corpus_build.quality import duplicate_ids
+
+    duplicates = duplicate_ids(_load_corpus())
+    return dg.AssetCheckResult(
+        passed=duplicates.is_empty(),
+        metadata={"duplicate_ids": duplicates.height, "examples": duplicates.head(10)["movie_id"].to_list()},
+    )
+
+
+@dg.asset_check(asset=CORPUS, blocking=True, description="Every film has a non-empty title.")
+def title_not_empty() -> dg.AssetCheckResult:
+    from corpus_build.quality import empty_titles
+
+    empty = empty_titles(_load_corpus())
+    return dg.AssetCheckResult(
+        passed=empty.is_empty(), metadata={"empty_titles": empty.height, "examples": empty.head(10)["movie_id"].to_list()}
+    )
+
+
+@dg.asset_check(asset=CORPUS, blocking=True, description="Every year lies within 1874..next year.")
+def year_in_range() -> dg.AssetCheckResult:
+    from corpus_build.merge import FIRST_FILM_YEAR, default_max_year
+    from corpus_build.quality import years_out_of_range
+
+    max_year = default_max_year()
+    bad = years_out_of_range(_load_corpus(), max_year)
+    return dg.AssetCheckResult(
+        passed=bad.is_empty(),
+        metadata={"out_of_range": bad.height, "range": f"{FIRST_FILM_YEAR}..{max_year}",
+                  "examples": bad.head(10)["movie_id"].to_list()},
+    )
+
+
+@dg.asset_check(
+    asset=CORPUS, blocking=True, description="Row count is not below 95% of the previous materialisation."
+)
+def row_count_not_shrinking(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from corpus_build.quality import row_count_ok
+
+    records = context.instance.fetch_materializations(CORPUS, limit=2).records
+    counts = [_row_count(r) for r in records]
+    current = counts[0] if counts else None
+    previous = counts[1] if len(counts) > 1 else None
+    if current is None:
+        return dg.AssetCheckResult(passed=False, metadata={"error": "movie_corpus has no recorded row count"})
+    return dg.AssetCheckResult(
+        passed=row_count_ok(current, previous),
+        metadata={"row_count": current, "previous_row_count": previous if previous is not None else "first run"},
+    )
+
+
+def _row_count(record) -> int | None:
+    value = record.asset_materialization.metadata.get("dagster/row_count") if record.asset_materialization else None
+    return int(value.value) if value is not None else None
+
+
+@dg.asset_check(
+    asset=CORPUS,
+    blocking=True,
+    description="Great Expectations suite: ids, titles, years, ratings, votes, runtimes, list lengths, hashes.",
+)
+def great_expectations_suite() -> dg.AssetCheckResult:
+    from corpus_build.merge import default_max_year
+    from corpus_build.quality import run_expectation_suite
+
+    outcome = run_expectation_suite(_load_corpus(), default_max_year())
+    return dg.AssetCheckResult(
+        passed=outcome.success,
+        metadata={"expectations": outcome.evaluated, "failed": dg.MetadataValue.json(outcome.failed)},
+    )
