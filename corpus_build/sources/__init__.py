@@ -58,3 +58,15 @@ class SourceSpec:
     files: tuple[RemoteFile, ...]
     reader: Callable[[dict[str, Path]], SourceResult]  # local files by RemoteFile.name -> result
     profiles: tuple[str, ...]  # profiles that use this source ("sample", "full")
+
+
+_UNIT_SEPARATOR = "\x1f"
+
+
+def string_lists(values: list[list[str]], name: str = "") -> pl.Series:
+    """A ``List(String)`` Series from Python lists, fast (polars builds nested lists slowly one by one).
+
+    Empty strings are dropped; a list may not contain the ASCII unit separator (``\\x1f``).
+    """
+    joined = pl.Series(name, [_UNIT_SEPARATOR.join(v) for v in values], dtype=pl.String)
+    return joined.str.split(_UNIT_SEPARATOR).list.eval(pl.element().filter(pl.element() != ""))

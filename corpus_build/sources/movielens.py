@@ -23,7 +23,7 @@ import polars as pl
 
 from corpus_build.movie_text import normalise_imdb_id, restore_article
 from corpus_build.schema import QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
-from corpus_build.sources import SourceFormatError, SourceResult
+from corpus_build.sources import SourceFormatError, SourceResult, string_lists
 
 MOVIES_CSV, LINKS_CSV, MOVIES_DAT = "movies.csv", "links.csv", "movies.dat"
 NO_GENRES = "(no genres listed)"
@@ -41,11 +41,10 @@ def read_movielens_csv(files: dict[str, Path], source: str = "movielens") -> Sou
     quarantine: list[dict] = []
     movies_path = Path(files[MOVIES_CSV])
     lines = _lines(movies_path, "movieId,title,genres")
-    stripped = not any(_CSV_LINE.match(text) and _CSV_LINE.match(text)["title"].startswith('"')
-                       for _, text in lines)
+    matches = [_CSV_LINE.match(text) for _, text in lines]
+    stripped = not any(match and match["title"].startswith('"') for match in matches)
     rows, restored = [], 0
-    for number, text in lines:
-        match = _CSV_LINE.match(text)
+    for (number, text), match in zip(lines, matches):
         if not match:
             quarantine.append(_bad(source, movies_path, number, "not movieId,title,genres", text))
             continue
@@ -162,12 +161,10 @@ def _frame(rows: list[dict], links: dict, source: str, quarantine: list[dict]) -
             "imdb_id": [links.get(r["source_key"]) for r in kept],
             "title": [r["title"] for r in kept],
             "year": [r["year"] for r in kept],
-            "genres": [r["genres"] for r in kept],
-            "aliases": [r["aliases"] for r in kept],
         },
-        schema={"source_key": pl.String, "imdb_id": pl.String, "title": pl.String, "year": pl.Int32,
-                "genres": pl.List(pl.String), "aliases": pl.List(pl.String)},
-    )
+        schema={"source_key": pl.String, "imdb_id": pl.String, "title": pl.String, "year": pl.Int32},
+    ).with_columns(genres=string_lists([r["genres"] for r in kept]),
+                   aliases=string_lists([r["aliases"] for r in kept]))
     empty = pl.lit([], dtype=pl.List(pl.String))
     return frame.with_columns(
         source=pl.lit(source), directors=empty, cast=empty, runtime_minutes=pl.lit(None, pl.Int32),

@@ -18,7 +18,7 @@ import polars as pl
 
 from corpus_build.movie_text import nfc, normalise_imdb_id, restore_article
 from corpus_build.schema import CAST_LIMIT, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
-from corpus_build.sources import SourceFormatError, SourceResult
+from corpus_build.sources import SourceFormatError, SourceResult, string_lists
 
 SOURCE = "wikidata_sample"
 FILE_NAME = "movies.db"
@@ -35,8 +35,13 @@ def read_wikidata_sample(files: dict[str, Path]) -> SourceResult:
         row = _row(record, path, number, quarantine)
         if row is not None:
             rows.append(row)
-    frame = pl.DataFrame(rows, schema={k: SOURCE_ROW_SCHEMA[k] for k in _ROW_KEYS}, orient="row")
-    frame = frame.with_columns(source=pl.lit(SOURCE), plot=pl.lit(None, pl.String),
+    lists = ("genres", "directors", "cast")
+    scalars = [k for k in _ROW_KEYS if k not in lists]
+    frame = pl.DataFrame({k: [row[i] for row in rows] for i, k in enumerate(_ROW_KEYS) if k in scalars},
+                         schema={k: SOURCE_ROW_SCHEMA[k] for k in scalars})
+    frame = frame.with_columns(
+        string_lists([row[_ROW_KEYS.index(k)] for row in rows], k) for k in lists
+    ).with_columns(source=pl.lit(SOURCE), plot=pl.lit(None, pl.String),
                                aliases=pl.lit([], dtype=pl.List(pl.String)))
     frame = frame.select(list(SOURCE_ROW_SCHEMA)).cast(SOURCE_ROW_SCHEMA)
     bad = pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)

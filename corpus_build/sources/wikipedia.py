@@ -20,7 +20,7 @@ import polars as pl
 
 from corpus_build.movie_text import nfc, restore_article
 from corpus_build.schema import CAST_LIMIT, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
-from corpus_build.sources import SourceFormatError, SourceResult
+from corpus_build.sources import SourceFormatError, SourceResult, string_lists
 
 SOURCE = "wikipedia"
 DECADES = tuple(range(1900, 2030, 10))
@@ -113,10 +113,10 @@ def _bad(path: Path, line: int | None, reason: str, raw: str) -> dict:
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
-    columns = {key: [r[key] for r in rows] for key in ("source_key", "title", "year", "genres", "cast", "plot")}
+    columns = {key: [r[key] for r in rows] for key in ("source_key", "title", "year", "plot")}
     frame = pl.DataFrame(columns, schema={"source_key": pl.String, "title": pl.String, "year": pl.Int32,
-                                          "genres": pl.List(pl.String), "cast": pl.List(pl.String),
-                                          "plot": pl.String})
+                                          "plot": pl.String}).with_columns(
+        genres=string_lists([r["genres"] for r in rows]), cast=string_lists([r["cast"] for r in rows]))
     empty = pl.lit([], dtype=pl.List(pl.String))
     return frame.with_columns(
         source=pl.lit(SOURCE), imdb_id=pl.lit(None, pl.String), directors=empty, aliases=empty,
