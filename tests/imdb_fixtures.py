@@ -40,6 +40,24 @@ BASICS_ROWS = [
     ("tt0120586", "tvMovie", "A TV Film", "A TV Film", "0", "1998", N, "90", "Drama"),
     ("tt0106062", "video", "Straight to Video", "Straight to Video", "0", "1993", N, "85", "Action"),
     ("tt0132245", "videoGame", "A Game", "A Game", "0", "1998", N, N, "Adventure"),
+    ("tt0087182", "movie", "Dune", "Dune", "0", "1984", N, "137", "Action,Adventure,Sci-Fi"),
+    ("tt1160419", "movie", "Dune", "Dune: Part One", "0", "2021", N, "155", "Action,Adventure,Drama"),
+    ("tt0000439", "movie", "The Great Train Robbery", "The Great Train Robbery", "0", "1903", N, "11",
+     "Action,Crime,Western"),
+    ("tt0056172", "movie", "Lawrence of Arabia", "Lawrence of Arabia", "0", "1962", N, "218",
+     "Adventure,Biography,Drama"),
+    ("tt0095765", "movie", "Cinema Paradiso", "Nuovo Cinema Paradiso", "0", "1988", N, "155", "Drama,Romance"),
+    ("tt0118799", "movie", "Life Is Beautiful", "La vita è bella", "0", "1997", N, "116", "Comedy,Drama,Romance"),
+    ("tt0082096", "movie", "Das Boot", "Das Boot", "0", "1981", N, "149", "Drama,War"),
+    ("tt0457430", "movie", "Pan's Labyrinth", "El laberinto del fauno", "0", "2006", N, "118",
+     "Drama,Fantasy,War"),
+    ("tt0090605", "movie", "Aliens", "Aliens", "0", "1986", N, "137", "Action,Adventure,Sci-Fi"),
+    ("tt9000003", "movie", "Third Adult Feature", "Third Adult Feature", "1", N, N, N, N),
+    ("tt0303461", "tvSeries", "Firefly", "Firefly", "0", "2002", "2003", "44", "Adventure,Drama,Sci-Fi"),
+    ("tt0120737", "tvShort", "A TV Short", "A TV Short", "0", "2001", N, "7", "Animation,Short"),
+    ("tt0384766", "tvMiniSeries", "Rome", "Rome", "0", "2005", "2007", "52", "Action,Drama,History"),
+    ("tt0196229", "tvSpecial", "A Special", "A Special", "0", "2000", N, "60", "Music"),
+    ("tt0114709", "movie", "Toy Story", "Toy Story", "0", "1995", N, "81", "Adventure,Animation,Comedy"),
 ]
 MOVIE_TCONSTS = {r[0] for r in BASICS_ROWS if r[1] == "movie" and r[4] == "0"}
 # Malformed lines, written after the good rows: (line text, reason fragment).
@@ -52,6 +70,10 @@ RATINGS_ROWS = [
     ("tt0133093", "8.7", "2100000"), ("tt0040416", "7.6", "42000"), ("tt0099726", "6.7", "31000"),
     ("tt0211915", "8.3", "800000"), ("tt0245429", "8.6", "900000"), ("tt0113247", "8.1", "200000"),
     ("tt0050083", "9.0", "900000"), ("tt9000001", "5.0", "100"), ("tt0108778", "8.9", "1100000"),
+    ("tt0087182", "6.3", "170000"), ("tt1160419", "8.0", "800000"), ("tt0000439", "7.3", "20000"),
+    ("tt0056172", "8.3", "310000"), ("tt0095765", "8.5", "280000"), ("tt0118799", "8.6", "740000"),
+    ("tt0082096", "8.4", "260000"), ("tt0457430", "8.2", "700000"), ("tt0090605", "8.4", "740000"),
+    ("tt0303461", "9.0", "290000"), ("tt0114709", "8.3", "1050000"),
 ]
 RATINGS_BAD = [("tt0116477\t7.7", "wrong number of fields: 2")]
 
@@ -61,6 +83,8 @@ CREW_ROWS = [
     ("tt0211915", "nm0000466", "nm0000466"), ("tt0245429", "nm0594503", "nm0594503"),
     ("tt0113247", "nm0440872", "nm0440872"), ("tt0050083", "nm0001486", N),
     ("tt0000777", N, N), ("tt0108778", N, "nm0193295"),
+    ("tt0087182", "nm0000186", "nm0000186"), ("tt1160419", "nm0898288", "nm0898288"),
+    ("tt0114709", "nm0005124", "nm0005124,nm0004056"), ("tt0457430", "nm0868219", "nm0868219"),
 ]
 
 # tconst, ordering, nconst, category, job, characters -- deliberately not in billing order.
@@ -101,6 +125,10 @@ NAMES_ROWS = [
     ("nm0000020", "Henry Fonda", "1905", "1982", "actor", "tt0050083"),
     *[(f"nm90000{i:02d}", f"Juror Actor {i}", N, N, "actor", "tt0050083") for i in range(2, 13)],
     ("nm0001073", "Jennifer Aniston", "1969", N, "actress", "tt0108778"),
+    ("nm0000186", "David Lynch", "1946", "2025", "director,writer", "tt0087182"),
+    ("nm0898288", "Denis Villeneuve", "1967", N, "director,writer", "tt1160419"),
+    ("nm0005124", "John Lasseter", "1957", N, "director,producer", "tt0114709"),
+    ("nm0868219", "Guillermo del Toro", "1964", N, "director,writer", "tt0457430"),
 ]
 NAMES_BAD = [("nm0999999\tOnly Three\t1970", "wrong number of fields: 3")]
 

@@ -34,8 +34,8 @@ def test_schema_and_only_non_adult_movies(result):
     assert set(result.rows["source"]) == {"imdb"}
     non_movie = sum(r[1] != "movie" for r in BASICS_ROWS)
     adult = sum(r[1] == "movie" and r[4] == "1" for r in BASICS_ROWS)
-    assert result.stats["non_movie_titles"] == non_movie == 6
-    assert result.stats["adult_movies"] == adult == 2
+    assert result.stats["non_movie_titles"] == non_movie == 10
+    assert result.stats["adult_movies"] == adult == 3
     assert result.stats["films"] == len(MOVIE_TCONSTS)
     assert result.stats["rows_read"] == len(BASICS_ROWS) + len(ROWS[BASICS][1])
     # adult and non-movie titles are an exclusion, not bad data: never in quarantine
@@ -154,3 +154,10 @@ def test_vectorised_helpers_match_movie_text():
 def test_no_files_at_all_is_an_empty_result():
     result = read_imdb({})
     assert result.rows.height == 0 and result.rows.schema == pl.Schema(SOURCE_ROW_SCHEMA)
+
+
+def test_same_title_other_original_title_becomes_alias(result):
+    dunes = result.rows.filter(pl.col("title") == "Dune").sort("year").to_dicts()
+    assert [(d["year"], d["aliases"], d["directors"]) for d in dunes] == [
+        (1984, [], ["David Lynch"]), (2021, ["Dune: Part One"], ["Denis Villeneuve"])]
+    assert _film(result, "tt0000439")["year"] == 1903  # early years are kept
