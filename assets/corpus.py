@@ -194,16 +194,22 @@ def title_not_empty() -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=CORPUS, blocking=True, description="Every year lies within 1874..next year.")
+@dg.asset_check(
+    asset=CORPUS,
+    blocking=True,
+    description="Every known year lies within 1874..next year; a film without a year must have an IMDb id.",
+)
 def year_in_range() -> dg.AssetCheckResult:
     from corpus_build.merge import FIRST_FILM_YEAR, default_max_year
     from corpus_build.quality import years_out_of_range
 
     max_year = default_max_year()
-    bad = years_out_of_range(_load_corpus(), max_year)
+    corpus = _load_corpus()
+    bad = years_out_of_range(corpus, max_year)
     return dg.AssetCheckResult(
         passed=bad.is_empty(),
         metadata={"out_of_range": bad.height, "range": f"{FIRST_FILM_YEAR}..{max_year}",
+                  "undated_films": int(corpus["year"].null_count()),
                   "examples": bad.head(10)["movie_id"].to_list()},
     )
 

@@ -13,7 +13,8 @@ Matching, in order (a film is an *entity*):
 
 Fields come from the best source for each field (``FIELD_PRECEDENCE``), genres are the union of
 canonical genres, aliases are the other titles seen. Rows that cannot become a film (no title, a year
-outside 1874..next year, no year and no IMDb id) go to the quarantine with their reason.
+outside 1874..next year, no year and no IMDb id) go to the quarantine with their reason. A film with an
+IMDb id but no year in any source (announced, or a MovieLens "(no year)" title) is kept: its id places it.
 """
 
 from __future__ import annotations
@@ -131,9 +132,8 @@ def merge_rows(
     rows, rejected = _validate(rows, max_year)
     rows = _assign_entities(rows, fuzzy_threshold)
     corpus = _combine(rows)
-    corpus, rows, undated = _reject_undated(corpus, rows)
     corpus = _finish(corpus)
-    quarantine = pl.concat([rejected, undated], how="vertical")
+    quarantine = rejected
     source_stats = _source_stats(rows, quarantine, frames)
     films_multi = int((corpus["sources"].list.len() > 1).sum()) if corpus.height else 0
     stats = {
@@ -419,20 +419,6 @@ def _genre_union(rows: pl.DataFrame) -> pl.DataFrame:
         .unique(["_entity", "_g"], keep="first", maintain_order=True)
         .group_by("_entity", maintain_order=True)
         .agg(pl.col("_g").alias("genres"))
-    )
-
-
-def _reject_undated(corpus: pl.DataFrame, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Films whose sources all lack a year cannot be placed: their rows go to the quarantine."""
-    undated = corpus.filter(pl.col("year").is_null())["movie_id"]
-    if undated.is_empty():
-        return corpus, rows, pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    bad_rows = rows.filter(pl.col("_entity").is_in(undated.implode()))
-    quarantine = _quarantine_rows(bad_rows.with_columns(pl.lit("year missing in every source").alias("_reason")))
-    return (
-        corpus.filter(pl.col("year").is_not_null()),
-        rows.filter(~pl.col("_entity").is_in(undated.implode())),
-        quarantine,
     )
 
 

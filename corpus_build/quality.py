@@ -70,7 +70,8 @@ def _expectations(gxe, max_year: int) -> list:
         gxe.ExpectColumnValuesToMatchRegex(column="movie_id", regex=r"^(tt\d{7,}|rar:[0-9a-f]{12})$"),
         gxe.ExpectColumnValuesToBeBetween(column="title_length", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="year", min_value=FIRST_FILM_YEAR, max_value=max_year),
-        gxe.ExpectColumnValuesToNotBeNull(column="year"),
+        # films with an IMDb id may lack a year (announced titles); rows without one never do
+        gxe.ExpectColumnValuesToNotBeNull(column="year", mostly=0.9),
         gxe.ExpectColumnValuesToBeBetween(column="imdb_rating", min_value=1.0, max_value=10.0),
         gxe.ExpectColumnValuesToBeBetween(column="imdb_votes", min_value=0),
         # a handful of experimental films run for days; the bulk must be feature length or shorter
@@ -94,8 +95,10 @@ def empty_titles(corpus: pl.DataFrame) -> pl.DataFrame:
 
 
 def years_out_of_range(corpus: pl.DataFrame, max_year: int) -> pl.DataFrame:
+    """Films whose year is known and impossible (a missing year is allowed for IMDb-id films only)."""
     year = pl.col("year")
-    return corpus.filter(year.is_null() | ~year.is_between(FIRST_FILM_YEAR, max_year))
+    undated_without_id = year.is_null() & ~pl.col("movie_id").str.starts_with("tt")
+    return corpus.filter(undated_without_id | ~year.is_between(FIRST_FILM_YEAR, max_year))
 
 
 def row_count_ok(current: int, previous: int | None, min_ratio: float = 0.95) -> bool:

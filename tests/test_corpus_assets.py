@@ -110,14 +110,20 @@ def test_checks_reject_a_bad_corpus_file(rar_home):
 
     row = {c: None for c in CORPUS_SCHEMA} | dict(genres=[], directors=[], cast=[], aliases=[], sources=["x"])
     bad = pl.DataFrame(
-        [row | dict(movie_id="tt0000001", title="A", year=1999), row | dict(movie_id="tt0000001", title=" ", year=1700)],
+        [
+            row | dict(movie_id="tt0000001", title="A", year=1999),
+            row | dict(movie_id="tt0000001", title=" ", year=1700),
+            row | dict(movie_id="tt0000002", title="Announced", year=None),  # an IMDb id places it: allowed
+            row | dict(movie_id="rar:0123456789ab", title="Undated", year=None),  # nothing places it
+        ],
         schema=CORPUS_SCHEMA,
     )
     write_parquet_atomic(bad, get_settings().table_path("movie_corpus"))
     assert not corpus_assets.movie_id_unique().passed
     assert not corpus_assets.title_not_empty().passed
     result = corpus_assets.year_in_range()
-    assert not result.passed and result.metadata["out_of_range"].value == 1
+    assert not result.passed and result.metadata["out_of_range"].value == 2
+    assert result.metadata["undated_films"].value == 2
 
 
 @pytest.mark.slow

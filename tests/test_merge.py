@@ -171,7 +171,7 @@ def test_quarantine_keeps_good_rows_and_gives_reasons():
         dict(title="No Year"),
         dict(title="Fine", year=1990),
     )
-    # an IMDb id without a year stays while some source dates it, else its rows are quarantined
+    # an IMDb id places a film even when no source dates it; a row with neither is quarantined
     movielens = source_rows(
         "movielens",
         dict(imdb_id="tt0000031", title="Dated Elsewhere"),
@@ -179,12 +179,12 @@ def test_quarantine_keeps_good_rows_and_gives_reasons():
     )
     imdb = source_rows("imdb", dict(imdb_id="tt0000031", title="Dated Elsewhere", year=1977))
     result = merge_rows([wiki, movielens, imdb], max_year=MAX_YEAR)
-    assert sorted(result.corpus["title"]) == ["Dated Elsewhere", "Fine"]
+    assert sorted(result.corpus["title"]) == ["Dated Elsewhere", "Fine", "Never Dated"]
+    assert by_id(result)["tt0000031"]["year"] == 1977 and by_id(result)["tt0000032"]["year"] is None
     assert result.quarantine.schema == pl.Schema(QUARANTINE_SCHEMA)
     assert result.quarantine_reasons() == {
         "empty title": 1,
         "year missing and no IMDb id": 1,
-        "year missing in every source": 1,
         "year outside 1874..2027": 2,
     }
     assert result.source_stats["wikipedia"]["quarantined"] == 4
