@@ -6,7 +6,7 @@ field distributions: by default 345,000 ``movie`` titles (about 1.2% adult, so >
 the reader's filter) among ~120,000 titles of other types, ratings for ~80%, one or two directors,
 5-8 principals per film (1-4 for other titles), ~600,000 people with unicode names.
 
-    python benchmarks/make_imdb_dumps.py /tmp/imdb-full [--movies 345000] [--seed 7]
+    python benchmarks/make_imdb_dumps.py /tmp/imdb-full [--movies 345000] [--seed 7] [--malformed 0]
 """
 
 from __future__ import annotations
@@ -149,10 +149,23 @@ def make_names(rng, names: int) -> pl.DataFrame:
     })
 
 
-def write_tsv_gz(frame: pl.DataFrame, path: Path) -> None:
+def write_tsv_gz(frame: pl.DataFrame, path: Path, extra_lines: list[str] = ()) -> None:
     data = frame.write_csv(separator="\t", quote_style="never", null_value="\\N").encode()
     with gzip.open(path, "wb", compresslevel=3) as handle:
         handle.write(data)
+        handle.write("".join(line + "\n" for line in extra_lines).encode())
+
+
+def malformed_basics(rng, count: int) -> list[str]:
+    """Lines the reader must quarantine: a missing field or a non-numeric year, alternately."""
+    lines = []
+    for i in range(count):
+        tconst = f"tt9{i:08d}"
+        if i % 2:
+            lines.append(f"{tconst}\tmovie\tBroken {i}\tBroken {i}\t0\t19x{i % 10}\t\\N\t90\tDrama")
+        else:
+            lines.append(f"{tconst}\tmovie\tBroken {i}\tBroken {i}\t0\t2001\t\\N\t90")
+    return lines
 
 
 def main() -> None:
@@ -161,6 +174,7 @@ def main() -> None:
     parser.add_argument("--movies", type=int, default=345_000)
     parser.add_argument("--names", type=int, default=600_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--malformed", type=int, default=0, help="malformed title.basics lines to append")
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -174,7 +188,8 @@ def main() -> None:
         "name.basics.tsv.gz": make_names(rng, args.names),
     }
     for name, frame in tables.items():
-        write_tsv_gz(frame, args.folder / name)
+        extra = malformed_basics(rng, args.malformed) if name == "title.basics.tsv.gz" else []
+        write_tsv_gz(frame, args.folder / name, extra)
         size = (args.folder / name).stat().st_size / 1e6
         print(f"{name:26s} {frame.height:>10,d} rows  {size:7.1f} MB")
     films = basics.filter((pl.col("titleType") == "movie") & (pl.col("isAdult") == "0")).height

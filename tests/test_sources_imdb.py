@@ -161,3 +161,26 @@ def test_same_title_other_original_title_becomes_alias(result):
     assert [(d["year"], d["aliases"], d["directors"]) for d in dunes] == [
         (1984, [], ["David Lynch"]), (2021, ["Dune: Part One"], ["Denis Villeneuve"])]
     assert _film(result, "tt0000439")["year"] == 1903  # early years are kept
+
+
+def test_full_scale_generator_writes_what_the_reader_reads(tmp_path):
+    """benchmarks/make_imdb_dumps.py at a tiny scale: valid IMDb format, seeded, malformed lines quarantined."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from corpus_build.sources.imdb import COLUMNS
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_imdb_dumps.py"
+    args = ["--movies", "1500", "--names", "2000", "--seed", "3", "--malformed", "4"]
+    for folder in ("a", "b"):
+        subprocess.run([sys.executable, str(script), str(tmp_path / folder), *args], check=True,
+                       capture_output=True)
+    assert all((tmp_path / "a" / n).read_bytes() != b"" for n in COLUMNS)
+    result = read_imdb({n: tmp_path / "a" / n for n in COLUMNS})
+    again = read_imdb({n: tmp_path / "b" / n for n in COLUMNS})
+    assert result.rows.equals(again.rows)  # seeded: the same dumps twice
+    assert 1400 < result.rows.height < 1500  # ~1.2% adult titles dropped
+    assert result.quarantine.height == 4 and result.stats["non_movie_titles"] > 400
+    assert (result.rows["cast"].list.len() > 0).mean() > 0.95
+    assert result.rows["imdb_rating"].is_not_null().mean() > 0.7
