@@ -1,0 +1,106 @@
+"""Benchmark: build movie_corpus from full-scale IMDb-format dumps, as the assets do.
+
+Generates the dumps with ``benchmarks/make_imdb_dumps.py`` (a subprocess, not timed) into a temporary
+mirror folder laid out like ``RAR_SOURCE_MIRROR``, then runs the corpus path of the assets:
+``fetch_source`` (mirror copy with sha256) -> ``read_fetched_sources`` (the IMDb reader) ->
+``build_corpus`` (merge) -> ``write_corpus`` (zstd Parquet). Prints wall time per step, rows/s and the
+peak RSS of this process. Target on the 2-core dev machine: <= 60 s and <= 4 GB.
+
+    python benchmarks/corpus_build.py [--movies 345000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# corpus_build package: drop that folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def generate_dumps(mirror: Path, movies: int, seed: int) -> float:
+    """Write the IMDb dumps where the mirror layout expects them; return the generation time."""
+    from corpus_build.sources.registry import SOURCES
+
+    generated = mirror / "_generated"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "make_imdb_dumps.py"), str(generated),
+         "--movies", str(movies), "--seed", str(seed)],
+        check=True,
+    )
+    for remote in SOURCES["imdb"].files:
+        target = mirror / (remote.mirror_path or remote.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(generated / remote.name, target)
+    return time.perf_counter() - started
+
+
+def build(mirror: Path, home: Path) -> dict[str, float]:
+    """The assets' corpus path for the IMDb source; seconds per step plus row counts."""
+    from corpus_build.fetch import fetch_source
+    from corpus_build.merge import build_corpus, read_fetched_sources, write_corpus
+    from corpus_build.sources.registry import SOURCES
+    from rar_pipeline.settings import Settings
+
+    settings = Settings(home=home, profile="full", source_mirror=mirror)
+    spec = SOURCES["imdb"]
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    fetch_source(spec, settings, progress=False)
+    times["fetch"] = time.perf_counter() - started
+    step = time.perf_counter()
+    results, skipped = read_fetched_sources([spec], settings.home / "raw")
+    if skipped:
+        raise SystemExit(f"IMDb files not fetched: {skipped}")
+    times["read"] = time.perf_counter() - step
+    step = time.perf_counter()
+    merged = build_corpus(results)
+    times["merge"] = time.perf_counter() - step
+    step = time.perf_counter()
+    write_corpus(merged, settings.table_path("movie_corpus"), settings.table_path("movie_corpus_quarantine"))
+    times["write"] = time.perf_counter() - step
+    times["total"] = time.perf_counter() - started
+    times["rows_in"] = float(results["imdb"].rows.height)
+    times["films"] = float(merged.corpus.height)
+    times["quarantined"] = float(merged.quarantine.height)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--movies", type=int, default=345_000, help="movie titles to generate")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, help="use (and keep) this folder instead of a temporary one")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="rar-corpus-bench-"))
+    try:
+        mirror, home = work / "mirror", work / "home"
+        generated = generate_dumps(mirror, args.movies, args.seed)
+        print(f"generated IMDb dumps for {args.movies:,} movie titles in {generated:.1f} s (not timed below)")
+        times = build(mirror, home)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
+        print(
+            f"steps: fetch {times['fetch']:.1f} s, read {times['read']:.1f} s, merge {times['merge']:.1f} s, "
+            f"write {times['write']:.1f} s"
+        )
+        print(f"films in movie_corpus: {times['films']:,.0f} (source rows {times['rows_in']:,.0f}, "
+              f"quarantined {times['quarantined']:,.0f})")
+        print(f"wall time: {times['total']:.1f} s  (target <= 60 s)")
+        print(f"rows/s: {times['films'] / times['total']:,.0f}")
+        print(f"peak RSS: {peak_gb:.2f} GB  (target <= 4 GB)")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
