@@ -17,6 +17,7 @@ goes to quarantine with its file and 1-based line; every other line is kept.
 from __future__ import annotations
 
 import gzip
+import os
 import tempfile
 import zlib
 from pathlib import Path
@@ -69,7 +70,8 @@ def read_imdb(files: dict[str, Path]) -> SourceResult:
     if missing:
         raise SourceFormatError(", ".join(missing), "IMDb file(s) not fetched")
     quarantines: list[pl.DataFrame] = []
-    with tempfile.TemporaryDirectory(prefix="imdb-", dir=Path(files[BASICS]).parent) as tmp:
+    raw_dir = Path(files[BASICS]).parent  # the gunzipped text sits beside the dumps (real ones: ~7 GB)
+    with tempfile.TemporaryDirectory(prefix=".imdb-", dir=raw_dir if os.access(raw_dir, os.W_OK) else None) as tmp:
         def read(name: str, keep=None, on: str = "tconst", where=None) -> pl.DataFrame:
             good, bad = read_tsv(Path(files[name]), name, Path(tmp), keep=keep, keep_on=on, where=where)
             quarantines.append(bad)
