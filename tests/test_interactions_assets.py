@@ -58,6 +58,11 @@ def small_mirror(tmp_path, rar_home, monkeypatch):
     header = "dialog_id\tutt_id\tspeaker\ttext\tmovies"
     (mirror / "inspired/dev.tsv").write_text(f"{header}\nd1\t1\tSEEKER\tI like Heat\tHeat (1995)\n"
                                              "d1\t2\tRECOMMENDER\tThe Matrix!\tThe Matrix (1999)\n")
+    (mirror / "reddit").mkdir()
+    (mirror / "reddit/test.csv").write_text(
+        "conv_id,turn_order,is_seeker,processed,context_processed,context_raw\n"
+        "t3_x_0/1,1,False,watch tt0113277,['like tt0133093?'],['like The Matrix?']\n")
+    (mirror / "reddit/id2name.json").write_text(json.dumps({"tt0113277": "Heat (1995)"}))
     monkeypatch.setenv("RAR_SOURCE_MIRROR", str(mirror))
     monkeypatch.setenv("RAR_PROFILE", "full")
     get_settings.cache_clear()
@@ -85,11 +90,12 @@ def test_full_profile_from_a_mirror(small_mirror):
     assert sequences.filter(pl.col("dataset") == "ml-1m")["test_movie_id"].to_list() == ["tt0113041"]
     turns = pl.read_parquet(settings.table_path("conversation_turns"))
     assert sorted(turns.select("dataset", "split").iter_rows()) == [
-        ("inspired", "validation"), ("redial", "test"), ("redial", "test"), ("redial", "validation")]
+        ("inspired", "validation"), ("reddit", "test"), ("redial", "test"), ("redial", "test"),
+        ("redial", "validation")]
     assert pl.read_parquet(settings.table_path("conversation_turns_quarantine"))["line"].to_list() == [3]
     meta = result.asset_materializations_for_node("conversation_turns")[0].metadata
     assert meta["turns_redial_test"].value == 2.0 and meta["link_rate/redial_test"].value == 1.0
-    assert meta["dagster/row_count"].value == 4
+    assert meta["dagster/row_count"].value == 5 and meta["turns_reddit_test"].value == 1.0
     assert result.asset_materializations_for_node("user_sequences")[0].metadata["users/ml-100k"].value == 5.0
 
 

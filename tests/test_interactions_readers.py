@@ -184,6 +184,56 @@ def test_reddit_rows(tmp_path, linker):
     assert log.unresolved()["imdb_id"].to_list() == ["tt9999999"]
 
 
+def _reddit_csv(path, rows):
+    import csv
+
+    columns = ["conv_id", "turn_id", "user_id", "turn_order", "is_seeker", "utc_time", "upvotes", "processed",
+               "raw", "context_processed", "context_raw", "context_turn_ids"]
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def test_reddit_movie_release_csv(tmp_path, linker):
+    id2name = {"tt0113277": "Heat (1995)", "tt7777777": "The Matrix (1999)", "tt0000001": "Nothing Known (1900)"}
+    rows = [
+        {"conv_id": "t3_a_0/2", "turn_id": "t3_a", "turn_order": 0, "is_seeker": "True",
+         "processed": "Movies like tt0133093?", "raw": "Movies like The Matrix?", "context_processed": "[]",
+         "context_raw": "[]"},
+        {"conv_id": "t3_a_0/2", "turn_id": "t1_b", "turn_order": 1, "is_seeker": "False",
+         "processed": "tt0113277 and tt7777777, also tt0000001", "raw": "Heat and The Matrix, also Nothing",
+         "context_processed": "['Movies like tt0133093?']", "context_raw": "['Movies like The Matrix?']"},
+        {"conv_id": "t3_c_1/1", "turn_id": "t1_d", "turn_order": 2, "is_seeker": "false",
+         "processed": "['SYSTEM', 'Try tt0114709']", "raw": "['SYSTEM', 'Try Toy Story']",
+         "context_processed": "[['USER', 'kids film?'], ['SYSTEM', 'tt0113497?'], ['USER', 'seen it']]",
+         "context_raw": "[['USER', 'kids film?'], ['SYSTEM', 'Jumanji?'], ['USER', 'seen it']]"},
+        {"conv_id": "t3_e_0/1", "turn_id": "t1_f", "turn_order": 1, "is_seeker": "False",
+         "processed": "no film here", "raw": "no film here", "context_processed": "[]", "context_raw": "[]"},
+        {"conv_id": "t3_g_0/1", "turn_id": "t1_h", "turn_order": 1, "is_seeker": "maybe",
+         "processed": "tt0114709", "raw": "x", "context_processed": "[]", "context_raw": "[]"},
+    ]
+    path = _reddit_csv(tmp_path / "valid.csv", rows)
+    log = LinkLog()
+    got, quarantine = reddit.read_reddit_movie_csv(path, linker, log, id2name)
+    frame = _frame(got)
+    assert frame["split"].unique().to_list() == ["validation"]
+    assert frame["dialog_id"].to_list() == ["t3_a_0/2", "t3_c_1/1"]
+    first, second = frame.to_dicts()
+    # tt7777777 is not a corpus id: linked through its id2name title; tt0000001 unresolved
+    assert first["target_movie_ids"] == ["tt0113277", "tt0133093"] and first["target_mentioned_before"] == [False, True]
+    assert first["history_movie_ids"] == ["tt0133093"] and first["turn_index"] == 1
+    assert first["context"] == [{"role": "seeker", "text": "Movies like The Matrix?"}]
+    assert second["target_movie_ids"] == ["tt0114709"] and second["history_movie_ids"] == ["tt0113497"]
+    assert [c["role"] for c in second["context"]] == ["seeker", "recommender", "seeker"]
+    assert [q["line"] for q in quarantine] == [6]
+    assert log.unresolved()["imdb_id"].to_list() == ["tt0000001"]
+    with pytest.raises(ValueError, match="split"):
+        reddit.read_reddit_movie_csv(_reddit_csv(tmp_path / "other.csv", rows), linker, LinkLog())
+
+
 # --- MovieLens -------------------------------------------------------------------------------------
 
 def _ml_latest(tmp_path, ratings: list[tuple]):

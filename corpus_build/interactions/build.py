@@ -12,6 +12,7 @@ Where the files come from:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,9 @@ INSPIRED = tuple(
     RemoteFile(f"{s}.tsv", f"{INSPIRED_RAW}/{s}.tsv", f"inspired/{s}.tsv", optional=s != "dev")
     for s in ("train", "dev", "test")
 )
-REDDIT = (
+REDDIT = (  # Reddit-Movie lives on the HF hub only: read when a mirror holds a copy
+    *(RemoteFile(f"{s}.csv", None, f"reddit/{s}.csv", optional=True) for s in ("train", "valid", "test")),
+    RemoteFile("id2name.json", None, "reddit/id2name.json", optional=True),
     RemoteFile("test.jsonl", None, "reddit/test.jsonl", optional=True),
     RemoteFile("entity2id.json", None, "crs_turns/reddit/entity2id.json", optional=True),
 )
@@ -192,14 +195,27 @@ def _full_turns(settings, linker: Linker, link_log: LinkLog, stats: dict) -> tup
             rows += got
             quarantine += bad
     if settings.source_mirror is not None:
-        files = land("reddit", REDDIT, settings)
-        if "test.jsonl" in files:
-            names = reddit.load_entity_names(files.get("entity2id.json"))
-            got, bad = reddit.read_reddit(files["test.jsonl"], "test", linker, link_log, names, "reddit_test")
-            for row in got:
-                row["dataset"] = "reddit"
-            rows += got
-            quarantine += bad
+        got, bad = _reddit_turns(land("reddit", REDDIT, settings), linker, link_log)
+        rows += got
+        quarantine += bad
+    return rows, quarantine
+
+
+def _reddit_turns(files: dict[str, Path], linker: Linker, link_log: LinkLog) -> tuple[list[dict], list[dict]]:
+    """The public release's csv files when present, else the CRS harness's test.jsonl."""
+    rows, quarantine = [], []
+    csvs = [files[f"{s}.csv"] for s in ("train", "valid", "test") if f"{s}.csv" in files]
+    if csvs:
+        id2name = json.loads(files["id2name.json"].read_text(encoding="utf-8")) if "id2name.json" in files else {}
+        for path in csvs:
+            split = reddit.SPLIT_OF_CSV[path.stem]
+            got, bad = reddit.read_reddit_movie_csv(path, linker, link_log, id2name, split, f"reddit_{split}")
+            rows, quarantine = rows + got, quarantine + bad
+    elif "test.jsonl" in files:
+        names = reddit.load_entity_names(files.get("entity2id.json"))
+        rows, quarantine = reddit.read_reddit(files["test.jsonl"], "test", linker, link_log, names, "reddit_test")
+    for row in rows:
+        row["dataset"] = "reddit"
     return rows, quarantine
 
 
