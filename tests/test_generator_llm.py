@@ -70,3 +70,19 @@ def test_openai_backend_against_llama_cpp_server_end_to_end(gguf, in_process, tm
         best_local = max(local, key=local.get)
         assert result.ranking[0] == prompt.label_of()[best_local]
         assert result.scores[0] == pytest.approx(local[best_local], abs=0.05)
+
+
+def test_calibration_subtracts_the_content_free_label_prior(in_process):
+    request = REQUESTS[0]
+    prompt = build_prompt(request, "completion", N_CTX - 8, in_process.count_tokens)
+    raw = in_process.label_logprobs(prompt.text, prompt.labels)
+    prior = in_process.label_prior(len(request.candidate_ids))
+    assert set(prior) == set(prompt.labels) and all(p < 0 for p in prior.values())
+    in_process.calibrate = True
+    try:
+        [result] = in_process.rank_batch([request])
+    finally:
+        in_process.calibrate = False
+    expected = sorted(prompt.labels, key=lambda label: -(raw[label] - prior[label]))
+    assert result.ranking == tuple(prompt.label_of()[label] for label in expected)
+    assert result.scores[0] == pytest.approx(raw[expected[0]] - prior[expected[0]], abs=1e-6)

@@ -44,7 +44,7 @@ class LlamaCppGenerator(Generator):
     name = "llama_cpp"
 
     def __init__(self, model_path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 seed: int = 1234) -> None:
+                 seed: int = 1234, calibrate: bool = False) -> None:
         super().__init__()
         self.model_path = Path(model_path) if model_path else packaged_gguf_path()
         if not self.model_path.is_file():
@@ -52,6 +52,8 @@ class LlamaCppGenerator(Generator):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, min(4, os.cpu_count() or 1))
         self.seed = seed
+        self.calibrate = calibrate  # subtract each label's content-free prior (contextual calibration)
+        self._priors: dict[int, dict[str, float]] = {}
         self._llm = None
         self._label_ids: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -98,6 +100,16 @@ class LlamaCppGenerator(Generator):
         self.stats.add(calls=1, prompt_tokens=len(tokens))
         return {label: float(logits[self._label_ids[label]] - log_norm) for label in labels}
 
+    def label_prior(self, n: int) -> dict[str, float]:
+        """Label log-probs for a content-free prompt of ``n`` "N/A" candidates: the model's position
+        bias, which ``calibrate=True`` subtracts (Zhao et al. 2021, contextual calibration)."""
+        if n not in self._priors:
+            ids = tuple(f"n/a-{i}" for i in range(n))
+            empty = RankRequest(({"role": "user", "text": "N/A"},), ids, {i: {"title": "N/A"} for i in ids})
+            prompt = build_prompt(empty, "completion", self.n_ctx - 8, self.count_tokens)
+            self._priors[n] = self.label_logprobs(prompt.text, prompt.labels)
+        return self._priors[n]
+
     def _rank_batch(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         results = []
         with self._lock:
@@ -105,6 +117,9 @@ class LlamaCppGenerator(Generator):
                 try:
                     prompt = build_prompt(request, "completion", self.n_ctx - 8, self.count_tokens)
                     scores = self.label_logprobs(prompt.text, prompt.labels)
+                    if self.calibrate:
+                        prior = self.label_prior(len(prompt.labels))
+                        scores = {label: score - prior[label] for label, score in scores.items()}
                 except (ValueError, RuntimeError) as error:  # this prompt falls back; the batch goes on
                     self.stats.add(failures=1)
                     results.append(fallback(request, f"{type(error).__name__}: {error}"))
