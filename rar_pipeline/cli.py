@@ -135,7 +135,11 @@ def recommend(text: str, k: int, backend: str | None) -> None:
     if retrieve is None:
         raise click.ClickException(f"{retriever_name}: run `rar materialize` first")
     api_key = dg.EnvVar(GENERATOR_API_KEY_ENV).get_value()
-    with GeneratorResource(backend=backend, api_key=api_key).make_generator() as generator:
+    try:
+        generator = GeneratorResource(backend=backend, api_key=api_key).make_generator()
+    except (ValueError, RuntimeError, FileNotFoundError) as error:  # e.g. no model name, no local-llm extra
+        raise click.ClickException(f"generator: {error}") from error
+    with generator:
         rows, mentioned = run_recommend(text, k, corpus_path, retrieve, generator)
         stats = generator.stats
     if mentioned:

@@ -127,3 +127,14 @@ def test_generator_resource_in_a_dagster_run_keeps_the_key_out_of_metadata(rar_h
     assert secret not in repr(metadata)
     cache = get_settings().path("generator_cache", "responses.sqlite")
     assert cache.exists() and not any(secret.encode() in p.read_bytes() for p in cache.parent.iterdir())
+
+
+def test_recommend_reports_a_misconfigured_generator(rar_home, monkeypatch):
+    from corpus_build.atomic import write_parquet_atomic
+    from rar_pipeline.cli import main
+    from rar_pipeline.settings import get_settings
+
+    write_parquet_atomic(corpus(), get_settings().table_path("movie_corpus"))
+    monkeypatch.setattr("rar_pipeline.cli._recommend_retriever", lambda settings: ((lambda h, t, k: []), "test"))
+    outcome = CliRunner().invoke(main, ["recommend", "I loved Alien", "--backend", "openai"])
+    assert outcome.exit_code == 1 and "needs a model name (RAR_GENERATOR_MODEL)" in outcome.output
