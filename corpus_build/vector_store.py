@@ -78,6 +78,8 @@ class VectorStore:
         self.uri = str(uri)
         self.table_name = table_name
         self.db = lancedb.connect(self.uri)
+        self._table = None  # the open table handle (sees this handle's own writes)
+        self._index: str | None | bool = False  # cached index name; False: not looked up yet
 
     @classmethod
     def from_settings(cls, settings) -> VectorStore:
@@ -85,19 +87,23 @@ class VectorStore:
 
     # --- table life cycle -------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.table_name in self.db.list_tables().tables
+        return self._table is not None or self.table_name in self.db.list_tables().tables
 
     @property
     def table(self):
-        if not self.exists():
-            raise FileNotFoundError(
-                f"no LanceDB table {self.table_name!r} at {self.uri}: materialise movie_vectors first"
-            )
-        return self.db.open_table(self.table_name)
+        if self._table is None:
+            if not self.exists():
+                raise FileNotFoundError(
+                    f"no LanceDB table {self.table_name!r} at {self.uri}: materialise movie_vectors first"
+                )
+            self._table = self.db.open_table(self.table_name)
+        return self._table
 
     def create(self, dimension: int, replace: bool = False):
         mode = "overwrite" if replace else "create"
-        return self.db.create_table(self.table_name, schema=table_schema(dimension), mode=mode)
+        self._table = self.db.create_table(self.table_name, schema=table_schema(dimension), mode=mode)
+        self._index = None
+        return self._table
 
     def dimension(self) -> int | None:
         return self.table.schema.field("vector").type.list_size if self.exists() else None
@@ -118,8 +124,10 @@ class VectorStore:
         return deleted
 
     def index_name(self) -> str | None:
-        names = [ix.name for ix in self.table.list_indices() if "vector" in ix.columns]
-        return names[0] if names else None
+        if self._index is False:
+            names = [ix.name for ix in self.table.list_indices() if "vector" in ix.columns]
+            self._index = names[0] if names else None
+        return self._index
 
     def optimise(self, min_rows: int = INDEX_MIN_ROWS) -> str:
         """Compact fragments and keep the ANN index right for the table's size; returns the index name.
@@ -131,10 +139,12 @@ class VectorStore:
         table = self.table
         rows = table.count_rows()
         table.optimize()
+        self._index = False  # look it up afresh
         current = self.index_name()
         if rows < min_rows:
             if current:
                 table.drop_index(current)
+                self._index = None
             return "none (exact search)"
         partitions = index_partitions(rows)
         wanted = f"vector_ivf_pq_{partitions}"
@@ -149,6 +159,7 @@ class VectorStore:
                 vector_column_name="vector",
                 name=wanted,
             )
+            self._index = wanted
         return wanted
 
     # --- reads ------------------------------------------------------------------------------
@@ -204,6 +215,8 @@ class VectorStore:
         year_max: int | None = None,
         exclude_ids: Sequence[str] = (),
         exact: bool | None = None,
+        nprobes: int = NPROBES,
+        refine_factor: int = REFINE_FACTOR,
     ) -> list[dict]:
         """Top-``k`` films by cosine similarity to ``query`` (a normalised vector), best first.
 
@@ -218,7 +231,7 @@ class VectorStore:
         if exact or (exact is None and self.index_name() is None):
             builder = builder.bypass_vector_index()
         else:
-            builder = builder.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+            builder = builder.nprobes(nprobes).refine_factor(refine_factor)
         hits = builder.to_list()
         for hit in hits:
             hit["score"] = 1.0 - float(hit.pop("_distance"))
