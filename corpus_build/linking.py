@@ -10,9 +10,9 @@ Order of evidence, strongest first:
    spaces and spells numbers as digits ("Chain Saw" = "Chainsaw", "Chapter Two" = "Chapter 2"; 0.92);
 3. a shortened title that starts a longer one of year +-1 ("Jumanji (2017)" -> "Jumanji: Welcome to
    the Jungle"; 0.85; without a year 0.75);
-4. a fuzzy match of the key (rapidfuzz token_sort_ratio) among films of year +-1, scored 0..100;
+4. a fuzzy match of the key (rapidfuzz ``ratio``, word order kept) among films of year +-1, 0..100;
    below ``fuzzy_threshold`` there is no fuzzy link. Confidence = score / 100 * 0.9;
-5. the exact title in another year, when the dataset's year is wrong ("Click (2010)"; 0.70).
+5. the exact title at most 5 years off, when the dataset's year is wrong ("Click (2010)"; 0.70).
 
 "Best known" = most IMDb votes, then the earliest year (the original rather than a remake).
 
@@ -50,6 +50,7 @@ _SUBTITLE = re.compile(r"^(?:the |an? )?[^\s:]+\s*(?::|-\s|–)", re.I)  # 'Juma
 _AKA = re.compile(r"^(?:a\.k\.a\.|aka)\s+", re.I)
 
 DEFAULT_FUZZY_THRESHOLD = 88.0
+MAX_YEAR_ERROR = 5  # the last step trusts an exact title at most this many years off
 
 # Spelled-out and roman numbers read as digits by the loose key ("Chapter Two" == "Chapter 2").
 _NUMBER_WORDS = {
@@ -264,10 +265,11 @@ class Linker:
         return Link(self._most_voted(ids), 0.85 if year is not None else 0.75, "title_prefix")
 
     def _other_year(self, key: str, year: int) -> Link | None:
-        """Exact title whose only films are years away (the dataset's year is wrong): the nearest one."""
+        """Exact title whose only films are 2-5 years away (the dataset's year is wrong): the nearest one."""
         if len(key) < 4:
             return None
-        ids = [i for i in self._by_key.get(key, []) if self._films[i].year is not None]
+        ids = [i for i in self._by_key.get(key, [])
+               if self._films[i].year is not None and abs(self._films[i].year - year) <= MAX_YEAR_ERROR]
         if not ids:
             return None
         nearest = min(ids, key=lambda i: (abs(self._films[i].year - year), -self._films[i].votes))
@@ -286,7 +288,7 @@ class Linker:
                 ids += block[1]
         if not keys:
             return NO_LINK
-        match = process.extractOne(key, keys, scorer=fuzz.token_sort_ratio)
+        match = process.extractOne(key, keys, scorer=fuzz.ratio)  # word order matters
         if match is None:
             return NO_LINK
         _, score, index = match

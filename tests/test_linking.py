@@ -66,7 +66,9 @@ def test_unknown_imdb_id_falls_back_to_title(linker):
         ("Star Wars (1977)", "tt0076759", "title_prefix"),
         ("Jumanji (2017)", "tt2283362", "title_prefix"),
         ("Police Acadamy (1984)", "tt0087928", "fuzzy"),  # typo
-        ("Die Hard (1998)", "tt0095016", "title_other_year"),  # the dataset's year is wrong
+        ("Die Hard (1991)", "tt0095016", "title_other_year"),  # the dataset's year is wrong
+        ("Die Hard (1998)", None, "none"),  # ... but not by ten years
+        ("Academy Police (1984)", None, "none"),  # fuzzy matching keeps word order
         ("Why%20Him%3F Die Hard (1988)", None, "none"),
     ],
 )
