@@ -5,7 +5,8 @@ Order of evidence, strongest first:
 1. an IMDb id that the corpus holds (confidence 1.0);
 2. the normalised title key (:func:`corpus_build.movie_text.title_key`, which also restores a trailing
    article) with the same year (0.98), or year +-1 (0.93); without a year, the key alone (0.90 when
-   it names one film, 0.80 when the best known of several). Both sides' alternate titles count
+   it names one film, 0.80 when the best known of several); a corpus film without a year matches
+   the same title of any year (0.85). Both sides' alternate titles count
    ("Dumb & Dumber (Dumb and Dumber)", "Men in Black (a.k.a. MIB)"); then the loose key, which ignores
    spaces and spells numbers as digits ("Chain Saw" = "Chainsaw", "Chapter Two" = "Chapter 2"; 0.92);
 3. a shortened title that starts a longer one of year +-1 ("Jumanji (2017)" -> "Jumanji: Welcome to
@@ -69,7 +70,8 @@ def loose_key(key: str) -> str:
 class Link:
     movie_id: str | None
     confidence: float
-    # "imdb_id", "title_year", "title_year_pm1", "title_only", "title_loose", "title_prefix", "fuzzy",
+    # "imdb_id", "title_year", "title_year_pm1", "title_undated", "title_only", "title_loose",
+    # "title_prefix", "fuzzy",
     # "title_other_year", "none"
     method: str
     best_candidate: str | None = None  # for misses: the closest film below the threshold
@@ -236,6 +238,9 @@ class Linker:
         near = [i for i in ids if self._films[i].year is not None and abs(self._films[i].year - year) == 1]
         if near:
             return Link(self._most_voted(near), 0.93, "title_year_pm1")
+        undated = [i for i in ids if self._films[i].year is None]  # corpus films no source dates
+        if undated:
+            return Link(self._most_voted(undated), 0.85, "title_undated")
         return None
 
     def _loose(self, key: str, year: int | None) -> Link | None:

@@ -26,6 +26,7 @@ FILMS = [
     ("rar:0123456789ab", "Das Boot", 1981, [], None),
     ("tt0457430", "Pan's Labyrinth", 2006, ["El laberinto del fauno"], 700_000),
     ("tt0095016", "Die Hard", 1988, [], 900_000),
+    ("tt4975722", "Moonlight", None, [], None),  # a film no source dates
 ]
 
 
@@ -66,6 +67,7 @@ def test_unknown_imdb_id_falls_back_to_title(linker):
         ("Star Wars (1977)", "tt0076759", "title_prefix"),
         ("Jumanji (2017)", "tt2283362", "title_prefix"),
         ("Police Acadamy (1984)", "tt0087928", "fuzzy"),  # typo
+        ("Moonlight (2016)", "tt4975722", "title_undated"),
         ("Die Hard (1991)", "tt0095016", "title_other_year"),  # the dataset's year is wrong
         ("Die Hard (1998)", None, "none"),  # ... but not by ten years
         ("Academy Police (1984)", None, "none"),  # fuzzy matching keeps word order
