@@ -67,7 +67,7 @@ def _write_jsonl(path, records):
 def test_redial_turns_targets_history_and_context(tmp_path, linker):
     path = _write_jsonl(tmp_path / "test_data.jsonl", [_redial_dialog()])
     log = LinkLog()
-    rows, quarantine = redial.read_redial(path, "test", linker, log)
+    rows, quarantine = redial.read_redial(path, "test", linker, log, rule="suggested")
     assert quarantine == []
     frame = _frame(rows)
     assert frame["turn_index"].to_list() == [1, 3, 5]  # seeker messages 3+4 merged into one turn
@@ -86,7 +86,8 @@ def test_redial_turns_targets_history_and_context(tmp_path, linker):
 
 def test_redial_rules(tmp_path, linker):
     path = _write_jsonl(tmp_path / "d.jsonl", [_redial_dialog()])
-    rows, _ = redial.read_redial(path, "test", linker, LinkLog(), rule="mentioned")
+    assert redial.DEFAULT_RULE == "mentioned"  # the zero-shot CRS protocol's reading
+    rows, _ = redial.read_redial(path, "test", linker, LinkLog())
     assert _frame(rows)["target_movie_ids"].to_list()[1] == ["tt0087928", "tt0089822", "tt0250687"]
     with pytest.raises(ValueError, match="rule"):
         redial.read_redial(path, "test", linker, LinkLog(), rule="liked")
