@@ -75,9 +75,10 @@ def pick_device(device: str = "auto") -> str:
 class Embedder:
     """Encodes texts in batches into normalised float32 vectors with one sentence-transformers model.
 
-    ``precision="auto"`` runs under bf16 autocast where the hardware does bf16 natively (CUDA with
-    bf16, or a CPU with AVX512-BF16/AMX): on this project's Zen 4 CPU that is ~1.9x faster with a
-    cosine of ~0.9999 to fp32 (``benchmarks/vectors.py`` measures both). The model loads lazily.
+    ``precision="auto"`` runs under bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX): on
+    this project's Zen 4 CPU that is 1.3-1.9x faster with a cosine of ~0.99998 to fp32
+    (``benchmarks/vectors.py`` measures both); fp32 elsewhere, CUDA included (measured faster there).
+    The model loads lazily, with fp32 weights whatever the checkpoint's dtype.
     """
 
     def __init__(
@@ -107,11 +108,17 @@ class Embedder:
     def model(self):
         """The loaded SentenceTransformer (loaded on first use, never downloaded)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
 
         location = resolve_model(self.model_name)
         try:
-            return SentenceTransformer(location, device=pick_device(self.device), local_files_only=True)
+            return SentenceTransformer(
+                location,
+                device=pick_device(self.device),
+                local_files_only=True,
+                model_kwargs={"dtype": torch.float32},  # fp32 weights whatever the checkpoint; bf16 via autocast
+            )
         except Exception as error:  # the library raises OSError, ValueError, HF errors...
             raise ModelUnavailableError(_how_to_provide(self.model_name, error)) from error
 
@@ -126,10 +133,8 @@ class Embedder:
     def uses_bf16(self) -> bool:
         if self.precision != "auto":
             return self.precision == "bf16"
-        import torch
-
-        if self.model.device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
+        # CPU only: on an H200, bf16 autocast (or bf16/fp16 weights) made MiniLM 1.2-2x *slower*
+        # than fp32 (3.9k vs 1.8k texts/s at batch 64): a small model there is bound by overheads.
         return self.model.device.type == "cpu" and cpu_supports_bf16()
 
     def _autocast(self):

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     embedding_device: str = Field(default="auto", description="auto (cuda when present), cpu, cuda, cuda:1, ...")
     embedding_batch_size: int = Field(default=64, ge=1, description="Texts per forward pass.")
     embedding_precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 autocast where the CPU/GPU does bf16 natively, else fp32."
+        default="auto", description="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."
     )
     # Generator (issue 6). The API key is deliberately not a setting: GeneratorResource reads
     # RAR_GENERATOR_API_KEY through dg.EnvVar only.
