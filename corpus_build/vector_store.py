@@ -189,11 +189,12 @@ class VectorStore:
     def _aligned(self, movie_ids: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
         movie_ids = list(movie_ids)
         order = pl.DataFrame({"movie_id": movie_ids}, schema={"movie_id": pl.String})
-        found = order.join(self._rows_for(movie_ids, columns), on="movie_id", how="left", maintain_order="left")
-        missing = [m for m, c in zip(found["movie_id"], found[columns[0]].is_null()) if c]
+        rows = self._rows_for(movie_ids, columns).with_columns(pl.lit(True).alias("_found"))
+        found = order.join(rows, on="movie_id", how="left", maintain_order="left")
+        missing = found.filter(pl.col("_found").is_null())["movie_id"].to_list()
         if missing:
             raise KeyError(f"{len(missing)} movie_id(s) not in {self.table_name}: {missing[:5]}")
-        return found
+        return found.drop("_found")
 
     def load_vectors(self, movie_ids: Sequence[str]) -> np.ndarray:
         """``(len(movie_ids), dim)`` float32 vectors in the order of ``movie_ids`` (KeyError if any is absent)."""

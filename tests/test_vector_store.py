@@ -135,6 +135,7 @@ def test_load_vectors_and_get_movies_are_aligned(built):
     with pytest.raises(KeyError, match="tt9999999"):
         store.load_vectors(["tt0133093", "tt9999999"])
     assert store.load_vectors([]).shape == (0, 384)
+    assert store.get_movies(["rar:0000nopl0t"])[0]["plot"] is None  # null fields are not "missing"
 
 
 @pytest.mark.slow
@@ -220,3 +221,24 @@ def test_ann_index_once_the_table_is_large(store):
     assert hits[0]["movie_id"] == "m7"
     assert store.search(vectors[7], k=5, exclude_ids=["m7"])[0]["movie_id"] != "m7"
     assert store.optimise(min_rows=n + 1).startswith("none") and store.index_name() is None
+
+
+def test_load_vectors_for_a_whole_table_is_aligned(store):
+    """A long id list (the retriever's item init) takes the full-scan path and stays aligned."""
+    import pyarrow as pa
+
+    from corpus_build.vector_store import table_schema
+
+    n, dim = 21_000, 4
+    vectors = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    store.create(dim)
+    schema = table_schema(dim)
+    rows = {f.name: pa.nulls(n, f.type) for f in schema}
+    rows.update(movie_id=pa.array([f"m{i}" for i in range(n)]),
+                vector=pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
+    store.upsert(pa.table(rows, schema=schema))
+    order = np.random.default_rng(0).permutation(n)
+    loaded = store.load_vectors([f"m{i}" for i in order])
+    np.testing.assert_array_equal(loaded, vectors[order])
+    with pytest.raises(KeyError, match="nope"):
+        store.load_vectors([f"m{i}" for i in order] + ["nope"])
