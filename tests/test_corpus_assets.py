@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ CHECKS = [
     corpus_assets.row_count_not_shrinking,
     corpus_assets.great_expectations_suite,
 ]
+RAR = shutil.which("rar", path=str(Path(sys.executable).parent)) or "rar"  # the installed entry point
 CORPUS_ASSETS = [*corpus_assets.RAW_ASSETS, corpus_assets.movie_corpus_build]
 
 
@@ -68,13 +70,13 @@ def test_sample_profile_builds_the_corpus_and_passes_every_check(rar_home):
 
     # `rar sql` queries the written tables by name
     sql = subprocess.run(
-        [sys.executable, "-m", "rar_pipeline.cli", "sql", "select count(*) as films from movie_corpus"],
+        [RAR, "sql", "select count(*) as films from movie_corpus"],
         env={**os.environ, "RAR_HOME": str(rar_home)}, capture_output=True, text=True, timeout=60,
     )
     assert sql.returncode == 0, sql.stderr
     assert str(corpus.height) in sql.stdout
     unknown = subprocess.run(
-        [sys.executable, "-m", "rar_pipeline.cli", "sql", "select * from no_such_table"],
+        [RAR, "sql", "select * from no_such_table"],
         env={**os.environ, "RAR_HOME": str(rar_home)}, capture_output=True, text=True, timeout=60,
     )
     assert unknown.returncode != 0 and "movie_corpus" in unknown.stderr  # lists the known tables
