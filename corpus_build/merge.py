@@ -28,7 +28,7 @@ import polars as pl
 
 from corpus_build import movie_text
 from corpus_build.atomic import write_parquet_atomic
-from corpus_build.normalise import CANONICAL_GENRES, canonical_genre, safe_title_key, sequel_markers
+from corpus_build.normalise import CANONICAL_GENRES, canonical_genre, sequel_markers, title_keys
 from corpus_build.schema import CAST_LIMIT, CORPUS_SCHEMA, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
 from corpus_build.sources import SourceResult, SourceSpec
 
@@ -226,7 +226,7 @@ def _assign_entities(rows: pl.DataFrame, fuzzy_threshold: float) -> pl.DataFrame
     if without_id.is_empty():
         return with_id
     without_id = without_id.with_columns(
-        pl.col("title").map_elements(safe_title_key, return_dtype=pl.String).alias("_key")
+        title_keys(without_id["title"]).alias("_key")
     )
     groups = _groups(without_id)
     entity_keys = _entity_keys(with_id)
@@ -263,9 +263,8 @@ def _entity_keys(with_id: pl.DataFrame) -> pl.DataFrame:
         .drop_nulls(["_name", "year"])
         .unique(["_entity", "_name", "year"])
     )
-    keys = pl.DataFrame({"_name": names["_name"].unique()}).with_columns(
-        pl.col("_name").map_elements(safe_title_key, return_dtype=pl.String).alias("_key")
-    )
+    unique_names = names["_name"].unique()
+    keys = pl.DataFrame({"_name": unique_names, "_key": title_keys(unique_names)})
     votes = with_id.group_by("_entity").agg(pl.col("imdb_votes").max().fill_null(-1).alias("_votes"))
     return (
         names.join(keys, on="_name")

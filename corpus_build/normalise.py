@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import polars as pl
+
 from corpus_build.movie_text import title_key
 
 # The small genre vocabulary of the corpus. Upstream spellings (IMDb "Sci-Fi", MovieLens "Children",
@@ -93,3 +95,33 @@ def sequel_markers(key: str) -> frozenset[str]:
 def safe_title_key(title: str | None) -> str:
     """:func:`title_key`, or '' for a missing title."""
     return title_key(title) if title else ""
+
+
+_PRINTABLE_ASCII = r"^[\x20-\x7e]*$"
+_ARTICLES = "the|a|an|les|le|la|el|il|der|die|das|los|las"
+
+
+def _ascii_title_key(expr: pl.Expr) -> pl.Expr:
+    """:func:`title_key` for printable-ASCII titles, in polars (NFKD and accents are no-ops there)."""
+    text = expr.str.replace_all(r" +", " ").str.strip_chars(" ")
+    text = text.str.replace(r"(?i)^(.+?),\s*(l')$", "${2}${1}")  # "Homme, L'" -> "L'Homme"
+    text = text.str.replace(rf"(?i)^(.+?),\s*({_ARTICLES})$", "${2} ${1}")  # "Matrix, The" -> "The Matrix"
+    text = text.str.to_lowercase().str.replace_all("&", " and ", literal=True)
+    text = text.str.replace_all(r"[^A-Za-z0-9_ ]", " ").str.replace_all(r" +", " ").str.strip_chars(" ")
+    return text.str.replace(r"^(the|a|an) +", "")
+
+
+def title_keys(titles: pl.Series) -> pl.Series:
+    """:func:`title_key` of every title ('' for null): polars for printable ASCII, Python for the rest."""
+    frame = pl.DataFrame({"title": titles}).with_columns(
+        pl.col("title").fill_null("").str.contains(_PRINTABLE_ASCII).alias("_ascii")
+    )
+    fast = frame.select(
+        pl.when(pl.col("_ascii")).then(_ascii_title_key(pl.col("title").fill_null(""))).alias("key")
+    )["key"]
+    slow = frame.filter(~pl.col("_ascii"))["title"].to_list()
+    slow_keys = iter([safe_title_key(t) for t in slow])
+    if not slow:
+        return fast.alias(titles.name)
+    keys = [k if k is not None else next(slow_keys) for k in fast.to_list()]
+    return pl.Series(titles.name, keys, dtype=pl.String)

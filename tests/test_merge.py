@@ -232,3 +232,11 @@ def test_vectorised_movie_text_equals_the_contract_function():
     )
     texts = films.select(movie_text_expr())[:, 0].to_list()
     assert texts == [movie_text.movie_text(row) for row in films.iter_rows(named=True)]
+
+
+def test_vectorised_title_keys_equal_the_contract_function():
+    from corpus_build.normalise import safe_title_key, title_keys
+
+    titles = ["Matrix, The", "Homme, L'", "A Man & a Woman", "Good, the Bad, The", "  The   The Movie ", "An",
+              "", None, "x_y", "Rocky II", "Boot, Das", "Tab\tTitle", "Amélie", "Straße", "Ça, La", "C.C. & Company"]
+    assert title_keys(pl.Series(titles)).to_list() == [safe_title_key(t) for t in titles]
