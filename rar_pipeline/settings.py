@@ -60,6 +60,22 @@ class Settings(BaseSettings):
     generator_timeout_s: float = Field(default=60.0, gt=0, description="openai: seconds per request.")
     generator_prompt_tokens: int = Field(default=2048, ge=256, description="Prompt budget in tokens.")
 
+    # Retriever training (issue 5). Epoch caps default by profile: sample 4 / 3, full 200 / 50.
+    retriever_epochs: int | None = Field(default=None, ge=1, description="Pretraining epochs at most.")
+    retriever_sft_epochs: int | None = Field(default=None, ge=1, description="Fine-tuning epochs at most.")
+    retriever_patience: int = Field(default=10, ge=1, description="Validations without a better Recall@10.")
+    retriever_hidden: int = Field(default=64, ge=8, description="LRURec hidden size.")
+    retriever_max_len: int = Field(default=200, ge=2, description="History length the retriever reads.")
+    retriever_batch_size: int = Field(default=128, ge=1, description="Training batch size.")
+    retriever_text_init: bool = Field(default=True, description="Items from movie_vectors (else random).")
+    retriever_negatives: int = Field(
+        default=0, ge=0, description="0: full softmax while the corpus has <= 50k films, else 1000 sampled."
+    )
+    retriever_sampler: Literal["uniform", "popularity"] = Field(default="popularity", description="Negatives.")
+    retriever_device: str = Field(default="auto", description="auto (cuda when present), cpu, cuda.")
+    retriever_threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: all cores).")
+    retriever_max_minutes: float | None = Field(default=None, gt=0, description="Training budget per asset.")
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

@@ -1,0 +1,100 @@
+"""Retriever stage: LRURec pretrained on user histories, then fine-tuned on conversation turns."""
+
+import dagster as dg
+
+from rar_pipeline.settings import get_settings
+
+GROUP = "retriever"
+OWNERS = ["team:rar"]
+SEQUENCES = dg.AssetKey("user_sequences")
+TURNS = dg.AssetKey("conversation_turns")
+CORPUS = dg.AssetKey("movie_corpus")
+VECTORS = dg.AssetKey("movie_vectors")
+PRETRAINED = dg.AssetKey("lrurec_pretrained")
+EPOCH_CAPS = {"sample": (4, 3), "full": (200, 50)}  # (pretraining, fine-tuning) when not set
+
+
+def _train_config(epochs: int):
+    from training.pretrain import TrainConfig
+
+    s = get_settings()
+    return TrainConfig(
+        max_len=s.retriever_max_len, batch_size=s.retriever_batch_size, epochs=epochs,
+        patience=s.retriever_patience, seed=s.seed, device=s.retriever_device, negatives=s.retriever_negatives,
+        sampler=s.retriever_sampler, threads=s.retriever_threads, max_minutes=s.retriever_max_minutes, progress=False,
+    )
+
+
+def _vector_loader(context):
+    """movie_ids -> text vectors from LanceDB, or None (random item init) when off or unavailable."""
+    settings = get_settings()
+    if not settings.retriever_text_init:
+        return None
+    from corpus_build.vector_store import VectorStore
+
+    store = VectorStore(settings.vector_db_uri)
+    if not store.exists():
+        context.log.warning("movie_vectors not found: items initialised at random")
+        return None
+    return store.load_vectors
+
+
+def _metrics(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}/{name}": float(value) for name, value in metrics.items()}
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, CORPUS, VECTORS])
+def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on user_sequences
+    (the ML-1M rows when present, else the profile's histories) with next-item full-ranking
+    validation and early stopping on Recall@10; items start from movie_vectors through a learned
+    projection. Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
+    from training.pretrain import pretrain_from_tables
+
+    s = get_settings()
+    out = pretrain_from_tables(
+        s.table_path("user_sequences"), s.table_path("movie_corpus"), s.path("retriever", "pretrained", "x").parent,
+        _train_config(s.retriever_epochs or EPOCH_CAPS[s.profile][0]), hidden=s.retriever_hidden,
+        load_vectors=_vector_loader(context), log=context.log.info,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": out["users"],
+            "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
+            "checkpoint_dir": dg.MetadataValue.path(str(out["checkpoint_dir"])),
+            "dataset": out["dataset"], "text_init": out["text_init"], "full_softmax": out["full_softmax"],
+            "items": float(out["items"]), "training_examples": float(out["training_examples"]),
+            "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
+            "seconds_per_epoch": float(out["seconds_per_epoch"]),
+            **_metrics("val", out["val"]), **_metrics("test", out["test"]),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS])
+def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """lrurec_pretrained fine-tuned on the training conversation turns (history = films mentioned so
+    far, target = each recommended film): the SFT-only retriever the RL rounds start from.
+    Checkpoint: $RAR_HOME/retriever/sft/retriever.pt."""
+    from training.pretrain import finetune_from_turns
+
+    s = get_settings()
+    pretrained = s.path("retriever", "pretrained", "retriever.pt")
+    if not pretrained.is_file():
+        raise dg.Failure(f"{pretrained} not found: materialise lrurec_pretrained first")
+    out = finetune_from_turns(
+        s.table_path("conversation_turns"), pretrained, s.path("retriever", "sft", "x").parent,
+        _train_config(s.retriever_sft_epochs or EPOCH_CAPS[s.profile][1]), log=context.log.info,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": out["training_examples"],
+            "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
+            "checkpoint_dir": dg.MetadataValue.path(str(out["checkpoint_dir"])),
+            "validation_split": out["validation_split"],
+            "skipped_turns_without_history": float(out["skipped_turns_without_history"]),
+            "val_turns": float(out["val_turns"]), "test_turns": float(out["test_turns"]),
+            "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
+            **_metrics("val", out["val"]), **_metrics("test", out["test"]), **_metrics("test_before_sft", out["test_before"]),
+        }
+    )

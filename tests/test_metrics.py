@@ -1,0 +1,56 @@
+"""Ranking metrics against hand-computed values; history masking with one scatter."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.metrics import mask_history, mean_metrics, ranking_metrics, target_ranks
+
+
+def test_single_target_metrics_match_hand_computed_values():
+    # items 1..5 (column 0 = padding); target 3 has two items above it -> rank 2 (0-based)
+    scores = torch.tensor([[9.0, 0.5, 0.9, 0.7, 0.1, 0.8]])
+    out = mean_metrics(ranking_metrics(scores, torch.tensor([3]), ks=(1, 2, 3, 5)))
+    assert out["Recall@1"] == 0.0 and out["Recall@2"] == 0.0 and out["Recall@3"] == 1.0
+    assert math.isclose(out["NDCG@3"], 1 / math.log2(4), rel_tol=1e-6)
+    assert math.isclose(out["NDCG@5"], 0.5, rel_tol=1e-6)
+    assert math.isclose(out["MRR"], 1 / 3, rel_tol=1e-6)
+
+
+def test_padding_column_is_never_ranked():
+    scores = torch.tensor([[100.0, 1.0, 2.0]])
+    assert target_ranks(mask_history(scores.clone(), torch.zeros(1, 1, dtype=torch.long)), torch.tensor([[2]])).item() == 0
+
+
+def test_history_items_are_masked_out_of_the_ranking():
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.3, 0.2], [0.0, 0.1, 0.2, 0.3, 0.4]])
+    history = torch.tensor([[0, 1, 2], [0, 0, 4]])  # left padded
+    targets = torch.tensor([3, 3])
+    without = ranking_metrics(scores, targets, ks=(1,))
+    masked = ranking_metrics(scores, targets, history=history, ks=(1,))
+    assert without["Recall@1"].tolist() == [0.0, 0.0]
+    assert masked["Recall@1"].tolist() == [1.0, 1.0]  # 1 and 2 masked in row 0; 4 masked in row 1
+    masked_scores = mask_history(scores.clone(), history)
+    assert torch.isinf(masked_scores[0, [0, 1, 2]]).all() and torch.isinf(masked_scores[1, [0, 4]]).all()
+    assert torch.isfinite(masked_scores[0, [3, 4]]).all()
+
+
+def test_multi_target_recall_and_ndcg():
+    # items 1..5 scored 0.7, 0.9, 0.1, 0.6, 0.2; targets 2 and 4 have ranks 0 and 2
+    scores = torch.tensor([[0.0, 0.7, 0.9, 0.1, 0.6, 0.2]])
+    out = mean_metrics(ranking_metrics(scores, torch.tensor([[2, 4]]), ks=(1, 2, 3)))
+    assert out["Recall@1"] == 1.0  # 1 hit / min(k=1, 2 targets)
+    assert out["Recall@2"] == 0.5
+    assert out["Recall@3"] == 1.0
+    ideal = 1 / math.log2(2) + 1 / math.log2(3)
+    assert math.isclose(out["NDCG@3"], (1 / math.log2(2) + 1 / math.log2(4)) / ideal, rel_tol=1e-6)
+    assert math.isclose(out["NDCG@2"], 1 / ideal, rel_tol=1e-6)
+    assert out["MRR"] == 1.0
+
+
+def test_padded_targets_are_ignored():
+    scores = torch.tensor([[0.0, 0.5, 0.9, 0.1]])
+    one = mean_metrics(ranking_metrics(scores, torch.tensor([[2, 0]]), ks=(1, 2)))
+    assert one["Recall@1"] == 1.0 and one["NDCG@2"] == 1.0 and one["MRR"] == 1.0

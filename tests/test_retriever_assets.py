@@ -1,0 +1,95 @@
+"""lrurec_pretrained and lrurec_sft through dg.materialize on a CI-sized dataset, and the Retriever."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA, USER_SEQUENCES_SCHEMA
+
+torch.set_num_threads(1)
+NUM_FILMS, USERS = 60, 300
+
+
+def _movie_id(i: int) -> str:
+    return f"tt{i:07d}"
+
+
+def _write_tables(settings, with_vectors: bool) -> None:
+    rng = np.random.default_rng(0)
+    corpus = pl.DataFrame(
+        {"movie_id": [_movie_id(i) for i in range(1, NUM_FILMS + 1)], "title": [f"Film {i}" for i in range(1, NUM_FILMS + 1)]}
+    ).with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in CORPUS_SCHEMA.items() if c not in ("movie_id", "title")]
+    ).select(list(CORPUS_SCHEMA))
+    corpus.write_parquet(settings.table_path("movie_corpus"))
+    rows = []
+    for user in range(USERS):  # users walk the film cycle in steps of 1 from a random start
+        start = int(rng.integers(0, NUM_FILMS))
+        films = [_movie_id((start + t) % NUM_FILMS + 1) for t in range(int(rng.integers(6, 15)))]
+        rows.append({"dataset": "ml-latest-small", "user_id": str(user), "movie_ids": films,
+                     "train_movie_ids": films[:-2], "val_movie_id": films[-2], "test_movie_id": films[-1]})
+    pl.DataFrame(rows, schema=USER_SEQUENCES_SCHEMA).write_parquet(settings.table_path("user_sequences"))
+    turns = []
+    for i in range(90):
+        start = int(rng.integers(0, NUM_FILMS))
+        history = [_movie_id((start + t) % NUM_FILMS + 1) for t in range(3)]
+        target = [_movie_id((start + 3) % NUM_FILMS + 1)]
+        turns.append({"dataset": "movielens_synthetic", "split": ["train", "validation", "test"][i % 3],
+                      "dialog_id": str(i), "turn_index": 1, "context": [], "history_movie_ids": history if i % 10 else [],
+                      "target_movie_ids": target, "target_mentioned_before": [False]})
+    pl.DataFrame(turns, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(settings.table_path("conversation_turns"))
+    if with_vectors:
+        import pyarrow as pa
+
+        from corpus_build.vector_store import VectorStore, table_schema
+
+        dim = 16
+        vectors = rng.normal(size=(NUM_FILMS, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store = VectorStore(settings.vector_db_uri)
+        store.create(dim)
+        data = {"movie_id": corpus["movie_id"].to_list(), "vector": list(vectors), "content_hash": ["h"] * NUM_FILMS,
+                "model": ["test"] * NUM_FILMS, "title": corpus["title"].to_list(), "year": [None] * NUM_FILMS,
+                "genres": [[]] * NUM_FILMS, "directors": [[]] * NUM_FILMS, "cast": [[]] * NUM_FILMS, "plot": [None] * NUM_FILMS}
+        store.upsert(pa.Table.from_pydict(data, schema=table_schema(dim)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text_init", [True, False])
+def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_init):
+    import dagster as dg
+
+    from assets.retriever import lrurec_pretrained, lrurec_sft
+    from rar_pipeline.settings import get_settings
+    from training.retriever import Retriever
+
+    monkeypatch.setenv("RAR_RETRIEVER_EPOCHS", "1")
+    monkeypatch.setenv("RAR_RETRIEVER_SFT_EPOCHS", "1")
+    monkeypatch.setenv("RAR_RETRIEVER_MAX_LEN", "20")
+    monkeypatch.setenv("RAR_RETRIEVER_THREADS", "1")
+    monkeypatch.setenv("RAR_RETRIEVER_TEXT_INIT", str(text_init).lower())
+    get_settings.cache_clear()
+    settings = get_settings()
+    _write_tables(settings, with_vectors=text_init)
+
+    result = dg.materialize([lrurec_pretrained, lrurec_sft])
+    assert result.success
+    pre = result.asset_materializations_for_node("lrurec_pretrained")[0].metadata
+    sft = result.asset_materializations_for_node("lrurec_sft")[0].metadata
+    assert pre["text_init"].value is text_init
+    assert pre["dagster/row_count"].value == USERS
+    assert pre["items"].value == float(NUM_FILMS)
+    assert isinstance(pre["test/NDCG@10"].value, float) and isinstance(sft["val/Recall@10"].value, float)
+    assert sft["skipped_turns_without_history"].value == 3.0  # every 10th turn has no history; 3 of them in train
+
+    retriever = Retriever.from_checkpoint(settings.path("retriever", "sft", "retriever.pt"))
+    history = [_movie_id(5), _movie_id(6), "tt9999999"]  # an unknown film is ignored
+    top = retriever.retrieve(history, k=10, exclude=[_movie_id(7)])
+    ids = [movie_id for movie_id, _ in top]
+    assert len(ids) == 10 and not {_movie_id(5), _movie_id(6), _movie_id(7)} & set(ids)
+    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+    assert retriever.scores([history, []]).shape == (2, NUM_FILMS)
+    assert len(retriever.retrieve_batch([history, []], k=3)) == 2
