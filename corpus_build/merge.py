@@ -7,8 +7,9 @@ Matching, in order (a film is an *entity*):
 2. rows without an IMDb id form *groups* by normalised title + year (these would get the same
    ``rar:`` id anyway); each group joins at most one IMDb entity and each IMDb entity absorbs at most
    one group: exact title key (title or alias) in the same year first, then the adjacent year (±1);
-3. groups still unmatched try a fuzzy title match (rapidfuzz ratio >= ``fuzzy_threshold``) against
-   IMDb entities of the same or adjacent year, never across different sequel numbers;
+3. groups still unmatched try a fuzzy title match (rapidfuzz ratio >= ``fuzzy_threshold``, >= 96 for
+   keys under 10 characters) against IMDb entities of the same or adjacent year, never across
+   different sequel numbers;
 4. what is left becomes a film of its own with ``movie_text.rar_movie_id``.
 
 Fields come from the best source for each field (``FIELD_PRECEDENCE``), genres are the union of
@@ -49,6 +50,7 @@ FIELD_PRECEDENCE: dict[str, tuple[str, ...]] = {
 }
 MATCH_KINDS = ("matched_imdb_id", "matched_title_year", "matched_fuzzy", "new_films")
 
+SHORT_KEY, SHORT_KEY_THRESHOLD = 10, 96.0  # title keys under 10 characters need a near-perfect score
 _EXACT, _ADJACENT, _FUZZY = 0, 1, 2
 _EMPTY_LIST = pl.lit([], dtype=pl.List(pl.String))
 
@@ -312,6 +314,8 @@ def _fuzzy_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame, threshold
         for qi, ci in zip(*np.nonzero(scores)):
             if sequel_markers(query_keys[qi]) != sequel_markers(choice_keys[ci]):
                 continue
+            if min(len(query_keys[qi]), len(choice_keys[ci])) < SHORT_KEY and scores[qi, ci] < SHORT_KEY_THRESHOLD:
+                continue  # one letter decides between short titles ("drifter" / "drifters")
             out["_group"].append(block["_group"][int(qi)])
             out["_entity"].append(choices["_entity"][int(ci)])
             out["_score"].append(float(scores[qi, ci]))

@@ -90,22 +90,25 @@ def test_fuzzy_match_for_near_identical_titles_only():
         dict(imdb_id="tt0120737", title="The Lord of the Rings: The Fellowship of the Ring", year=2001),
         dict(imdb_id="tt0079817", title="Rocky II", year=1979),
         dict(imdb_id="tt0926084", title="Harry Potter and the Deathly Hallows: Part 1", year=2010),
+        dict(imdb_id="tt0019839", title="Drifters", year=1929),
     )
     wiki = source_rows(
         "wikipedia",
         dict(title="Lord of the Rings: Fellowship of the Ring", year=2001, plot="Frodo."),
         dict(title="Rocky III", year=1979, plot="Sequel number differs."),
         dict(title="Harry Potter and the Deathly Hallows – Part 2", year=2011, plot="Part 2."),
+        dict(title="The Drifter", year=1929, plot="A western, not the documentary."),  # short keys: stricter
     )
     result = merge_rows([imdb, wiki], max_year=MAX_YEAR)
     films = by_id(result)
     assert films["tt0120737"]["plot"] == "Frodo."
     assert films["tt0079817"]["plot"] is None
     assert films["tt0926084"]["plot"] is None
+    assert films["tt0019839"]["plot"] is None
     assert result.source_stats["wikipedia"]["matched_fuzzy"] == 1
-    assert result.corpus.height == 5
+    assert result.corpus.height == 7
     # a stricter threshold turns the fuzzy match off
-    assert merge_rows([imdb, wiki], max_year=MAX_YEAR, fuzzy_threshold=99).corpus.height == 6
+    assert merge_rows([imdb, wiki], max_year=MAX_YEAR, fuzzy_threshold=99).corpus.height == 8
 
 
 def test_rows_with_different_imdb_ids_never_merge():
