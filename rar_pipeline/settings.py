@@ -76,6 +76,28 @@ class Settings(BaseSettings):
     retriever_threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: all cores).")
     retriever_max_minutes: float | None = Field(default=None, gt=0, description="Training budget per asset.")
 
+    # Alignment rounds (issue 7).
+    alignment_objective: Literal["dpo", "grpo"] = Field(default="grpo", description="RL objective of a round.")
+    alignment_datasets: list[str] = Field(
+        default=["redial", "reddit", "movielens_synthetic"],
+        description="Conversation datasets whose train/validation turns the rounds learn from "
+        "(INSPIRED is left out by default: it is reported as unseen).",
+    )
+    alignment_gate_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of the alignment dialogues kept apart for the promotion gate."
+    )
+    alignment_max_turns: int = Field(default=2000, ge=1, description="Training turns per round at most.")
+    alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
+    alignment_set_size: int = Field(default=20, ge=2, description="K: films per candidate set.")
+    alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs over a round's rollouts.")
+    alignment_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate of a round.")
+    alignment_nll_weight: float = Field(default=1.0, ge=0, description="lambda in L = L_rl + lambda * L_nll.")
+
+    # Evaluation (issue 8).
+    evaluation_max_turns: int = Field(
+        default=1000, ge=1, description="Turns per dataset at most (a seeded sample), bounding LLM calls."
+    )
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

@@ -333,7 +333,7 @@ def run_round(
     generator, movies_for: MoviesLookup, config: RoundConfig, round_dir: Path,
     log: Callable[[str], None] = print,
 ) -> RoundResult:
-    """Run (or resume) one round on ``model`` in place; writes rollouts and ``round.json`` in ``round_dir``."""
+    """Run (or resume) one round on ``model`` in place; rollouts are kept under ``round_dir``."""
     import copy
 
     if not train_turns:
@@ -350,7 +350,7 @@ def run_round(
     probe = (probe_turns, item_ids, generator, movies_for, config, config.seed + 1)
     rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)
     gate_after = pipeline_ndcg(model, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
-    result = RoundResult(
+    return RoundResult(
         rollouts=rollouts.height, rollout_reward_mean=float(rollouts["reward"].mean()),
         reward_mean_before=float(rewards_before.mean()), reward_std_before=float(rewards_before.std()),
         reward_mean_after=float(rewards_after.mean()), reward_std_after=float(rewards_after.std()),
@@ -358,5 +358,57 @@ def run_round(
         gate_ndcg_after=float(gate_after.mean()) if len(gate_after) else 0.0,
         loss_curve=curve, seconds=time.monotonic() - started,
     )
-    (round_dir / "round.json").write_text(json.dumps({"config": config.to_dict(), **asdict(result)}, indent=2))
-    return result
+
+
+# ----------------------------------------------------------------------------------- from the tables
+
+ROUND_FILE = "round.json"
+CHECKPOINT_FILE = "retriever.pt"
+
+
+def finished_round(round_dir: Path) -> dict | None:
+    """The record of a finished round (its checkpoint and ``round.json`` exist), else None."""
+    record = round_dir / ROUND_FILE
+    if record.is_file() and (round_dir / CHECKPOINT_FILE).is_file():
+        return json.loads(record.read_text())
+    return None
+
+
+def align_from_tables(
+    round_dir: Path, parent_checkpoint: Path, parent_round: str, turns_path: Path, corpus_path: Path, generator,
+    config: RoundConfig, datasets: Sequence[str], gate_fraction: float, max_turns: int,
+    device: str = "cpu", log: Callable[[str], None] = print,
+) -> dict:
+    """One round from the pipeline's tables: parent retriever -> aligned retriever in ``round_dir``.
+
+    A finished round is returned as recorded, without a single generator call. Otherwise the round
+    runs (resuming its rollouts), writes ``retriever.pt``, then ``round.json`` (the finished marker)
+    with its parent, statistics and the gate verdict (pipeline NDCG@10 on the gate turns must not drop).
+    """
+    from training.retriever import Retriever, export_retriever
+    from training.turn_pools import CorpusLookup, alignment_pools
+
+    if (record := finished_round(round_dir)) is not None:
+        log(f"{round_dir.name} already finished: reusing its record (no generator calls)")
+        return record
+    retriever = Retriever.from_checkpoint(parent_checkpoint, device=device)
+    item_ids = ["<pad>", *retriever.movie_ids]
+    turns = pl.read_parquet(turns_path)
+    train_frame, gate_frame = alignment_pools(turns, datasets, gate_fraction, max_turns, config.seed)
+    train_turns = build_turns(train_frame, retriever.vocab.index)
+    gate_turns = build_turns(gate_frame, retriever.vocab.index)
+    log(f"{len(train_turns)} training turns, {len(gate_turns)} gate turns; parent {parent_round}")
+    lookup = CorpusLookup.from_parquet(corpus_path)
+    result = run_round(retriever.model, item_ids, train_turns, gate_turns, generator, lookup, config, round_dir, log)
+    passed = result.gate_ndcg_after >= result.gate_ndcg_before
+    export_retriever(retriever.model, retriever.movie_ids, round_dir / CHECKPOINT_FILE, retriever.max_len,
+                     {"gate_ndcg@10": result.gate_ndcg_after})
+    record = {
+        "round": round_dir.name, "parent_round": parent_round, "parent_checkpoint": str(parent_checkpoint),
+        "gate_passed": passed, "train_turns": len(train_turns), "gate_turns": len(gate_turns),
+        "config": config.to_dict(), **asdict(result),
+    }
+    tmp = round_dir / f".{ROUND_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(round_dir / ROUND_FILE)
+    return record
