@@ -21,7 +21,6 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     Incremental: only films whose content_hash is new or changed are embedded; films gone from the
     corpus are deleted; an interrupted run resumes from its last committed chunk."""
     from corpus_build.catalog import file_fingerprint
-    from corpus_build.embed import Embedder
     from corpus_build.vector_store import VectorStore, read_corpus, sync_vectors
 
     settings = get_settings()
@@ -29,8 +28,8 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     if not corpus_path.exists():
         raise dg.Failure(f"movie_corpus not found at {corpus_path}: materialise movie_corpus first")
     fingerprint = file_fingerprint(corpus_path)  # before reading: a rewrite during the run shows as a change
-    embedder = Embedder.from_settings(settings)
-    stats = sync_vectors(read_corpus(corpus_path), VectorStore.from_settings(settings), embedder)
+    store = VectorStore.from_settings(settings)
+    stats = sync_vectors(read_corpus(corpus_path), store, store.embedder)
     context.log.info(f"movie_vectors: {stats.embedded} embedded, {stats.reused} reused, {stats.deleted} deleted")
     return dg.MaterializeResult(
         metadata={

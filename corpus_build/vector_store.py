@@ -25,9 +25,10 @@ TABLE_NAME = "movie_vectors"
 META_COLUMNS = ("title", "year", "genres", "directors", "cast", "plot")
 # Below this many rows search is exact (a flat scan is fast enough and has recall 1.0).
 INDEX_MIN_ROWS = 50_000
-# IVF_PQ search settings chosen by benchmarks/vectors.py (337k x 384: recall@10 ~0.96).
+# IVF_PQ search settings chosen by benchmarks/vectors.py --sweep (337k x 384, clustered): recall@10 is
+# bounded by the PQ re-ranking, not the probes: refine 10 -> 0.95, refine 20 -> 1.00 at ~the same latency.
 NPROBES = 20
-REFINE_FACTOR = 10
+REFINE_FACTOR = 20
 _ID_CHUNK = 1_000  # ids per "movie_id IN (...)" filter
 
 
@@ -72,18 +73,21 @@ def pq_sub_vectors(dimension: int) -> int:
 class VectorStore:
     """One LanceDB table of movie vectors and the metadata a prompt needs."""
 
-    def __init__(self, uri: str, table_name: str = TABLE_NAME) -> None:
+    def __init__(self, uri: str, table_name: str = TABLE_NAME, embedder=None) -> None:
         import lancedb
 
         self.uri = str(uri)
         self.table_name = table_name
+        self.embedder = embedder  # turns text queries into vectors (an Embedder; loads lazily)
         self.db = lancedb.connect(self.uri)
         self._table = None  # the open table handle (sees this handle's own writes)
         self._index: str | None | bool = False  # cached index name; False: not looked up yet
 
     @classmethod
     def from_settings(cls, settings) -> VectorStore:
-        return cls(settings.vector_db_uri)
+        from corpus_build.embed import Embedder
+
+        return cls(settings.vector_db_uri, embedder=Embedder.from_settings(settings))
 
     # --- table life cycle -------------------------------------------------------------------
     def exists(self) -> bool:
@@ -210,7 +214,7 @@ class VectorStore:
 
     def search(
         self,
-        query: np.ndarray,
+        query: str | np.ndarray,
         k: int = 10,
         year_min: int | None = None,
         year_max: int | None = None,
@@ -219,11 +223,15 @@ class VectorStore:
         nprobes: int = NPROBES,
         refine_factor: int = REFINE_FACTOR,
     ) -> list[dict]:
-        """Top-``k`` films by cosine similarity to ``query`` (a normalised vector), best first.
+        """Top-``k`` films by cosine similarity to ``query`` (a text, or a normalised vector), best first.
 
         Filters apply before the search (prefilter), so ``k`` results come back whenever ``k``
         films pass them. ``exact=None`` uses the ANN index when the table has one.
         """
+        if isinstance(query, str):
+            if self.embedder is None:
+                raise ValueError("a text query needs an embedder: VectorStore(uri, embedder=Embedder(...))")
+            query = self.embedder.encode([query])[0]
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         builder = self.table.search(query, vector_column_name="vector").distance_type("cosine").limit(k)
         builder = builder.select(["movie_id", *META_COLUMNS, "_distance"])

@@ -68,7 +68,7 @@ def sql(query: str, limit: int) -> None:
 @click.option("--exclude", multiple=True, help="A movie_id to leave out (repeatable).")
 def search(text: str, k: int, year_min: int | None, year_max: int | None, exclude: tuple[str, ...]) -> None:
     """Films of movie_vectors closest in meaning to TEXT, e.g. rar search "space opera with a twist"."""
-    from corpus_build.embed import Embedder, ModelUnavailableError
+    from corpus_build.embed import ModelUnavailableError
     from corpus_build.vector_store import VectorStore
 
     settings = get_settings()
@@ -76,10 +76,9 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
     if not store.exists():
         raise click.ClickException(f"no movie_vectors table at {settings.vector_db_uri}: run `rar materialize` first")
     try:
-        query = Embedder.from_settings(settings).encode([text])[0]
+        hits = store.search(text, k=k, year_min=year_min, year_max=year_max, exclude_ids=exclude)
     except ModelUnavailableError as error:
         raise click.ClickException(str(error)) from error
-    hits = store.search(query, k=k, year_min=year_min, year_max=year_max, exclude_ids=exclude)
     for rank, hit in enumerate(hits, 1):
         genres = ", ".join(hit["genres"] or [])
         click.echo(f"{rank:>3}. {hit['score']:.3f}  {hit['movie_id']:<14} {hit['title']} ({hit['year'] or '?'})  {genres}")

@@ -109,6 +109,10 @@ def test_search_finds_the_sequel_of_its_original(built, embedder):
     hits = store.search(embedder.encode(["space opera with a farm boy, a princess and the evil Empire"])[0], k=3)
     assert hits[0]["movie_id"] == "tt0076759"
     assert hits[0]["score"] > hits[1]["score"]
+    with pytest.raises(ValueError, match="needs an embedder"):
+        store.search("a text", k=3)
+    by_text = VectorStore(store.uri, embedder=embedder).search("mafia family crime saga", k=2)
+    assert {h["movie_id"] for h in by_text} == {"tt0068646", "tt0071562"}
 
 
 @pytest.mark.slow
