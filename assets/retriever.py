@@ -12,6 +12,7 @@ CORPUS = dg.AssetKey("movie_corpus")
 VECTORS = dg.AssetKey("movie_vectors")
 PRETRAINED = dg.AssetKey("lrurec_pretrained")
 EPOCH_CAPS = {"sample": (4, 3), "full": (200, 50)}  # (pretraining, fine-tuning) when not set
+SAMPLE_MAX_MINUTES = 3.0  # per asset on the sample profile unless RAR_RETRIEVER_MAX_MINUTES is set
 
 
 def _train_config(epochs: int):
@@ -21,7 +22,8 @@ def _train_config(epochs: int):
     return TrainConfig(
         max_len=s.retriever_max_len, batch_size=s.retriever_batch_size, epochs=epochs,
         patience=s.retriever_patience, seed=s.seed, device=s.retriever_device, negatives=s.retriever_negatives,
-        sampler=s.retriever_sampler, threads=s.retriever_threads, max_minutes=s.retriever_max_minutes, progress=False,
+        sampler=s.retriever_sampler, threads=s.retriever_threads, progress=False,
+        max_minutes=s.retriever_max_minutes or (SAMPLE_MAX_MINUTES if s.profile == "sample" else None),
     )
 
 
