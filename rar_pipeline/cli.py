@@ -23,19 +23,47 @@ def ensure_dagster_home() -> str:
     return home
 
 
+def rejected_by_gate(result) -> bool:
+    """True when a run failed only because the alignment round's promotion gate rejected it."""
+    from assets.alignment import GATE_CHECK
+
+    failed_gate = any(
+        e.check_name == GATE_CHECK and not e.passed for e in result.get_asset_check_evaluations()
+    )
+    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
+    return failed_gate and failed_steps <= {"alignment_round"}
+
+
 @main.command()
-@click.option("--job", "job_name", default="main", show_default=True, help="Job to execute.")
+@click.option("--job", "job_name", default="main", show_default=True,
+              help="Job to execute: main (everything), nightly_alignment, evaluation, corpus_refresh.")
 def materialize(job_name: str) -> None:
-    """Execute a job in this process (default: the main job, every asset)."""
+    """Execute a job in this process (default: the main job: every asset, with a new alignment round).
+
+    A round that the promotion gate rejects is kept for inspection and is not an error here: the
+    aligned retriever stays where it was and the evaluation report is rebuilt without it."""
     import dagster as dg
 
     from rar_pipeline.definitions import defs
+    from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key
 
     home = ensure_dagster_home()
     settings = get_settings()
-    click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={home}")
-    result = defs.get_job_def(job_name).execute_in_process(instance=dg.DagsterInstance.get())
-    sys.exit(0 if result.success else 1)
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def(job_name)
+    round_key = None
+    if job.partitions_def is not None:
+        round_key = new_round_key()
+        instance.add_dynamic_partitions(ALIGNMENT_ROUNDS.name, [round_key])
+    click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={home} round={round_key}")
+    result = job.execute_in_process(instance=instance, partition_key=round_key, raise_on_error=False)
+    if result.success:
+        sys.exit(0)
+    if round_key and rejected_by_gate(result):
+        click.echo(f"{round_key} was rejected by the promotion gate: aligned_retriever unchanged; rebuilding the report")
+        report = defs.resolve_job_def("evaluation").execute_in_process(instance=instance, raise_on_error=False)
+        sys.exit(0 if report.success else 1)
+    sys.exit(1)
 
 
 @main.command()
@@ -89,11 +117,9 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
 def _recommend_retriever(settings):
     """(retrieve(history_ids, text, k), name): the trained retriever (aligned > sft > pretrained) when
     one has been materialised, else semantic search of movie_vectors; (None, reason) when neither exists."""
-    try:
-        from training.retriever import load_current_retriever
-    except ImportError:
-        load_current_retriever = None
-    if load_current_retriever is not None and (retriever := load_current_retriever(settings)) is not None:
+    from training.promotion import load_current_retriever
+
+    if (retriever := load_current_retriever(settings)) is not None:
         name = getattr(retriever, "name", "retriever")
         return (lambda history, _text, k: retriever.retrieve(history, k, exclude=history)), name
     from corpus_build.embed import Embedder

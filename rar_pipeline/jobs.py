@@ -1,11 +1,28 @@
-"""Jobs. ``main`` materialises every unpartitioned asset: the README's main job."""
+"""Jobs. ``main`` materialises every asset, one new alignment round included (the README's main job)."""
 
 import dagster as dg
+
+from rar_pipeline.partitions import ALIGNMENT_ROUNDS
 
 main_job = dg.define_asset_job(
     "main",
     selection=dg.AssetSelection.all(),
-    description="Materialise the whole pipeline on the current profile (the README's main job).",
+    partitions_def=ALIGNMENT_ROUNDS,
+    description="Materialise the whole pipeline on the current profile, with one alignment round (the "
+    "partition). `rar materialize` adds the round and runs it (the README's main job).",
+)
+
+# Nightly alignment (issue 7): a new round, the promotion gate (a blocking check), then the report.
+nightly_alignment_job = dg.define_asset_job(
+    "nightly_alignment",
+    selection=dg.AssetSelection.assets("alignment_round", "aligned_retriever", "evaluation_report"),
+    partitions_def=ALIGNMENT_ROUNDS,
+    description="One RL alignment round -> promotion gate -> evaluation report.",
+)
+
+evaluation_job = dg.define_asset_job(
+    "evaluation", selection=dg.AssetSelection.assets("evaluation_report"),
+    description="Rebuild the evaluation report over every system that exists.",
 )
 
 # Corpus refresh (issue 3): the raw sources, movie_corpus (with the outputs built alongside it) and
@@ -17,4 +34,4 @@ corpus_refresh_job = dg.define_asset_job(
     description="Re-fetch the upstream sources, rebuild movie_corpus and embed only the films that changed.",
 )
 
-JOBS = [main_job, corpus_refresh_job]
+JOBS = [main_job, nightly_alignment_job, evaluation_job, corpus_refresh_job]

@@ -16,3 +16,24 @@ weekly_corpus_refresh = dg.ScheduleDefinition(
     description="Weekly: re-fetch the sources, rebuild movie_corpus, embed only new or changed films.",
 )
 SCHEDULES.append(weekly_corpus_refresh)
+
+# --- nightly alignment (issue 7) ------------------------------------------------------------------
+from rar_pipeline.jobs import nightly_alignment_job  # noqa: E402
+from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key  # noqa: E402
+
+
+@dg.schedule(
+    name="nightly_alignment",
+    job=nightly_alignment_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Nightly: add an alignment round partition and run round -> promotion gate -> report.",
+)
+def nightly_alignment_schedule(context: dg.ScheduleEvaluationContext):
+    round_key = new_round_key(context.scheduled_execution_time)
+    context.instance.add_dynamic_partitions(ALIGNMENT_ROUNDS.name, [round_key])
+    return dg.RunRequest(run_key=round_key, partition_key=round_key, tags={"rar/trigger": "nightly"})
+
+
+SCHEDULES.append(nightly_alignment_schedule)

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     alignment_gate_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of the alignment dialogues kept apart for the promotion gate."
     )
+    alignment_gate_min_delta: float = Field(
+        default=0.0, description="Promote a round only when its gate NDCG@10 minus its parent's is at least "
+        "this (0: must not drop; >0: must improve by that much).",
+    )
     alignment_max_turns: int = Field(default=2000, ge=1, description="Training turns per round at most.")
     alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
     alignment_set_size: int = Field(default=20, ge=2, description="K: films per candidate set.")

@@ -377,13 +377,14 @@ def finished_round(round_dir: Path) -> dict | None:
 def align_from_tables(
     round_dir: Path, parent_checkpoint: Path, parent_round: str, turns_path: Path, corpus_path: Path, generator,
     config: RoundConfig, datasets: Sequence[str], gate_fraction: float, max_turns: int,
-    device: str = "cpu", log: Callable[[str], None] = print,
+    gate_min_delta: float = 0.0, device: str = "cpu", log: Callable[[str], None] = print,
 ) -> dict:
     """One round from the pipeline's tables: parent retriever -> aligned retriever in ``round_dir``.
 
     A finished round is returned as recorded, without a single generator call. Otherwise the round
     runs (resuming its rollouts), writes ``retriever.pt``, then ``round.json`` (the finished marker)
-    with its parent, statistics and the gate verdict (pipeline NDCG@10 on the gate turns must not drop).
+    with its parent, statistics and the gate verdict: pipeline NDCG@10 on the gate turns must not drop
+    (must rise by at least ``gate_min_delta`` when that is positive).
     """
     from training.retriever import Retriever, export_retriever
     from training.turn_pools import CorpusLookup, alignment_pools
@@ -400,7 +401,7 @@ def align_from_tables(
     log(f"{len(train_turns)} training turns, {len(gate_turns)} gate turns; parent {parent_round}")
     lookup = CorpusLookup.from_parquet(corpus_path)
     result = run_round(retriever.model, item_ids, train_turns, gate_turns, generator, lookup, config, round_dir, log)
-    passed = result.gate_ndcg_after >= result.gate_ndcg_before
+    passed = result.gate_ndcg_after - result.gate_ndcg_before >= gate_min_delta
     export_retriever(retriever.model, retriever.movie_ids, round_dir / CHECKPOINT_FILE, retriever.max_len,
                      {"gate_ndcg@10": result.gate_ndcg_after})
     record = {

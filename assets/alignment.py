@@ -1,0 +1,123 @@
+"""Alignment stage: RL rounds that align the retriever to the frozen generator, and the promotion gate."""
+
+import dagster as dg
+
+from rar_pipeline.partitions import ALIGNMENT_ROUNDS
+from rar_pipeline.resources import GeneratorResource
+from rar_pipeline.settings import get_settings
+
+GROUP = "alignment"
+OWNERS = ["team:rar"]
+GATE_CHECK = "promotion_gate"
+
+
+def _round_config():
+    from training.alignment_round import RoundConfig
+
+    s = get_settings()
+    return RoundConfig(
+        objective=s.alignment_objective, num_sets=s.alignment_num_sets, set_size=s.alignment_set_size,
+        epochs=s.alignment_epochs, lr=s.alignment_lr, nll_weight=s.alignment_nll_weight, seed=s.seed,
+    )
+
+
+def _round_metadata(record: dict, generator) -> dict:
+    """What a data engineer compares across rounds: floats for the UI's trend plots."""
+    floats = {
+        key: float(record[key])
+        for key in ("rollout_reward_mean", "reward_mean_before", "reward_std_before", "reward_mean_after",
+                    "reward_std_after", "gate_ndcg_before", "gate_ndcg_after", "seconds")
+    }
+    curve = record["loss_curve"]
+    curve_table = "\n".join(
+        ["| epoch | loss | rl | nll |", "|---|---|---|---|"]
+        + [f"| {r['epoch']} | {r['loss']:.4f} | {r['rl']:.4f} | {r['nll']:.4f} |" for r in curve]
+    )
+    return {
+        **floats,
+        "dagster/row_count": int(record["rollouts"]),
+        "parent_round": record["parent_round"],
+        "gate_passed": bool(record["gate_passed"]),
+        "objective": record["config"]["objective"],
+        "train_turns": float(record["train_turns"]),
+        "gate_turns": float(record["gate_turns"]),
+        "final_loss": float(curve[-1]["loss"]) if curve else 0.0,
+        "loss_curve": dg.MetadataValue.md(curve_table),
+        "generator_backend": generator.name,
+        **generator.stats.as_dict(),
+    }
+
+
+@dg.asset(
+    partitions_def=ALIGNMENT_ROUNDS,
+    group_name=GROUP,
+    kinds={"pytorch"},
+    owners=OWNERS,
+    deps=["lrurec_sft", "conversation_turns", "movie_corpus"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            GATE_CHECK, asset="alignment_round", blocking=True,
+            description="Pipeline NDCG@10 (retriever top-K re-ranked by the generator) on the gate turns "
+            "does not drop against the round's parent; a failing round is kept but never promoted.",
+        )
+    ],
+)
+def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResource) -> dg.MaterializeResult:
+    """One RL alignment round (one partition): start from the last promoted retriever (the SFT one at
+    first), sample G candidate sets per training turn, let the frozen generator rank them, reward
+    each by NDCG, update only the retriever (GRPO or DPO + NLL). Resumable; a finished round makes
+    no generator calls. Outputs $RAR_HOME/alignment/rounds/<round>/ (retriever.pt, round.json, rollouts/)."""
+    from training.alignment_round import GeneratorUnavailable, align_from_tables
+    from training.promotion import round_parent, rounds_dir
+
+    s = get_settings()
+    parent_checkpoint, parent_round = round_parent(s.home)
+    round_dir = rounds_dir(s.home) / context.partition_key
+    gen = generator.make_generator()
+    try:
+        record = align_from_tables(
+            round_dir, parent_checkpoint, parent_round, s.table_path("conversation_turns"),
+            s.table_path("movie_corpus"), gen, _round_config(), s.alignment_datasets,
+            s.alignment_gate_fraction, s.alignment_max_turns, s.alignment_gate_min_delta, log=context.log.info,
+        )
+    except GeneratorUnavailable as error:
+        raise dg.Failure(
+            f"generator unavailable mid-round: {error}. Finished rollout batches are kept under {round_dir}; "
+            "re-run this partition to resume.",
+            metadata=gen.stats.as_dict(),
+        ) from error
+    finally:
+        gen.close()
+    gate = dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=bool(record["gate_passed"]),
+        metadata={"gate_ndcg_before": float(record["gate_ndcg_before"]),
+                  "gate_ndcg_after": float(record["gate_ndcg_after"]), "parent_round": record["parent_round"]},
+    )
+    return dg.MaterializeResult(
+        metadata={**_round_metadata(record, gen), "round_dir": dg.MetadataValue.path(str(round_dir))},
+        check_results=[gate],
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[alignment_round])
+def aligned_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The retriever of the latest round that passed the promotion gate: the round of this run when
+    launched with a round (its gate check is blocking, so a rejected round never gets here), else the
+    newest passed round. Checkpoint: $RAR_HOME/retriever/aligned/retriever.pt."""
+    from training.promotion import latest_passed_round, promote
+
+    s = get_settings()
+    round_name = context.run.tags.get("dagster/partition") or latest_passed_round(s.home)
+    if round_name is None:
+        raise dg.Failure("no alignment round has passed the promotion gate yet")
+    pointer = promote(s.home, round_name)
+    context.log.info(f"aligned retriever is now {round_name} (parent {pointer['parent_round']})")
+    return dg.MaterializeResult(
+        metadata={
+            "round": round_name, "parent_round": pointer["parent_round"],
+            "gate_ndcg_before": float(pointer["gate_ndcg_before"]),
+            "gate_ndcg_after": float(pointer["gate_ndcg_after"]),
+            "checkpoint": dg.MetadataValue.path(str(s.home / "retriever" / "aligned" / "retriever.pt")),
+        }
+    )

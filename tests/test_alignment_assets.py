@@ -1,0 +1,143 @@
+"""Alignment and evaluation assets through Dagster on a tiny fixture: rounds, promotion gate, report,
+nightly schedule, and a headless `rar materialize` of the nightly job."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA
+from rar_pipeline.settings import get_settings
+
+pytestmark = pytest.mark.slow
+
+GENRES = ["Comedy", "Horror", "Science Fiction", "Romance", "Western"]
+
+
+def _corpus(n=30) -> pl.DataFrame:
+    rows = [{
+        "movie_id": f"tt{1000000 + i}", "title": f"{GENRES[i % 5]} Story {i}", "year": 1990 + i, "genres": [GENRES[i % 5]],
+        "directors": [], "cast": [], "runtime_minutes": None, "plot": f"A {GENRES[i % 5].lower()} film.", "aliases": [],
+        "imdb_rating": None, "imdb_votes": None, "sources": ["test"], "content_hash": f"h{i}",
+    } for i in range(n)]
+    return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+
+
+def _turns(corpus: pl.DataFrame) -> pl.DataFrame:
+    ids = corpus["movie_id"].to_list()
+    rows = []
+    for i in range(80):
+        genre = i % 5
+        same = [m for j, m in enumerate(ids) if j % 5 == genre]
+        rows.append({
+            "dataset": "redial", "split": "validation" if i < 60 else "test", "dialog_id": f"d{i}", "turn_index": 1,
+            "context": [{"role": "seeker", "text": f"I want a {GENRES[genre].lower()} movie like {same[0]}"}],
+            "history_movie_ids": [same[i % 2]], "target_movie_ids": [same[2 + i % 3]], "target_mentioned_before": [False],
+        })
+    return pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA)
+
+
+@pytest.fixture
+def tiny_pipeline(rar_home, monkeypatch):
+    from training.lrurec import LRURec, LRURecConfig
+    from training.promotion import checkpoint_path
+    from training.retriever import export_retriever
+
+    torch.set_num_threads(1)
+    for name, value in {
+        "RAR_ALIGNMENT_DATASETS": '["redial"]', "RAR_ALIGNMENT_MAX_TURNS": "40", "RAR_ALIGNMENT_SET_SIZE": "5",
+        "RAR_ALIGNMENT_NUM_SETS": "2", "RAR_ALIGNMENT_EPOCHS": "1", "RAR_EVALUATION_MAX_TURNS": "20",
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    corpus = _corpus()
+    corpus.write_parquet(settings.table_path("movie_corpus"))
+    _turns(corpus).write_parquet(settings.table_path("conversation_turns"))
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(num_items=corpus.height, hidden=16, blocks=1))
+    for system in ("pretrained", "sft"):
+        export_retriever(model, corpus["movie_id"].to_list(), checkpoint_path(settings.home, system), max_len=20)
+    return settings
+
+
+def _materialize(instance, round_key, selection):
+    from assets.alignment import aligned_retriever, alignment_round
+    from assets.evaluation import evaluation_report, headline_within_previous_ci
+    from rar_pipeline.resources import GeneratorResource
+
+    return dg.materialize(
+        [alignment_round, aligned_retriever, evaluation_report, headline_within_previous_ci],
+        selection=selection, partition_key=round_key, instance=instance,
+        resources={"generator": GeneratorResource(backend="embedding")}, raise_on_error=False,
+    )
+
+
+def _metadata(result, key):
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(key)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
+    from training.promotion import promoted_record
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("alignment_rounds", ["round-1"])
+    result = _materialize(instance, "round-1", ["alignment_round", "aligned_retriever", "evaluation_report"])
+    assert result.success
+    meta = _metadata(result, "alignment_round")
+    assert meta["parent_round"] == "sft" and meta["generator_backend"] == "embedding"
+    assert meta["generator/calls"] > 0 and meta["train_turns"] > 0 and meta["gate_turns"] > 0
+    assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
+    report = _metadata(result, "evaluation_report")
+    assert "| redial/test | aligned+embedding |" in report["report"] and "data:image/png;base64," in report["report"]
+    assert 0.0 <= report["headline/ndcg@10"] <= 1.0 and report["headline_system"] == "redial/test aligned+embedding"
+    per_turn = pl.read_parquet(tiny_pipeline.table_path("evaluation_turns"))
+    assert set(per_turn["system"]) >= {"popularity", "pretrained", "sft", "aligned", "sft+embedding"}
+
+    # A finished round re-run costs no generator call.
+    again = _materialize(instance, "round-1", ["alignment_round"])
+    assert again.success and _metadata(again, "alignment_round")["generator/calls"] == 0.0
+
+    # A round the gate rejects is kept, blocks its promotion, and the next round starts from round-1.
+    monkeypatch.setenv("RAR_ALIGNMENT_GATE_MIN_DELTA", "1.0")
+    get_settings.cache_clear()
+    instance.add_dynamic_partitions("alignment_rounds", ["round-2"])
+    rejected = _materialize(instance, "round-2", ["alignment_round", "aligned_retriever"])
+    assert not rejected.success
+    [gate] = rejected.get_asset_check_evaluations()
+    assert not gate.passed and _metadata(rejected, "alignment_round")["parent_round"] == "round-1"
+    assert not [e for e in rejected.get_asset_materialization_events() if e.asset_key == dg.AssetKey("aligned_retriever")]
+    assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
+    assert json.loads((tiny_pipeline.home / "alignment/rounds/round-2/round.json").read_text())["gate_passed"] is False
+
+
+def test_nightly_schedule_adds_a_round_and_requests_it():
+    from rar_pipeline.definitions import defs
+
+    schedule = defs.resolve_schedule_def("nightly_alignment")
+    when = datetime(2026, 11, 26, 2, 0, tzinfo=timezone.utc)
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+        )
+        request = schedule.evaluate_tick(context).run_requests[0]
+        assert request.partition_key == "round-20261126-020000"
+        assert instance.get_dynamic_partitions("alignment_rounds") == ["round-20261126-020000"]
+    assert defs.resolve_job_def("nightly_alignment").partitions_def.name == "alignment_rounds"
+
+
+def test_rar_materialize_runs_a_round_headless_and_survives_a_rejection(tiny_pipeline):
+    env = {**os.environ, "RAR_ALIGNMENT_GATE_MIN_DELTA": "1.0", "DAGSTER_HOME": str(tiny_pipeline.home / "dagster")}
+    done = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "nightly_alignment"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rejected by the promotion gate" in done.stdout
+    assert tiny_pipeline.table_path("evaluation_turns").is_file()
+    assert not (tiny_pipeline.home / "retriever/aligned/promoted.json").exists()

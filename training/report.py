@@ -1,0 +1,157 @@
+"""The evaluation report: every system on every evaluation set, per turn, summarised with CIs.
+
+Systems: ``popularity`` (most frequent films of the training data), each LRURec checkpoint that exists
+(``pretrained``, ``sft``, ``aligned``) alone, and each retriever followed by the generator
+(``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``).
+Evaluation sets: each conversation dataset's ``test`` split, or its ``validation`` split when it has
+no test split and the alignment rounds do not learn from it (INSPIRED dev offline); plus MovieLens
+next-item prediction on ``user_sequences`` (retrievers and popularity only: there is no dialogue).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from training.evaluation import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
+
+HEADLINE = "ndcg@10"
+REPORT_METRICS = [f"{m}@{k}" for m in ("ndcg", "recall") for k in DEFAULT_KS] + ["mrr"]
+
+
+@dataclass
+class EvaluationSet:
+    name: str  # e.g. "redial/test"
+    turns: pl.DataFrame  # CONVERSATION_TURNS_SCHEMA (MovieLens rows use an empty context)
+    has_dialogue: bool
+
+
+def evaluation_sets(turns: pl.DataFrame, sequences: pl.DataFrame | None, learned_from: Sequence[str],
+                    max_turns: int, seed: int) -> list[EvaluationSet]:
+    """The evaluation sets present in the tables, each a seeded sample of at most ``max_turns``."""
+    out = []
+    for dataset in sorted(turns["dataset"].unique().to_list()):
+        splits = set(turns.filter(pl.col("dataset") == dataset)["split"].unique().to_list())
+        split = "test" if "test" in splits else ("validation" if dataset not in learned_from and "validation" in splits else None)
+        if split is None:
+            continue
+        part = turns.filter((pl.col("dataset") == dataset) & (pl.col("split") == split))
+        out.append(EvaluationSet(f"{dataset}/{split}", _sample(part, max_turns, seed), True))
+    if sequences is not None and sequences.height:
+        for dataset in sorted(sequences["dataset"].unique().to_list()):
+            part = _sample(sequences.filter(pl.col("dataset") == dataset), max_turns, seed)
+            out.append(EvaluationSet(f"{dataset}/test", next_item_turns(part), False))
+    return out
+
+
+def _sample(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
+    return frame if frame.height <= limit else frame.sample(limit, seed=seed, shuffle=False)
+
+
+def next_item_turns(sequences: pl.DataFrame) -> pl.DataFrame:
+    """MovieLens next-item prediction as turns: history = train + validation films, target = test film."""
+    return pl.DataFrame({
+        "dataset": sequences["dataset"], "split": "test", "dialog_id": sequences["user_id"], "turn_index": 0,
+        "context": [[] for _ in range(sequences.height)],
+        "history_movie_ids": [t + [v] for t, v in zip(sequences["train_movie_ids"].to_list(), sequences["val_movie_id"].to_list())],
+        "target_movie_ids": [[t] for t in sequences["test_movie_id"].to_list()],
+        "target_mentioned_before": [[False] for _ in range(sequences.height)],
+    })
+
+
+def popularity_counts(turns: pl.DataFrame, sequences: pl.DataFrame | None) -> Counter:
+    """Film frequencies in the training data (histories and targets of training turns, train sequences)."""
+    counts: Counter = Counter()
+    train = turns.filter(pl.col("split") == "train")
+    for column in ("history_movie_ids", "target_movie_ids"):
+        counts.update(m for row in train[column].to_list() for m in row)
+    if sequences is not None:
+        counts.update(m for row in sequences["train_movie_ids"].to_list() for m in row)
+    return counts
+
+
+def popularity_rankings(turns: pl.DataFrame, counts: Counter, k: int) -> list[list[str]]:
+    """The most frequent films, minus each turn's history."""
+    top = [m for m, _ in counts.most_common(k + 200)]
+    return [[m for m in top if m not in set(h)][:k] for h in turns["history_movie_ids"].to_list()]
+
+
+def retriever_rankings(retriever, turns: pl.DataFrame, k: int, batch: int = 256) -> list[list[str]]:
+    histories = turns["history_movie_ids"].to_list()
+    out = []
+    for start in range(0, len(histories), batch):
+        chunk = histories[start:start + batch]
+        out.extend([[m for m, _ in hits] for hits in retriever.retrieve_batch(chunk, k)])
+    return out
+
+
+def generator_rankings(generator, turns: pl.DataFrame, candidates: list[list[str]], movies_for) -> list[list[str]]:
+    """The generator's order of each turn's candidates (a fallback keeps the retriever's order)."""
+    from training.generator.base import RankRequest
+
+    requests = [RankRequest(tuple(ctx), tuple(c), movies_for(c)) for ctx, c in zip(turns["context"].to_list(), candidates)]
+    return [list(r.ranking) for r in generator.rank_batch(requests)]
+
+
+def evaluate_systems(
+    sets: Sequence[EvaluationSet], retrievers: dict, generator, movies_for, popularity: Counter,
+    item_set: set[str], candidates: int = 20, log: Callable[[str], None] = print,
+) -> pl.DataFrame:
+    """Per-turn results of every system on every evaluation set (one frame)."""
+    frames = []
+    protocol = Protocol(exclude_mentioned=True, in_corpus_only=True)
+    for eval_set in sets:
+        turns = eval_set.turns
+        systems = {"popularity": popularity_rankings(turns, popularity, candidates)}
+        for name, retriever in retrievers.items():
+            top = retriever_rankings(retriever, turns, candidates)
+            systems[name] = top
+            if eval_set.has_dialogue and generator is not None:
+                systems[f"{name}+{generator.name}"] = generator_rankings(generator, turns, top, movies_for)
+        for system, rankings in systems.items():
+            frame = per_turn_results(turns, rankings, system, item_set=item_set, protocol=protocol)
+            if frame.height:
+                frames.append(frame.with_columns(pl.lit(eval_set.name).alias("dataset")))
+        log(f"{eval_set.name}: {turns.height} turns, {len(systems)} systems")
+    if not frames:
+        raise ValueError("no evaluation set has a turn with a target left under the protocol")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def rounds_curve(rounds_dir: Path) -> dict[str, float]:
+    """Gate NDCG@10 after each finished alignment round, in round order."""
+    curve = {}
+    for record_file in sorted(Path(rounds_dir).glob("*/round.json")):
+        record = json.loads(record_file.read_text())
+        curve[record["round"]] = float(record["gate_ndcg_after"])
+    return curve
+
+
+def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, seed: int):
+    """(summary frame, markdown, PNG bytes) of the per-turn results."""
+    summary = summarise(per_turn, REPORT_METRICS, n_boot=n_boot, seed=seed)
+    markdown = markdown_table(summary, [f"ndcg@{k}" for k in DEFAULT_KS] + ["recall@10", "recall@20", "mrr"])
+    png = chart_png(summary, HEADLINE, rounds or None)
+    return summary, markdown, png
+
+
+def headline(summary: pl.DataFrame, dialogue_sets: Sequence[str]) -> dict:
+    """The headline figure: NDCG@10 of the most trained system with the generator on the first
+    dialogue evaluation set (falling back to the most trained system that exists)."""
+    preference = ["aligned+", "sft+", "pretrained+", "aligned", "sft", "pretrained", "popularity"]
+    dialogue = summary.filter(pl.col("dataset").is_in(list(dialogue_sets)))
+    table = dialogue if dialogue.height else summary
+    first = table["dataset"][0]
+    rows = table.filter(pl.col("dataset") == first)
+    for prefix in preference:
+        match = rows.filter(pl.col("system").str.starts_with(prefix))
+        if match.height:
+            row = match.row(0, named=True)
+            return {"dataset": first, "system": row["system"], "value": row[HEADLINE],
+                    "lo": row[f"{HEADLINE}_lo"], "hi": row[f"{HEADLINE}_hi"]}
+    raise ValueError("empty summary")
