@@ -117,3 +117,16 @@ def test_api_key_is_sent_but_never_stored_or_shown(tmp_path):
     assert stored and SECRET.encode() not in stored
     shown = repr(gen) + repr(result) + repr(gen.stats.as_dict()) + repr(gen.config)
     assert SECRET not in shown
+
+
+def test_retries_back_off_exponentially(tmp_path):
+    import time
+
+    with ScriptedEndpoint() as endpoint:
+        endpoint.script = ["429", "500"]
+        gen = generator(endpoint, tmp_path, backoff_initial_s=0.2, backoff_max_s=5.0)
+        started = time.perf_counter()
+        [result] = gen.rank_batch([req()])
+        elapsed = time.perf_counter() - started
+    assert result.source == "model" and gen.stats.retries == 2
+    assert elapsed >= 0.2 + 0.4  # waits of initial * 2**n (plus jitter) before each retry

@@ -122,7 +122,8 @@ class OpenAIGenerator(Generator):
             return {**cached, "cached": True}, None
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=wait_exponential_jitter(initial=self.config.backoff_initial_s, max=self.config.backoff_max_s),
+            wait=wait_exponential_jitter(initial=self.config.backoff_initial_s, max=self.config.backoff_max_s,
+                                         jitter=self.config.backoff_initial_s),
             retry=retry_if_exception(_retryable),
             before_sleep=lambda _state: self.stats.add(retries=1),
             reraise=True,
