@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -444,33 +444,46 @@ def finetune_from_turns(
     out_dir: str | Path,
     config: TrainConfig,
     log: Callable[[str], None] | None = None,
+    datasets: Sequence[str] | None = None,
+    gate_fraction: float = 0.2,
 ) -> dict:
     """Continue a retriever on conversation turns: history = films mentioned so far, target = each
-    recommended film (loss at the last position). Validates on the validation split (else test)."""
+    recommended film (loss at the last position).
+
+    With ``datasets`` (the alignment datasets) the SFT retriever learns from exactly the turns the RL
+    rounds learn from: the train/validation turns of those datasets outside the promotion gate's hash
+    slice, validating on the gate slice; so "aligned vs SFT-only" compares like with like. Without,
+    it trains on the ``train`` split and validates on ``validation`` (else ``test``)."""
     import polars as pl
 
     from training.retriever import Retriever, export_retriever
     from training.sequences import eval_set, last_item_examples
+    from training.turn_pools import alignment_pools
 
     if not Path(turns_path).is_file():
         raise FileNotFoundError(f"{turns_path} not found: materialise conversation_turns first")
     retriever = Retriever.from_checkpoint(pretrained_checkpoint)
     vocab, model = retriever.vocab, retriever.model
-    frame = pl.read_parquet(turns_path, columns=["split", "history_movie_ids", "target_movie_ids"])
+    frame = pl.read_parquet(turns_path, columns=["dataset", "split", "dialog_id", "history_movie_ids", "target_movie_ids"])
 
-    def split(name: str):
-        rows = frame.filter(pl.col("split") == name)
+    def encode(rows: pl.DataFrame):
         histories = [vocab.encode(h or []) for h in rows["history_movie_ids"].to_list()]
         targets = [vocab.encode(t or []) for t in rows["target_movie_ids"].to_list()]
         return histories, targets
 
-    train_h, train_t = split("train")
+    if datasets:
+        train_rows, val_rows = alignment_pools(frame, datasets, gate_fraction, max_turns=frame.height, seed=config.seed)
+        val_name = f"gate slice of {'/'.join(datasets)}"
+    else:
+        train_rows = frame.filter(pl.col("split") == "train")
+        val_name = "validation" if frame.filter(pl.col("split") == "validation").height else "test"
+        val_rows = frame.filter(pl.col("split") == val_name)
+    train_h, train_t = encode(train_rows)
     examples = last_item_examples(train_h, train_t, config.max_len)
     if len(examples) == 0:
         raise ValueError(f"{turns_path}: no training turn has both a known history and a known target")
-    val_name = "validation" if frame.filter(pl.col("split") == "validation").height else "test"
-    val_set = eval_set(*split(val_name), config.max_len)
-    test_set = eval_set(*split("test"), config.max_len)
+    val_set = eval_set(*encode(val_rows), config.max_len)
+    test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
     key = _fingerprint(_file_stamp(Path(turns_path)), _file_stamp(Path(pretrained_checkpoint)), config.to_dict())
     checkpoints = Path(out_dir) / f"checkpoints-{key}"
     before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
