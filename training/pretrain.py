@@ -484,7 +484,10 @@ def finetune_from_turns(
         raise ValueError(f"{turns_path}: no training turn has both a known history and a known target")
     val_set = eval_set(*encode(val_rows), config.max_len)
     test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
-    key = _fingerprint(_file_stamp(Path(turns_path)), _file_stamp(Path(pretrained_checkpoint)), config.to_dict())
+    key = _fingerprint(
+        _file_stamp(Path(turns_path)), _file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
+        sorted(datasets or []), gate_fraction,
+    )  # other turns or another gate slice: a fresh run, never a resume
     checkpoints = Path(out_dir) / f"checkpoints-{key}"
     before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
     result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
