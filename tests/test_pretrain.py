@@ -121,3 +121,10 @@ def test_batches_trim_left_padding():
     ex = next_item_examples([[1, 2, 3], [4, 5, 6, 7]], max_len=10)
     tokens, labels = next(batches(ex, 8, np.random.default_rng(0), shuffle=False))
     assert tokens.shape == (2, 3) and labels.shape == (2, 3)
+
+
+def test_time_budget_stop_still_validates_the_trained_weights(tmp_path):
+    train, val = _data()
+    result = fit(_model(), train, val, _config(epochs=5, max_minutes=1e-9), tmp_path, log=lambda _: None)
+    assert result.stopped_early and result.iterations == 1
+    assert [row["iteration"] for row in result.curve] == [0, 1]  # the initial and the final validation

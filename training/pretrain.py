@@ -316,6 +316,8 @@ def fit(
         state["epoch"] = epoch + 1
         if not config.val_every and not stop:
             stop = validate()
+        elif stop and (not state["curve"] or state["curve"][-1]["iteration"] != state["iteration"]):
+            validate()  # stopped by the time budget: the weights trained since the last validation compete too
         state["train_seconds"] = time.monotonic() - started
         _save_atomic(
             {
