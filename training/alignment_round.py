@@ -342,14 +342,18 @@ def run_round(
     reference = copy.deepcopy(model).eval()
     for param in reference.parameters():
         param.requires_grad_(False)
+    log(f"gate before: ranking the top {config.set_size} of {len(gate_turns)} gate turns")
     gate_before = pipeline_ndcg(reference, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
+    log(f"gate NDCG@{config.eval_k} before: {gate_before.mean() if len(gate_before) else 0.0:.4f}")
     rollouts = collect_rollouts(reference, train_turns, item_ids, generator, movies_for, config, round_dir / "rollouts", log)
     curve = optimise(model, reference, train_turns, rollouts, config, log)
     # Reward before/after: fresh draws on the same held-out turns with the same noise.
     probe_turns = list(gate_turns) or list(train_turns[: config.rollout_batch])
     probe = (probe_turns, item_ids, generator, movies_for, config, config.seed + 1)
+    log(f"rewards before/after on {len(probe_turns)} held-out turns, then the gate after")
     rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)
     gate_after = pipeline_ndcg(model, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
+    log(f"gate NDCG@{config.eval_k} after: {gate_after.mean() if len(gate_after) else 0.0:.4f}")
     return RoundResult(
         rollouts=rollouts.height, rollout_reward_mean=float(rollouts["reward"].mean()),
         reward_mean_before=float(rewards_before.mean()), reward_std_before=float(rewards_before.std()),
