@@ -17,7 +17,8 @@ def _round_config():
     s = get_settings()
     return RoundConfig(
         objective=s.alignment_objective, num_sets=s.alignment_num_sets, set_size=s.alignment_set_size,
-        epochs=s.alignment_epochs, lr=s.alignment_lr, nll_weight=s.alignment_nll_weight, seed=s.seed,
+        epochs=s.alignment_epochs, lr=s.alignment_lr, nll_weight=s.alignment_nll_weight,
+        temperature=s.alignment_temperature, seed=s.seed,
     )
 
 

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     alignment_max_turns: int = Field(default=2000, ge=1, description="Training turns per round at most.")
     alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
     alignment_set_size: int = Field(default=20, ge=2, description="K: films per candidate set.")
+    alignment_temperature: float = Field(
+        default=1.0, gt=0, description="Temperature of the candidate-set draws; below 1 concentrates them on the "
+        "retriever's top films (a diffuse retriever over ~82k films at 1.0 almost never draws a target).",
+    )
     alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs over a round's rollouts.")
     alignment_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate of a round.")
     alignment_nll_weight: float = Field(default=1.0, ge=0, description="lambda in L = L_rl + lambda * L_nll.")
