@@ -37,8 +37,10 @@ class GeneratorResource(dg.ConfigurableResource):
         def pick(value, default):
             return default if value is None else value
 
+        backend = pick(self.backend, settings.generator_backend)
+        embedding = _embedding_inputs(settings) if backend == "embedding" else {}
         return make_generator(
-            pick(self.backend, settings.generator_backend),
+            backend,
             model=pick(self.model, settings.generator_model),
             base_url=pick(self.base_url, settings.generator_base_url),
             api_key=self.api_key,
@@ -48,7 +50,26 @@ class GeneratorResource(dg.ConfigurableResource):
             timeout_s=pick(self.timeout_s, settings.generator_timeout_s),
             prompt_tokens=pick(self.prompt_tokens, settings.generator_prompt_tokens),
             cache_path=settings.path("generator_cache", "responses.sqlite"),
+            **embedding,
         )
+
+
+def _embedding_inputs(settings) -> dict:
+    """The embedding backend uses movie_vectors' embedder and, when that table was built with the
+    same model, its stored film vectors (so a round or a report embeds dialogues only)."""
+    import numpy as np
+    import polars as pl
+
+    from corpus_build.embed import Embedder
+    from corpus_build.vector_store import VectorStore
+
+    embedder = Embedder.from_settings(settings)
+    store = VectorStore.from_settings(settings)
+    if not store.exists():
+        return {"embedder": embedder}
+    stored = store.read_columns(["movie_id", "vector", "model"]).filter(pl.col("model") == embedder.model_name)
+    matrix = np.asarray(stored["vector"].to_list(), dtype=np.float32).reshape(stored.height, -1)
+    return {"embedder": embedder, "film_vectors": dict(zip(stored["movie_id"].to_list(), matrix))}
 
 
 def generator_api_key() -> dg.EnvVar | None:

@@ -67,6 +67,13 @@ def test_embedding_backend_ranks_by_similarity_to_the_dialogue(torch_one_thread)
     assert all(r.source == "model" and list(r.scores) == sorted(r.scores, reverse=True) for r in results)
     assert generator.stats.requests == 2 and generator.stats.failures == 0
 
+    # Stored film vectors (movie_vectors) are used as they are: give the toy film the mafia film's vector.
+    mafia = generator._vectors(["a mafia crime drama"])[0]
+    stored = EmbeddingGenerator(embedder=generator.embedder, film_vectors={"tt0114709": mafia, "tt0068646": -mafia})
+    [result] = stored.rank_batch([RankRequest.from_text("a mafia crime drama", ids, movies)])
+    assert result.ranking[0] == "tt0114709" and result.ranking[-1] == "tt0068646"
+    assert len(stored._texts) == 2  # the dialogue and the one film without a stored vector
+
 
 def test_recommend_says_when_the_pipeline_is_not_materialised(rar_home):
     from rar_pipeline.cli import main

