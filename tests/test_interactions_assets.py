@@ -99,6 +99,16 @@ def test_full_profile_from_a_mirror(small_mirror):
     assert result.asset_materializations_for_node("user_sequences")[0].metadata["users/ml-100k"].value == 5.0
 
 
+def test_full_profile_reads_ml_32m_when_the_mirror_has_it(small_mirror):
+    ml32 = small_mirror / "movielens/ml-32m"
+    ml32.mkdir()
+    for name in ("ratings.csv", "movies.csv", "links.csv"):  # the same format as ml-latest-small
+        (ml32 / name).write_text((small_mirror / "movielens/ml-latest-small" / name).read_text())
+    assert dg.materialize([interactions.user_sequences]).success
+    sequences = pl.read_parquet(get_settings().table_path("user_sequences"))
+    assert sequences.filter(pl.col("dataset") == "ml-32m").height == 6
+
+
 def test_checks_fail_on_overlapping_splits_and_low_link_rates(small_mirror):
     (small_mirror / "redial/kgsf_valid_data.jsonl").write_text(json.dumps(_dialog("1")) + "\n")
     _write_corpus([f for f in FILMS if f[1] != "Super Troopers"])  # half the ReDial mentions unlinked

