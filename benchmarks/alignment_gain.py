@@ -1,0 +1,222 @@
+"""Alignment gain: pipeline NDCG@10 with the aligned retriever vs the SFT-only retriever, same generator.
+
+Prerequisites (the documented Dagster way, on the mirror data; RAR_HOME outside the repo)::
+
+    export RAR_HOME=/tmp/rar_g/home RAR_PROFILE=full RAR_SOURCE_MIRROR=/work/shared/data \\
+           RAR_ALIGNMENT_DATASETS='["redial"]' RAR_RETRIEVER_TEXT_INIT=false
+    dagster asset materialize -m rar_pipeline.definitions --select 'group:corpus and not key:movie_vectors'
+    dagster asset materialize -m rar_pipeline.definitions \\
+        --select 'user_sequences,conversation_turns,lrurec_pretrained,lrurec_sft'
+
+Then::
+
+    python benchmarks/alignment_gain.py --generators embedding,llama_cpp --objectives grpo,dpo
+
+For each generator, seed and objective: one alignment round from the SFT checkpoint
+(:func:`training.alignment_round.align_from_tables`, ReDial validation turns, the hashed gate slice kept
+apart) into its own round folder under ``$RAR_HOME/benchmarks/alignment_gain/``, then both retrievers'
+top-20 re-ranked by the same generator on a seeded sample of ReDial test turns and of INSPIRED dev
+turns (never learned from), scored under the zero-shot CRS protocol with :mod:`training.report`.
+Bootstrap 95% CIs per system; the relative gain's CI is a paired bootstrap over the same turns.
+
+Generator answers are memoised in memory for the run (both backends are deterministic), so the two
+objectives share the SFT rollouts and the SFT evaluation instead of asking the generator twice.
+Rounds are resumable and a finished round is reused (delete its folder to rerun it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.generator.base import Generator, RankResult  # noqa: E402
+
+EVAL_SETS = ("redial/test", "inspired/validation")
+METRIC = "ndcg@10"
+
+
+class MemoGenerator(Generator):
+    """Answers of a deterministic generator remembered by (context, candidates); failures are not kept."""
+
+    def __init__(self, inner: Generator):
+        super().__init__()
+        self.inner, self.name, self.memo = inner, inner.name, {}
+
+    def _rank_batch(self, requests):
+        keys = [(json.dumps(r.context, sort_keys=True), tuple(r.candidate_ids)) for r in requests]
+        missing = {k: r for k, r in zip(keys, requests) if k not in self.memo}
+        if missing:
+            for key, result in zip(missing, self.inner.rank_batch(list(missing.values()))):
+                if result.source != "fallback":
+                    self.memo[key] = result
+                else:
+                    self.stats.add(failures=1)
+                    self.memo.setdefault(("fallback",) + key, result)
+        self.stats.add(cache_hits=len(keys) - len(missing))
+        return [self.memo.get(k) or self.memo[("fallback",) + k] for k in keys]
+
+    def close(self):
+        self.inner.close()
+
+
+def paired_gain_ci(base: np.ndarray, new: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap CI of mean(new) / mean(base) - 1, resampling turns jointly."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(n_boot, len(base)))
+    b, n = base[idx].mean(axis=1), new[idx].mean(axis=1)
+    gains = np.where(b > 0, n / np.maximum(b, 1e-12) - 1, np.nan)
+    return float(np.nanquantile(gains, 0.025)), float(np.nanquantile(gains, 0.975))
+
+
+def make_backend(name: str, prompt_tokens: int) -> Generator:
+    from training.generator import make_generator
+
+    return make_generator(name, prompt_tokens=prompt_tokens)
+
+
+def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_boot: int, seed: int):
+    """Per-turn and summary frames of '<retriever>+<generator>' for each retriever on each set."""
+    from training.evaluation import summarise
+    from training.report import evaluate_systems
+
+    per_turn = evaluate_systems(sets, retrievers, generator, lookup, popularity, item_set, candidates=20, log=lambda m: None)
+    per_turn = per_turn.filter(pl.col("system").str.ends_with(f"+{generator.name}"))
+    return per_turn, summarise(per_turn, [METRIC], n_boot=n_boot, seed=seed)
+
+
+def run(args) -> list[dict]:
+    from rar_pipeline.settings import get_settings
+    from training.alignment_round import RoundConfig, align_from_tables
+    from training.promotion import checkpoint_path
+    from training.report import evaluation_sets, popularity_counts
+    from training.retriever import Retriever
+    from training.turn_pools import CorpusLookup
+
+    s = get_settings()
+    turns_path, corpus_path = s.table_path("conversation_turns"), s.table_path("movie_corpus")
+    sft_path = checkpoint_path(s.home, "sft")
+    if not sft_path.is_file():
+        raise SystemExit(f"{sft_path} not found: materialise lrurec_sft first (see this script's docstring)")
+    turns = pl.read_parquet(turns_path)
+    lookup = CorpusLookup.from_parquet(corpus_path)
+    item_set = set(lookup.corpus["movie_id"].to_list())
+    popularity = popularity_counts(turns, None)
+    sft = Retriever.from_checkpoint(sft_path)
+    out_root = s.home / "benchmarks" / "alignment_gain"
+    rows = []
+    for backend in args.generators:
+        small = backend != "embedding"
+        max_turns = args.llm_max_turns if small else args.max_turns
+        eval_turns = args.llm_eval_turns if small else args.eval_turns
+        num_sets = args.llm_num_sets if small else args.num_sets
+        seeds = args.seeds[:1] if small else args.seeds
+        generator = MemoGenerator(make_backend(backend, args.llm_prompt_tokens if small else s.generator_prompt_tokens))
+        try:
+            for seed in seeds:
+                all_sets = evaluation_sets(turns, None, ["redial"], eval_turns, seed)
+                sets = [e for e in all_sets if e.name in EVAL_SETS]
+                for objective in args.objectives:
+                    config = RoundConfig(objective=objective, num_sets=num_sets, set_size=20, epochs=args.epochs,
+                                         lr=args.lr, nll_weight=args.nll_weight, temperature=args.temperature, seed=seed)
+                    round_dir = out_root / f"{backend}-{objective}-seed{seed}-t{max_turns}-T{args.temperature:g}"
+                    started = time.monotonic()
+                    record = align_from_tables(
+                        round_dir, sft_path, "sft", turns_path, corpus_path, generator, config, ["redial"],
+                        s.alignment_gate_fraction, max_turns, log=lambda m: print(f"  [{round_dir.name}] {m}", flush=True),
+                    )
+                    aligned = Retriever.from_checkpoint(round_dir / "retriever.pt")
+                    t_eval = time.monotonic()
+                    per_turn, summary = evaluate({"sft": sft, "aligned": aligned}, generator, lookup, sets,
+                                                 popularity, item_set, args.n_boot, seed)
+                    for eval_set in sets:
+                        rows.append(result_row(backend, objective, seed, eval_set.name, per_turn, summary, record,
+                                               time.monotonic() - started, time.monotonic() - t_eval, args.n_boot))
+                        print(format_row(rows[-1]), flush=True)
+        finally:
+            generator.close()
+    return rows
+
+
+def result_row(backend, objective, seed, dataset, per_turn, summary, record, total_s, eval_s, n_boot) -> dict:
+    def system(name):
+        return summary.filter((pl.col("dataset") == dataset) & (pl.col("system") == f"{name}+{backend}")).row(0, named=True)
+
+    keys = ["dialog_id", "turn_index"]
+    part = per_turn.filter(pl.col("dataset") == dataset)
+    base = part.filter(pl.col("system") == f"sft+{backend}").select(*keys, METRIC)
+    new = part.filter(pl.col("system") == f"aligned+{backend}").select(*keys, pl.col(METRIC).alias("new"))
+    paired = base.join(new, on=keys, how="inner")
+    sft_row, aligned_row = system("sft"), system("aligned")
+    gain = aligned_row[METRIC] / sft_row[METRIC] - 1 if sft_row[METRIC] else float("nan")
+    lo, hi = paired_gain_ci(paired[METRIC].to_numpy(), paired["new"].to_numpy(), n_boot, seed)
+    return {
+        "generator": backend, "objective": objective, "seed": seed, "dataset": dataset, "turns": paired.height,
+        "sft": sft_row[METRIC], "sft_lo": sft_row[f"{METRIC}_lo"], "sft_hi": sft_row[f"{METRIC}_hi"],
+        "aligned": aligned_row[METRIC], "aligned_lo": aligned_row[f"{METRIC}_lo"], "aligned_hi": aligned_row[f"{METRIC}_hi"],
+        "gain": gain, "gain_lo": lo, "gain_hi": hi,
+        "reward_before": record["reward_mean_before"], "reward_after": record["reward_mean_after"],
+        "gate_before": record["gate_ndcg_before"], "gate_after": record["gate_ndcg_after"],
+        "gate_passed": record["gate_passed"], "train_turns": record["train_turns"], "gate_turns": record["gate_turns"],
+        "train_seconds": record["seconds"], "eval_seconds": eval_s, "total_seconds": total_s,
+    }
+
+
+HEADER = ("| generator | objective | seed | dataset | turns | SFT NDCG@10 [CI] | aligned NDCG@10 [CI] | "
+          "relative gain [paired CI] | reward before -> after | gate NDCG@10 before -> after | train turns | round s |")
+
+
+def format_row(r: dict) -> str:
+    return (f"| {r['generator']} | {r['objective']} | {r['seed']} | {r['dataset']} | {r['turns']} | "
+            f"{r['sft']:.4f} [{r['sft_lo']:.3f}, {r['sft_hi']:.3f}] | "
+            f"{r['aligned']:.4f} [{r['aligned_lo']:.3f}, {r['aligned_hi']:.3f}] | "
+            f"{r['gain']:+.1%} [{r['gain_lo']:+.1%}, {r['gain_hi']:+.1%}] | "
+            f"{r['reward_before']:.4f} -> {r['reward_after']:.4f} | {r['gate_before']:.4f} -> {r['gate_after']:.4f} | "
+            f"{r['train_turns']} | {r['train_seconds']:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generators", default="embedding,llama_cpp", type=lambda v: v.split(","))
+    parser.add_argument("--objectives", default="grpo,dpo", type=lambda v: v.split(","))
+    parser.add_argument("--seeds", default="1234", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--max-turns", type=int, default=1000, help="embedding: training turns per round")
+    parser.add_argument("--eval-turns", type=int, default=500, help="embedding: evaluation turns per dataset")
+    parser.add_argument("--num-sets", type=int, default=4, help="embedding: G candidate sets per turn")
+    parser.add_argument("--llm-max-turns", type=int, default=16, help="llama_cpp: training turns per round")
+    parser.add_argument("--llm-eval-turns", type=int, default=20, help="llama_cpp: evaluation turns per dataset")
+    parser.add_argument("--llm-num-sets", type=int, default=2, help="llama_cpp: G candidate sets per turn")
+    parser.add_argument("--llm-prompt-tokens", type=int, default=768, help="llama_cpp: prompt budget in tokens")
+    parser.add_argument("--temperature", type=float, default=0.2,
+                        help="sampling temperature of the candidate sets (1.0, the library default, almost never "
+                        "draws a target from a diffuse retriever over ~82k films: every reward is 0)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--nll-weight", type=float, default=1.0)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(HEADER)
+    print("|" + "---|" * HEADER.count(" | ") + "---|")
+    rows = run(args)
+    print("\nSummary\n" + HEADER + "\n" + "|" + "---|" * (HEADER.count(" | ") + 1))
+    for row in rows:
+        print(format_row(row))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
