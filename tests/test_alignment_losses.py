@@ -83,3 +83,13 @@ def test_nll_loss_ignores_padding_targets():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
     loss = nll_loss(logits, torch.tensor([[0, 2]]), torch.tensor([[True, False]]))
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_nll_loss_is_finite_when_padding_points_at_a_masked_logit():
+    # turn_logits masks the padding id 0 with -inf; a turn with fewer targets pads with 0
+    logits = torch.log(torch.tensor([[0.0, 0.5, 0.5], [0.0, 0.25, 0.75]])).requires_grad_()
+    targets, mask = torch.tensor([[1, 2], [2, 0]]), torch.tensor([[True, True], [True, False]])
+    loss = nll_loss(logits, targets, mask)
+    assert loss.item() == pytest.approx((2 * math.log(2) - math.log(0.75)) / 3, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()

@@ -144,6 +144,7 @@ def nll_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Ten
     ``logits``: [B, N]; ``targets``: [B, T] item indices (padded); ``target_mask``: [B, T] bool.
     """
     log_probs = torch.log_softmax(logits, dim=-1)
-    picked = torch.gather(log_probs, 1, targets)
+    # Padded slots may point at a -inf logit (padding id 0 is masked): zero them, never multiply (-inf * 0 = nan).
+    picked = torch.gather(log_probs, 1, targets).masked_fill(~target_mask, 0.0)
     mask = target_mask.to(picked.dtype)
-    return -(picked * mask).sum() / mask.sum().clamp(min=1.0)
+    return -picked.sum() / mask.sum().clamp(min=1.0)
