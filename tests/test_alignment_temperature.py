@@ -1,4 +1,5 @@
-"""RAR_ALIGNMENT_TEMPERATURE reaches the round's sampler (a diffuse retriever needs T < 1 to draw targets)."""
+"""Round safeguards: RAR_ALIGNMENT_TEMPERATURE reaches the sampler (a diffuse retriever needs T < 1 to draw
+targets), and a retriever with non-finite weights never passes the gate."""
 
 import pydantic
 import pytest
@@ -30,3 +31,13 @@ def test_lower_temperature_draws_the_top_film_more_often():
         return (sets == top.unsqueeze(-1)).any(-1).float().mean().item()
 
     assert hit_rate(1.0) < 0.1 < 0.9 < hit_rate(0.05)
+
+
+def test_weights_finite_flags_a_diverged_retriever():
+    from training.alignment_round import weights_finite
+
+    model = torch.nn.Linear(3, 2)
+    assert weights_finite(model)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    assert not weights_finite(model)

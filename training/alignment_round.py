@@ -370,6 +370,13 @@ ROUND_FILE = "round.json"
 CHECKPOINT_FILE = "retriever.pt"
 
 
+def weights_finite(model) -> bool:
+    """True when every parameter of ``model`` is finite (no nan/inf from a diverged update)."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def finished_round(round_dir: Path) -> dict | None:
     """The record of a finished round (its checkpoint and ``round.json`` exist), else None."""
     record = round_dir / ROUND_FILE
@@ -405,7 +412,8 @@ def align_from_tables(
     log(f"{len(train_turns)} training turns, {len(gate_turns)} gate turns; parent {parent_round}")
     lookup = CorpusLookup.from_parquet(corpus_path)
     result = run_round(retriever.model, item_ids, train_turns, gate_turns, generator, lookup, config, round_dir, log)
-    passed = result.gate_ndcg_after - result.gate_ndcg_before >= gate_min_delta
+    # A retriever with non-finite weights ranks arbitrarily; never let a flat gate promote it.
+    passed = weights_finite(retriever.model) and result.gate_ndcg_after - result.gate_ndcg_before >= gate_min_delta
     export_retriever(retriever.model, retriever.movie_ids, round_dir / CHECKPOINT_FILE, retriever.max_len,
                      {"gate_ndcg@10": result.gate_ndcg_after})
     record = {
