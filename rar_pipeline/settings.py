@@ -94,8 +94,9 @@ class Settings(BaseSettings):
     alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
     alignment_set_size: int = Field(default=20, ge=2, description="K: films per candidate set.")
     alignment_temperature: float = Field(
-        default=1.0, gt=0, description="Temperature of the candidate-set draws; below 1 concentrates them on the "
-        "retriever's top films (a diffuse retriever over ~82k films at 1.0 almost never draws a target).",
+        default=0.2, gt=0, description="Temperature of the candidate-set draws; below 1 concentrates them on the "
+        "retriever's top films (measured on the mirror's 82k films: a target lands in 0.2% of sets at 1.0, "
+        "26% at 0.2, so 1.0 leaves the rounds almost no reward signal).",
     )
     alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs over a round's rollouts.")
     alignment_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate of a round.")

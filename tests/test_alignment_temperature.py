@@ -11,7 +11,7 @@ from training.alignment import gumbel_topk_sets
 
 
 def test_temperature_setting_reaches_the_round_config(rar_home, monkeypatch):
-    assert _round_config().temperature == 1.0
+    assert _round_config().temperature == 0.2  # the default (see the setting)
     monkeypatch.setenv("RAR_ALIGNMENT_TEMPERATURE", "0.25")
     get_settings.cache_clear()
     assert _round_config().temperature == 0.25

@@ -83,3 +83,37 @@ def test_summary_markdown_and_png():
     import io
 
     assert Image.open(io.BytesIO(png)).size[0] > 500
+
+
+def test_headline_check_warns_only_below_the_previous_ci():
+    import dagster as dg
+
+    from assets.evaluation import REPORT, headline_within_previous_ci
+
+    def report(instance, value, lo, hi):
+        instance.report_runless_asset_event(dg.AssetMaterialization(REPORT, metadata={
+            "headline/ndcg@10": value, "headline/ndcg@10_lo": lo, "headline/ndcg@10_hi": hi}))
+
+    def check(instance):
+        return headline_within_previous_ci(dg.build_asset_check_context(instance=instance))
+
+    with dg.instance_for_test() as instance:
+        report(instance, 0.20, 0.15, 0.25)
+        assert check(instance).passed  # first report
+        report(instance, 0.16, 0.10, 0.22)
+        assert check(instance).passed  # lower, but inside the previous CI
+        report(instance, 0.09, 0.05, 0.13)
+        result = check(instance)
+        assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+        assert result.metadata["previous_ci_low"].value == 0.10
+
+
+def test_headline_prefers_the_largest_dialogue_set():
+    from training.report import headline
+
+    summary = pl.DataFrame({
+        "dataset": ["inspired/validation", "redial/test", "redial/test"], "system": ["sft+embedding", "sft", "sft+embedding"],
+        "turns": [50, 900, 900], "ndcg@10": [0.5, 0.1, 0.2], "ndcg@10_lo": [0.4, 0.05, 0.15], "ndcg@10_hi": [0.6, 0.15, 0.25],
+    })
+    top = headline(summary, ["inspired/validation", "redial/test"])
+    assert (top["dataset"], top["system"], top["value"]) == ("redial/test", "sft+embedding", 0.2)

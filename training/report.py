@@ -141,12 +141,13 @@ def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, 
 
 
 def headline(summary: pl.DataFrame, dialogue_sets: Sequence[str]) -> dict:
-    """The headline figure: NDCG@10 of the most trained system with the generator on the first
+    """The headline figure: NDCG@10 of the most trained system with the generator on the largest
     dialogue evaluation set (falling back to the most trained system that exists)."""
     preference = ["aligned+", "sft+", "pretrained+", "aligned", "sft", "pretrained", "popularity"]
     dialogue = summary.filter(pl.col("dataset").is_in(list(dialogue_sets)))
     table = dialogue if dialogue.height else summary
-    first = table["dataset"][0]
+    largest = table.group_by("dataset").agg(pl.col("turns").max()).sort(["turns", "dataset"], descending=[True, False])
+    first = largest["dataset"][0]
     rows = table.filter(pl.col("dataset") == first)
     for prefix in preference:
         match = rows.filter(pl.col("system").str.starts_with(prefix))
