@@ -54,7 +54,7 @@ def _round_metadata(record: dict, generator) -> dict:
     group_name=GROUP,
     kinds={"pytorch"},
     owners=OWNERS,
-    deps=["lrurec_sft", "conversation_turns", "movie_corpus"],
+    deps=["lrurec_sft", "conversation_turns", "movie_corpus", "movie_vectors"],
     check_specs=[
         dg.AssetCheckSpec(
             GATE_CHECK, asset="alignment_round", blocking=True,

@@ -22,7 +22,8 @@ def _retrievers(home):
 
 @dg.asset(
     group_name=GROUP, kinds={"pytorch", "parquet"}, owners=OWNERS,
-    deps=["aligned_retriever", "lrurec_sft", "lrurec_pretrained", "conversation_turns", "user_sequences", "movie_corpus"],
+    deps=["aligned_retriever", "lrurec_sft", "lrurec_pretrained", "conversation_turns", "user_sequences", "movie_corpus",
+          "movie_vectors"],
 )
 def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorResource) -> dg.MaterializeResult:
     """NDCG@{1,5,10,20}, Recall@{1,5,10,20} and MRR with bootstrap 95% CIs for every system (popularity,
