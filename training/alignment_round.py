@@ -102,13 +102,10 @@ def history_tokens(turns: Sequence[AlignmentTurn], max_len: int):
     """Left-padded item-index histories [B, L] (0 = padding; at least one column)."""
     import torch
 
+    from training.sequences import left_pad
+
     length = max(1, min(max_len, max((len(t.history) for t in turns), default=1)))
-    tokens = torch.zeros(len(turns), length, dtype=torch.long)
-    for row, turn in enumerate(turns):
-        recent = turn.history[-length:]
-        if recent:
-            tokens[row, length - len(recent):] = torch.tensor(recent)
-    return tokens
+    return torch.from_numpy(left_pad([t.history for t in turns], length))
 
 
 def turn_logits(model, turns: Sequence[AlignmentTurn], max_len: int):
