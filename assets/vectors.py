@@ -17,7 +17,7 @@ CORPUS = dg.AssetKey("movie_corpus")
 )
 def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One normalised embedding per film of movie_corpus in the LanceDB table `movie_vectors`
-    (movie_id, vector, content_hash, prompt metadata), with an IVF_PQ index once the table is large.
+    (movie_id, vector, content_hash, prompt metadata), with an IVF_HNSW_SQ index once the table is large.
     Incremental: only films whose content_hash is new or changed are embedded; films gone from the
     corpus are deleted; an interrupted run resumes from its last committed chunk."""
     from corpus_build.catalog import file_fingerprint

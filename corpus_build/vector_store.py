@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,10 +28,16 @@ TABLE_NAME = "movie_vectors"
 META_COLUMNS = ("title", "year", "genres", "directors", "cast", "plot")
 # Below this many rows search is exact (a flat scan is fast enough and has recall 1.0).
 INDEX_MIN_ROWS = 50_000
-# IVF_PQ search settings chosen by benchmarks/vectors.py --sweep (337k x 384, clustered): recall@10 is
-# bounded by the PQ re-ranking, not the probes: refine 10 -> 0.95, refine 20 -> 1.00 at ~the same latency.
-NPROBES = 20
-REFINE_FACTOR = 20
+# ANN index and search settings chosen by benchmarks/vectors.py --sweep (337k x 384, clustered): an
+# IVF_HNSW_SQ index (HNSW graphs of 8-bit scalar-quantised vectors inside ~4k-row IVF partitions)
+# reaches recall@10 0.955 without re-ranking; re-ranking 3 x k candidates on the full vectors lifts it
+# to 0.987 for ~0.6 ms. IVF_PQ needed refine_factor 20 (200 full-vector reads) for the same recall and
+# was 1.7x slower per query.
+INDEX_TYPE = "IVF_HNSW_SQ"
+ROWS_PER_PARTITION = 4_096
+NPROBES = 6
+HNSW_EF = 48
+REFINE_FACTOR = 3
 _ID_CHUNK = 1_000  # ids per "movie_id IN (...)" filter
 
 
@@ -58,16 +67,8 @@ def _sql_in(ids: Sequence[str]) -> str:
 
 
 def index_partitions(rows: int) -> int:
-    """IVF partitions: the power of two nearest sqrt(rows) (512 at 337k, as measured)."""
-    return int(2 ** round(math.log2(max(math.sqrt(rows), 16))))
-
-
-def pq_sub_vectors(dimension: int) -> int:
-    """PQ sub-vectors of 8 dimensions each (48 for 384-d), or the largest divisor below that."""
-    for sub in range(max(dimension // 8, 1), 0, -1):
-        if dimension % sub == 0:
-            return sub
-    return 1
+    """IVF partitions: the power of two nearest rows / 4,096 (64 at 337k, as measured), at least 2."""
+    return int(2 ** max(round(math.log2(max(rows, 1) / ROWS_PER_PARTITION)), 1))
 
 
 class VectorStore:
@@ -82,6 +83,10 @@ class VectorStore:
         self.db = lancedb.connect(self.uri)
         self._table = None  # the open table handle (sees this handle's own writes)
         self._index: str | None | bool = False  # cached index name; False: not looked up yet
+        self._async_table = None  # read handle for search (see _run_query); lazily opened
+        self._writes = 0  # writes through this store; the async handle re-reads the table after one
+        self._async_seen = 0
+        self._loops = threading.local()  # one event loop per calling thread
 
     @classmethod
     def from_settings(cls, settings) -> VectorStore:
@@ -107,6 +112,7 @@ class VectorStore:
         mode = "overwrite" if replace else "create"
         self._table = self.db.create_table(self.table_name, schema=table_schema(dimension), mode=mode)
         self._index = None
+        self._writes += 1
         return self._table
 
     def dimension(self) -> int | None:
@@ -120,11 +126,13 @@ class VectorStore:
         """Insert or replace rows (a pyarrow Table in :func:`table_schema`) by movie_id: one commit."""
         if rows.num_rows:
             self.table.merge_insert("movie_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            self._writes += 1
 
     def delete(self, movie_ids: Sequence[str]) -> int:
         deleted = 0
         for start in range(0, len(movie_ids), _ID_CHUNK):
             deleted += self.table.delete(_sql_in(movie_ids[start : start + _ID_CHUNK])).num_deleted_rows
+        self._writes += 1
         return deleted
 
     def index_name(self) -> str | None:
@@ -136,34 +144,36 @@ class VectorStore:
     def optimise(self, min_rows: int = INDEX_MIN_ROWS) -> str:
         """Compact fragments and keep the ANN index right for the table's size; returns the index name.
 
-        Below ``min_rows`` there is no index (exact search). Above, IVF_PQ with partitions ~ sqrt(rows);
-        it is retrained when the table size calls for another partition count, else new rows are
-        added to the existing index by ``optimize()``.
+        Below ``min_rows`` there is no index (exact search). Above, IVF_HNSW_SQ with partitions ~
+        rows / 4,096; it is retrained when the table size calls for another partition count (or the
+        table holds an index of another type), else new rows are added to it by ``optimize()``.
         """
         table = self.table
         rows = table.count_rows()
         table.optimize()
+        self._writes += 1
         self._index = False  # look it up afresh
         current = self.index_name()
         if rows < min_rows:
             if current:
                 table.drop_index(current)
                 self._index = None
+                self._writes += 1
             return "none (exact search)"
         partitions = index_partitions(rows)
-        wanted = f"vector_ivf_pq_{partitions}"
+        wanted = f"vector_{INDEX_TYPE.lower()}_{partitions}"
         if current != wanted:
+            from lancedb.index import IvfHnswSq
+
             if current:
                 table.drop_index(current)
             table.create_index(
-                metric="cosine",
-                index_type="IVF_PQ",
-                num_partitions=partitions,
-                num_sub_vectors=pq_sub_vectors(self.dimension()),
-                vector_column_name="vector",
+                "vector",  # the column (lancedb's unified index API)
+                config=IvfHnswSq(distance_type="cosine", num_partitions=partitions),
                 name=wanted,
             )
             self._index = wanted
+            self._writes += 1
         return wanted
 
     # --- reads ------------------------------------------------------------------------------
@@ -220,31 +230,75 @@ class VectorStore:
         year_max: int | None = None,
         exclude_ids: Sequence[str] = (),
         exact: bool | None = None,
+        columns: Sequence[str] = META_COLUMNS,
         nprobes: int = NPROBES,
-        refine_factor: int = REFINE_FACTOR,
+        ef: int = HNSW_EF,
+        refine_factor: int | None = REFINE_FACTOR,
     ) -> list[dict]:
         """Top-``k`` films by cosine similarity to ``query`` (a text, or a normalised vector), best first.
 
-        Filters apply before the search (prefilter), so ``k`` results come back whenever ``k``
-        films pass them. ``exact=None`` uses the ANN index when the table has one.
+        Each hit is ``{"movie_id", "score", *columns}``; ``columns=()`` returns ids and scores only
+        (the metadata columns cost ~1-2 ms more per query). Filters apply before the search
+        (prefilter), so ``k`` results come back whenever ``k`` films pass them. ``exact=None`` uses
+        the ANN index when the table has one.
         """
         if isinstance(query, str):
             if self.embedder is None:
                 raise ValueError("a text query needs an embedder: VectorStore(uri, embedder=Embedder(...))")
             query = self.embedder.encode([query])[0]
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        builder = self.table.search(query, vector_column_name="vector").distance_type("cosine").limit(k)
-        builder = builder.select(["movie_id", *META_COLUMNS, "_distance"])
-        if where := _filters(year_min, year_max, exclude_ids):
-            builder = builder.where(where, prefilter=True)
-        if exact or (exact is None and self.index_name() is None):
-            builder = builder.bypass_vector_index()
-        else:
-            builder = builder.nprobes(nprobes).refine_factor(refine_factor)
-        hits = builder.to_list()
+        _ = self.table  # a missing table raises its "materialise movie_vectors first" error here
+        where = _filters(year_min, year_max, exclude_ids)
+        use_index = not exact and (exact is not None or self.index_name() is not None)
+
+        async def top_k(table):
+            builder = table.query().nearest_to(query).distance_type("cosine").limit(k)
+            builder = builder.select(["movie_id", *columns, "_distance"])
+            if where:
+                builder = builder.where(where)  # a prefilter: applied before the nearest-neighbour search
+            if not use_index:
+                builder = builder.bypass_vector_index()
+            else:
+                builder = builder.nprobes(nprobes).ef(ef)
+                if refine_factor:
+                    builder = builder.refine_factor(refine_factor)
+            return await builder.to_list()
+
+        hits = self._run_query(top_k)
         for hit in hits:
             hit["score"] = 1.0 - float(hit.pop("_distance"))
         return hits
+
+    def _run_query(self, query_fn):
+        """``await query_fn(async_table)`` on an event loop of the calling thread.
+
+        Through lancedb's sync API every query is handed to its background event-loop thread and
+        waited for; on two busy cores that hop costs ~1 ms of a ~5 ms ANN query (benchmarks/vectors.py),
+        so search awaits the async API on a loop of its own. The async handle re-reads the table after
+        a write through this store. Called from inside a running loop (a notebook), the query runs
+        on a short-lived worker thread instead.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop = getattr(self._loops, "loop", None)
+            if loop is None:
+                loop = self._loops.loop = asyncio.new_event_loop()
+            return loop.run_until_complete(self._query_latest(query_fn))
+        with ThreadPoolExecutor(1) as worker:
+            return worker.submit(asyncio.run, self._query_latest(query_fn)).result()
+
+    async def _query_latest(self, query_fn):
+        import lancedb
+
+        if self._async_table is None:
+            self._async_table = await (await lancedb.connect_async(self.uri)).open_table(self.table_name)
+            self._async_seen = self._writes
+        elif self._async_seen != self._writes:
+            writes = self._writes
+            await self._async_table.checkout_latest()
+            self._async_seen = writes
+        return await query_fn(self._async_table)
 
 
 def bad_vectors(store: VectorStore, batch_rows: int = 16_384) -> list[str]:

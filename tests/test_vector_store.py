@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import polars as pl
 import pytest
@@ -13,7 +15,6 @@ from corpus_build.vector_store import (
     VectorStore,
     index_partitions,
     plan_sync,
-    pq_sub_vectors,
     sync_vectors,
 )
 
@@ -75,11 +76,10 @@ def built(tmp_path_factory, embedder):
 
 
 def test_index_parameters():
-    assert index_partitions(337_000) == 512
-    assert index_partitions(100_000) == 256
-    assert pq_sub_vectors(384) == 48
-    assert pq_sub_vectors(1024) == 128
-    assert pq_sub_vectors(1000) == 125  # the largest divisor of 1000 up to 1000 // 8
+    assert index_partitions(337_000) == 64  # ~5k rows per partition, as measured
+    assert index_partitions(100_000) == 32
+    assert index_partitions(50_000) == 16
+    assert index_partitions(4_096) == 2  # never a single partition
 
 
 def test_plan_rejects_duplicate_ids():
@@ -201,30 +201,48 @@ def test_model_change_re_embeds_everything(store, embedder):
     assert store.content_hashes()["model"].unique().to_list() == [other.model_name]
 
 
-@pytest.mark.slow
-def test_ann_index_once_the_table_is_large(store):
-    """Above the threshold an IVF_PQ index is built and searched; below it, exact search."""
+def _unit_rows(store, start: int, n: int, dim: int, rng):
     import pyarrow as pa
 
     from corpus_build.vector_store import table_schema
 
-    rng = np.random.default_rng(0)
-    n, dim = 4096, 32
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    store.create(dim)
     schema = table_schema(dim)
     rows = {f.name: pa.nulls(n, f.type) for f in schema}
-    rows.update(movie_id=pa.array([f"m{i}" for i in range(n)]), year=pa.array(np.arange(n) % 50 + 1950, pa.int32()),
+    rows.update(movie_id=pa.array([f"m{i}" for i in range(start, start + n)]),
+                year=pa.array(np.arange(n) % 50 + 1950, pa.int32()),
                 vector=pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim))
     store.upsert(pa.table(rows, schema=schema))
+    return vectors
+
+
+@pytest.mark.slow
+def test_ann_index_once_the_table_is_large(store):
+    """Above the threshold an IVF_HNSW_SQ index is built and searched (new rows join it on the next
+    optimise, without a rebuild); below it, exact search."""
+    rng = np.random.default_rng(0)
+    n, dim = 4096, 32
+    store.create(dim)
+    vectors = _unit_rows(store, 0, n, dim, rng)
     assert store.optimise(min_rows=n + 1).startswith("none")
     name = store.optimise(min_rows=1000)
-    assert name == f"vector_ivf_pq_{index_partitions(n)}" and store.index_name() == name
+    assert name == f"vector_ivf_hnsw_sq_{index_partitions(n)}" and store.index_name() == name
     hits = store.search(vectors[7], k=5)
-    assert hits[0]["movie_id"] == "m7"
+    assert hits[0]["movie_id"] == "m7" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert store.search(vectors[7], k=5, exclude_ids=["m7"])[0]["movie_id"] != "m7"
-    assert store.optimise(min_rows=n + 1).startswith("none") and store.index_name() is None
+    assert set(store.search(vectors[7], k=3, columns=())[0]) == {"movie_id", "score"}
+    assert all(1960 <= h["year"] <= 1965 for h in store.search(vectors[7], k=10, year_min=1960, year_max=1965))
+
+    async def inside_a_running_loop():  # e.g. a notebook cell: the query runs beside the loop
+        return store.search(vectors[7], k=5, columns=())
+
+    assert asyncio.run(inside_a_running_loop()) == store.search(vectors[7], k=5, columns=())
+
+    added = _unit_rows(store, n, 200, dim, rng)  # +5%: the same partitioning, the rows join the index
+    assert store.optimise(min_rows=1000) == name
+    assert store.search(added[3], k=1)[0]["movie_id"] == f"m{n + 3}"
+    assert store.optimise(min_rows=n + 1000).startswith("none") and store.index_name() is None
 
 
 def test_load_vectors_for_a_whole_table_is_aligned(store):
