@@ -30,7 +30,7 @@ from pathlib import Path
 
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.movie_text import nfc, normalise_imdb_id
-from corpus_build.interactions.turns import RECOMMENDER, SEEKER, quarantine_row
+from corpus_build.interactions.turns import RECOMMENDER, SEEKER, quarantine_row, read_jsonl
 
 
 def load_entity_names(path: str | Path | None) -> dict[str, str]:
@@ -46,43 +46,39 @@ def read_reddit(
     path: str | Path, split: str, linker: Linker, log: LinkLog, entity_names: dict[str, str] | None = None,
     dataset: str = "reddit",
 ) -> tuple[list[dict], list[dict]]:
-    path, names = Path(path), entity_names or {}
-    rows, quarantine, earlier = [], [], {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("context"), list):
-                    raise ValueError("no context list")
-                if "dialog_id" not in record or "rec" not in record:
-                    raise ValueError("missing dialog_id or rec")
-            except ValueError as error:
-                quarantine.append(quarantine_row(dataset, str(path), line_no, f"{type(error).__name__}: {error}", line))
-                continue
-            if record.get("is_user", 0):
-                continue
-            dialog_id = str(record["dialog_id"])
-            targets = _link_items(record["rec"], names, linker, log, dataset)
-            if record.get("prev_entity") is not None:
-                history = _link_items(record["prev_entity"], names, linker, log, f"{dataset}_context")
-            else:
-                history = earlier.get(dialog_id, [])
-            history = list(dict.fromkeys(history))
-            earlier[dialog_id] = list(dict.fromkeys(history + targets))
-            targets = list(dict.fromkeys(targets))
-            if not targets:
-                continue
-            seen = set(history)
-            rows.append({
-                "dataset": dataset, "split": split, "dialog_id": dialog_id,
-                "turn_index": len(record["context"]) - 1,
-                "context": _context(record["context"]),
-                "history_movie_ids": history,
-                "target_movie_ids": targets,
-                "target_mentioned_before": [t in seen for t in targets],
-            })
+    names = entity_names or {}
+    rows: list[dict] = []
+    earlier: dict[str, list[str]] = {}  # dialog_id -> films mentioned so far
+
+    def one_turn(record) -> None:
+        if not isinstance(record, dict) or not isinstance(record.get("context"), list):
+            raise ValueError("no context list")
+        if "dialog_id" not in record or "rec" not in record:
+            raise ValueError("missing dialog_id or rec")
+        if record.get("is_user", 0):
+            return
+        dialog_id = str(record["dialog_id"])
+        targets = _link_items(record["rec"], names, linker, log, dataset)
+        if record.get("prev_entity") is not None:
+            history = _link_items(record["prev_entity"], names, linker, log, f"{dataset}_context")
+        else:
+            history = earlier.get(dialog_id, [])
+        history = list(dict.fromkeys(history))
+        earlier[dialog_id] = list(dict.fromkeys(history + targets))
+        targets = list(dict.fromkeys(targets))
+        if not targets:
+            return
+        seen = set(history)
+        rows.append({
+            "dataset": dataset, "split": split, "dialog_id": dialog_id,
+            "turn_index": len(record["context"]) - 1,
+            "context": _context(record["context"]),
+            "history_movie_ids": history,
+            "target_movie_ids": targets,
+            "target_mentioned_before": [t in seen for t in targets],
+        })
+
+    quarantine = read_jsonl(path, dataset, one_turn)
     return rows, quarantine
 
 

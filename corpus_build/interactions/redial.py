@@ -16,7 +16,6 @@ recommender's own answer, the seeker's when the recommender did not answer for t
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from corpus_build.interactions.turns import (
     Utterance,
     dialog_rows,
     merge_consecutive,
-    quarantine_row,
+    read_jsonl,
 )
 
 _PLACEHOLDER = re.compile(r"@(\d+)")
@@ -43,20 +42,15 @@ def read_redial(
     """Turn rows and quarantine rows of one ReDial jsonl file; ``split`` names the file's split."""
     if rule not in RULES:
         raise ValueError(f"unknown ReDial recommendation rule {rule!r}")
-    path = Path(path)
-    rows, quarantine = [], []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                dialog = json.loads(line)
-                missing = [k for k in _REQUIRED if k not in dialog] if isinstance(dialog, dict) else ["object"]
-                if missing:
-                    raise ValueError(f"missing {', '.join(missing)}")
-                rows += _dialog(dialog, split, linker, log, dataset, rule)
-            except (ValueError, TypeError, AttributeError, KeyError) as error:
-                quarantine.append(quarantine_row(dataset, str(path), line_no, f"{type(error).__name__}: {error}", line))
+    rows: list[dict] = []
+
+    def one_dialog(dialog) -> None:
+        missing = [k for k in _REQUIRED if k not in dialog] if isinstance(dialog, dict) else ["object"]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        rows.extend(_dialog(dialog, split, linker, log, dataset, rule))
+
+    quarantine = read_jsonl(path, dataset, one_dialog, errors=(ValueError, TypeError, AttributeError, KeyError))
     return rows, quarantine
 
 

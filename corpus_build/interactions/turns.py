@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -68,3 +71,23 @@ def quarantine_row(source: str, file: str, line: int | None, reason: str, raw: s
 
 def quarantine_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=QUARANTINE_SCHEMA)
+
+
+def read_jsonl(
+    path: str | Path, dataset: str, handle: Callable[[object], None], errors: tuple[type[Exception], ...] = (ValueError,)
+) -> list[dict]:
+    """Calls ``handle(record)`` for each non-blank line of a jsonl file, in order; returns quarantine rows.
+
+    A line that is not JSON, or whose ``handle`` raises one of ``errors`` (a validation saying what is
+    wrong), is quarantined with its file, line number and reason, and reading goes on.
+    """
+    quarantine = []
+    with open(path, encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                handle(json.loads(line))
+            except errors as error:
+                quarantine.append(quarantine_row(dataset, str(path), line_no, f"{type(error).__name__}: {error}", line))
+    return quarantine
