@@ -30,9 +30,9 @@ META_COLUMNS = ("title", "year", "genres", "directors", "cast", "plot")
 INDEX_MIN_ROWS = 50_000
 # ANN index and search settings chosen by benchmarks/vectors.py --sweep (337k x 384, clustered): an
 # IVF_HNSW_SQ index (HNSW graphs of 8-bit scalar-quantised vectors inside ~4k-row IVF partitions)
-# reaches recall@10 0.955 without re-ranking; re-ranking 3 x k candidates on the full vectors lifts it
-# to 0.987 for ~0.6 ms. IVF_PQ needed refine_factor 20 (200 full-vector reads) for the same recall and
-# was 1.7x slower per query.
+# reaches recall@10 0.954 without re-ranking; re-ranking 3 x k candidates on the full vectors lifts it
+# to 0.982 (p50 3.5 ms on 2 cores). IVF_PQ needed refine_factor 20 (200 full-vector reads) for recall
+# >= 0.95 and was ~2x slower per query.
 INDEX_TYPE = "IVF_HNSW_SQ"
 ROWS_PER_PARTITION = 4_096
 NPROBES = 6
