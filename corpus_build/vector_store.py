@@ -33,7 +33,6 @@ INDEX_MIN_ROWS = 50_000
 # reaches recall@10 0.954 without re-ranking; re-ranking 3 x k candidates on the full vectors lifts it
 # to 0.982 (p50 3.5 ms on 2 cores). IVF_PQ needed refine_factor 20 (200 full-vector reads) for recall
 # >= 0.95 and was ~2x slower per query.
-INDEX_TYPE = "IVF_HNSW_SQ"
 ROWS_PER_PARTITION = 4_096
 NPROBES = 6
 HNSW_EF = 48
@@ -161,7 +160,7 @@ class VectorStore:
                 self._writes += 1
             return "none (exact search)"
         partitions = index_partitions(rows)
-        wanted = f"vector_{INDEX_TYPE.lower()}_{partitions}"
+        wanted = f"vector_ivf_hnsw_sq_{partitions}"  # the name says the type and partitioning
         if current != wanted:
             from lancedb.index import IvfHnswSq
 
