@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     retriever_max_minutes: float | None = Field(default=None, gt=0, description="Training budget per asset.")
 
     # Alignment rounds (issue 7).
-    alignment_objective: Literal["dpo", "grpo"] = Field(default="grpo", description="RL objective of a round.")
+    alignment_objective: Literal["dpo", "grpo", "nll"] = Field(
+        default="grpo", description="RL objective of a round (nll: no RL term, the supervised control run)."
+    )
     alignment_datasets: list[str] = Field(
         default=["redial", "reddit", "movielens_synthetic"],
         description="Conversation datasets whose train/validation turns the rounds learn from "

@@ -39,7 +39,9 @@ class GeneratorUnavailable(RuntimeError):
 
 @dataclass
 class RoundConfig:
-    objective: Literal["dpo", "grpo"] = "grpo"
+    # "nll": no RL term, only lambda * L_nll on the same turns: the control run that shows what DPO/GRPO add
+    # beyond continued supervised training.
+    objective: Literal["dpo", "grpo", "nll"] = "grpo"
     num_sets: int = 4  # G: candidate sets per turn
     set_size: int = 20  # K: films per set (the generator's candidate list)
     temperature: float = 1.0  # sampling temperature of the Gumbel top-k draws
@@ -55,6 +57,10 @@ class RoundConfig:
     max_len: int = 50
     eval_k: int = 10
     seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.objective == "nll" and self.nll_weight <= 0:
+            raise ValueError("objective 'nll' trains on the NLL term alone: nll_weight must be > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,7 +226,9 @@ def batch_loss(model, reference, turns, sets, rewards, config: RoundConfig):
     with torch.no_grad():
         ref_logits = turn_logits(reference, turns, config.max_len)
     scaled, ref_scaled = logits / config.temperature, ref_logits / config.temperature
-    if config.objective == "dpo":
+    if config.objective == "nll":
+        rl = logits.new_zeros(())
+    elif config.objective == "dpo":
         best, worst, keep = dpo_pairs(rewards)
         if keep.any():
             rows = torch.nonzero(keep).squeeze(1)
@@ -252,6 +260,16 @@ def optimise(model, reference, turns, rollouts: pl.DataFrame, config: RoundConfi
     reference.eval()
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     rng = np.random.default_rng(config.seed)
+    # Dropout draws from torch's global generator: seed a forked copy so a rerun of the round gives the
+    # same retriever, without touching the caller's random state.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _optimise_epochs(model, reference, turns, sets, rewards, optimizer, rng, config, log)
+
+
+def _optimise_epochs(model, reference, turns, sets, rewards, optimizer, rng, config: RoundConfig, log) -> list[dict]:
+    import torch
+
     curve = []
     for epoch in range(config.epochs):
         model.train()
