@@ -10,14 +10,17 @@ Prerequisites (the documented Dagster way, on the mirror data; RAR_HOME outside 
 
 Then::
 
-    python benchmarks/alignment_gain.py --generators embedding,llama_cpp --objectives grpo,dpo
+    python benchmarks/alignment_gain.py --generators embedding,llama_cpp --objectives grpo,dpo,nll
 
-For each generator, seed and objective: one alignment round from the SFT checkpoint
+For each generator, seed and objective: ``--rounds`` alignment rounds in a row from the SFT checkpoint
 (:func:`training.alignment_round.align_from_tables`, ReDial validation turns, the hashed gate slice kept
-apart) into its own round folder under ``$RAR_HOME/benchmarks/alignment_gain/``, then both retrievers'
+apart), each in its own folder under ``$RAR_HOME/benchmarks/alignment_gain/``, then both retrievers'
 top-20 re-ranked by the same generator on a seeded sample of ReDial test turns and of INSPIRED dev
 turns (never learned from), scored under the zero-shot CRS protocol with :mod:`training.report`.
 Bootstrap 95% CIs per system; the relative gain's CI is a paired bootstrap over the same turns.
+
+Objective ``nll`` is the control: the same round with the RL term switched off (continued supervised
+training on the same turns), so a gain of DPO/GRPO over it is what the generator's feedback adds.
 
 Generator answers are memoised in memory for the run (both backends are deterministic), so the two
 objectives share the SFT rollouts and the SFT evaluation instead of asking the generator twice.
@@ -27,6 +30,7 @@ Rounds are resumable and a finished round is reused (delete its folder to rerun 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -103,7 +107,7 @@ def run(args) -> list[dict]:
 
     s = get_settings()
     turns_path, corpus_path = s.table_path("conversation_turns"), s.table_path("movie_corpus")
-    sft_path = checkpoint_path(s.home, "sft")
+    sft_path = args.parent or checkpoint_path(s.home, "sft")
     if not sft_path.is_file():
         raise SystemExit(f"{sft_path} not found: materialise lrurec_sft first (see this script's docstring)")
     turns = pl.read_parquet(turns_path)
@@ -112,6 +116,8 @@ def run(args) -> list[dict]:
     popularity = popularity_counts(turns, None)
     sft = Retriever.from_checkpoint(sft_path)
     out_root = s.home / "benchmarks" / "alignment_gain"
+    # Rounds from another parent get their own folders (a short hash of its path keeps the names short).
+    parent_tag = f"from-{hashlib.md5(str(args.parent.resolve()).encode()).hexdigest()[:8]}-" if args.parent else ""
     rows = []
     for backend in args.generators:
         small = backend != "embedding"
@@ -120,23 +126,39 @@ def run(args) -> list[dict]:
         num_sets = args.llm_num_sets if small else args.num_sets
         seeds = args.seeds[:1] if small else args.seeds
         generator = MemoGenerator(make_backend(backend, args.llm_prompt_tokens if small else s.generator_prompt_tokens))
+        cache_file = args.embedding_cache if backend == "embedding" else None
+        if cache_file and cache_file.is_file():
+            print(f"  embedding cache: {generator.inner.load_cache(cache_file)} texts from {cache_file}", flush=True)
         try:
             for seed in seeds:
                 all_sets = evaluation_sets(turns, None, ["redial"], eval_turns, seed)
                 sets = [e for e in all_sets if e.name in EVAL_SETS]
                 for objective in args.objectives:
-                    config = RoundConfig(objective=objective, num_sets=num_sets, set_size=20, epochs=args.epochs,
-                                         lr=args.lr, nll_weight=args.nll_weight, temperature=args.temperature, seed=seed)
-                    round_dir = out_root / f"{backend}-{objective}-seed{seed}-t{max_turns}-T{args.temperature:g}"
                     started = time.monotonic()
-                    record = align_from_tables(
-                        round_dir, sft_path, "sft", turns_path, corpus_path, generator, config, ["redial"],
-                        s.alignment_gate_fraction, max_turns, log=lambda m: print(f"  [{round_dir.name}] {m}", flush=True),
-                    )
-                    aligned = Retriever.from_checkpoint(round_dir / "retriever.pt")
+                    parent, parent_name = sft_path, (args.parent.parent.name if args.parent else "sft")
+                    for round_number in range(1, args.rounds + 1):
+                        # Each round starts from the previous one (as promoted nightly rounds do), with fresh draws.
+                        config = RoundConfig(
+                            objective=objective, num_sets=num_sets, set_size=20, epochs=args.epochs, lr=args.lr,
+                            nll_weight=args.nll_weight, temperature=args.temperature, seed=seed + round_number - 1,
+                        )
+                        round_dir = out_root / (f"{parent_tag}{backend}-{objective}-seed{seed}-t{max_turns}-T{args.temperature:g}"
+                                                f"-G{num_sets}-lr{args.lr:g}-e{args.epochs}-nll{args.nll_weight:g}-r{round_number}")
+                        record = align_from_tables(
+                            round_dir, parent, parent_name, turns_path, corpus_path, generator, config, ["redial"],
+                            s.alignment_gate_fraction, max_turns,
+                            log=lambda m, name=round_dir.name: print(f"  [{name}] {m}", flush=True),
+                        )
+                        parent, parent_name = round_dir / "retriever.pt", round_dir.name
+                        print(f"  [{round_dir.name}] gate NDCG@10 {record['gate_ndcg_before']:.4f} -> "
+                              f"{record['gate_ndcg_after']:.4f}, held-out reward {record['reward_mean_before']:.4f} -> "
+                              f"{record['reward_mean_after']:.4f}", flush=True)
+                    aligned = Retriever.from_checkpoint(parent)
                     t_eval = time.monotonic()
                     per_turn, summary = evaluate({"sft": sft, "aligned": aligned}, generator, lookup, sets,
                                                  popularity, item_set, args.n_boot, seed)
+                    if cache_file:
+                        generator.inner.save_cache(cache_file)
                     for eval_set in sets:
                         rows.append(result_row(backend, objective, seed, eval_set.name, per_turn, summary, record,
                                                time.monotonic() - started, time.monotonic() - t_eval, args.n_boot))
@@ -198,6 +220,12 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.2,
                         help="sampling temperature of the candidate sets (1.0, the library default, almost never "
                         "draws a target from a diffuse retriever over ~82k films: every reward is 0)")
+    parser.add_argument("--parent", type=Path, help="the baseline retriever the rounds start from and are "
+                        "compared with (default: the SFT checkpoint under $RAR_HOME)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds in a row, each from the previous one")
+    parser.add_argument("--embedding-cache", type=Path,
+                        help="embedding backend: keep its text vectors in this .npz between runs (speed only: a cold "
+                        "2,000-turn round embeds ~20k films once, ~20 minutes on 2 cores)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--nll-weight", type=float, default=1.0)

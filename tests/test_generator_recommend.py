@@ -53,7 +53,7 @@ def test_find_mentions_links_exact_titles_only():
 
 
 @pytest.mark.slow
-def test_embedding_backend_ranks_by_similarity_to_the_dialogue(torch_one_thread):
+def test_embedding_backend_ranks_by_similarity_to_the_dialogue(torch_one_thread, tmp_path):
     from training.generator.embedding_backend import EmbeddingGenerator
 
     movies = {row["movie_id"]: row for row in corpus().iter_rows(named=True)}
@@ -73,6 +73,14 @@ def test_embedding_backend_ranks_by_similarity_to_the_dialogue(torch_one_thread)
     [result] = stored.rank_batch([RankRequest.from_text("a mafia crime drama", ids, movies)])
     assert result.ranking[0] == "tt0114709" and result.ranking[-1] == "tt0068646"
     assert len(stored._texts) == 2  # the dialogue and the one film without a stored vector
+
+    # A saved cache answers the same requests in a fresh generator without embedding anything again.
+    requests = [RankRequest.from_text("My kids want an animated film with toys", ids, movies)]
+    assert generator.save_cache(tmp_path / "vectors.npz") == len(generator._texts) == 5
+    restored = EmbeddingGenerator(embedder=generator.embedder)
+    assert restored.load_cache(tmp_path / "vectors.npz") == 5
+    assert restored.rank_batch(requests)[0].ranking == results[0].ranking
+    assert len(restored._texts) == 5
 
 
 def test_recommend_says_when_the_pipeline_is_not_materialised(rar_home):

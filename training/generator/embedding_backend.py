@@ -11,7 +11,9 @@ of one turn share a dialogue.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +42,27 @@ class EmbeddingGenerator(Generator):
         self.embedder = embedder
         self.film_vectors = film_vectors or {}
         self._texts: dict[str, np.ndarray] = {}  # text -> unit vector (dialogues and films)
+
+    def save_cache(self, path: Path) -> int:
+        """Write the embedded texts (dialogues and films) to an ``.npz`` file; returns how many.
+
+        A speed aid for repeated experiments: the file does not record the embedding model, so keep
+        one file per model. Texts are stored as UTF-8 JSON bytes (a fixed-width string array would pad
+        every film text to the longest dialogue)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self._texts)
+        vectors = np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, texts=np.frombuffer(json.dumps(texts).encode(), dtype=np.uint8), vectors=vectors)
+        tmp.replace(path)
+        return len(texts)
+
+    def load_cache(self, path: Path) -> int:
+        """Add the texts saved by :meth:`save_cache` to the cache; returns the cache's size."""
+        with np.load(path, allow_pickle=False) as saved:
+            texts = json.loads(saved["texts"].tobytes().decode())
+            self._texts.update(zip(texts, saved["vectors"]))
+        return len(self._texts)
 
     def _vectors(self, texts: Sequence[str]) -> list[np.ndarray]:
         missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
