@@ -223,12 +223,14 @@ def batch_loss(model, reference, turns, sets, rewards, config: RoundConfig):
     )
 
     logits = turn_logits(model, turns, config.max_len)
+    targets, mask = _target_tensors(turns)
+    nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
+    if config.objective == "nll":  # the control run: no RL term, so no reference pass either
+        return config.nll_weight * nll, 0.0, float(nll.detach())
     with torch.no_grad():
         ref_logits = turn_logits(reference, turns, config.max_len)
     scaled, ref_scaled = logits / config.temperature, ref_logits / config.temperature
-    if config.objective == "nll":
-        rl = logits.new_zeros(())
-    elif config.objective == "dpo":
+    if config.objective == "dpo":
         best, worst, keep = dpo_pairs(rewards)
         if keep.any():
             rows = torch.nonzero(keep).squeeze(1)
@@ -243,8 +245,6 @@ def batch_loss(model, reference, turns, sets, rewards, config: RoundConfig):
         ref_draws = draw_log_probs(ref_scaled, sets)
         # Rollouts were sampled by the round-start retriever, which is also the reference.
         rl = grpo_loss(policy_draws, ref_draws, ref_draws, group_advantages(rewards), config.grpo_clip, config.grpo_kl)
-    targets, mask = _target_tensors(turns)
-    nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
     return rl + config.nll_weight * nll, float(rl.detach()), float(nll.detach())
 
 
