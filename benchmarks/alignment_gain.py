@@ -20,7 +20,8 @@ turns (never learned from), scored under the zero-shot CRS protocol with :mod:`t
 Bootstrap 95% CIs per system; the relative gain's CI is a paired bootstrap over the same turns.
 
 Objective ``nll`` is the control: the same round with the RL term switched off (continued supervised
-training on the same turns), so a gain of DPO/GRPO over it is what the generator's feedback adds.
+training on the same turns), so a gain of DPO/GRPO over it is what the generator's feedback adds; when
+it is among ``--objectives``, a second table gives each RL objective's paired gain over it.
 
 Generator answers are memoised in memory for the run (both backends are deterministic), so the two
 objectives share the SFT rollouts and the SFT evaluation instead of asking the generator twice.
@@ -46,6 +47,7 @@ from training.generator.base import Generator, RankResult  # noqa: E402
 
 EVAL_SETS = ("redial/test", "inspired/validation")
 METRIC = "ndcg@10"
+CONTROL = "nll"  # the objective without an RL term
 
 
 class MemoGenerator(Generator):
@@ -97,7 +99,7 @@ def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_
     return per_turn, summarise(per_turn, [METRIC], n_boot=n_boot, seed=seed)
 
 
-def run(args) -> list[dict]:
+def run(args) -> tuple[list[dict], list[dict]]:
     from rar_pipeline.settings import get_settings
     from training.alignment_round import RoundConfig, align_from_tables
     from training.promotion import checkpoint_path
@@ -116,6 +118,7 @@ def run(args) -> list[dict]:
     popularity = popularity_counts(turns, None)
     sft = Retriever.from_checkpoint(sft_path)
     out_root = s.home / "benchmarks" / "alignment_gain"
+    versus_control: list[dict] = []
     # Rounds from another parent get their own folders (a short hash of its path keeps the names short).
     parent_tag = f"from-{hashlib.md5(str(args.parent.resolve()).encode()).hexdigest()[:8]}-" if args.parent else ""
     rows = []
@@ -133,6 +136,7 @@ def run(args) -> list[dict]:
             for seed in seeds:
                 all_sets = evaluation_sets(turns, None, ["redial"], eval_turns, seed)
                 sets = [e for e in all_sets if e.name in EVAL_SETS]
+                aligned_turns: dict[str, pl.DataFrame] = {}  # objective -> its aligned retriever's per-turn results
                 for objective in args.objectives:
                     started = time.monotonic()
                     parent, parent_name = sft_path, (args.parent.parent.name if args.parent else "sft")
@@ -159,29 +163,56 @@ def run(args) -> list[dict]:
                                                  popularity, item_set, args.n_boot, seed)
                     if cache_file:
                         generator.inner.save_cache(cache_file)
+                    aligned_turns[objective] = per_turn.filter(pl.col("system") == f"aligned+{backend}")
                     for eval_set in sets:
                         rows.append(result_row(backend, objective, seed, eval_set.name, per_turn, summary, record,
                                                time.monotonic() - started, time.monotonic() - t_eval, args.n_boot))
                         print(format_row(rows[-1]), flush=True)
+                versus_control.extend(control_rows(backend, seed, aligned_turns, [e.name for e in sets], args.n_boot))
         finally:
             generator.close()
-    return rows
+    return rows, versus_control
+
+
+def control_rows(backend: str, seed: int, aligned_turns: dict, datasets: list[str], n_boot: int) -> list[dict]:
+    """Each RL objective against the nll control of the same seed: what the generator's feedback adds."""
+    if CONTROL not in aligned_turns:
+        return []
+    out = []
+    for objective, frame in aligned_turns.items():
+        if objective == CONTROL:
+            continue
+        for dataset in datasets:
+            base, new = paired_turns(aligned_turns[CONTROL], frame, dataset)
+            gain = new.mean() / base.mean() - 1 if base.mean() else float("nan")
+            lo, hi = paired_gain_ci(base, new, n_boot, seed)
+            out.append({"generator": backend, "objective": objective, "seed": seed, "dataset": dataset,
+                        "turns": len(base), "control": float(base.mean()), "aligned": float(new.mean()),
+                        "gain": gain, "gain_lo": lo, "gain_hi": hi})
+            print(format_control_row(out[-1]), flush=True)
+    return out
+
+
+def paired_turns(base: pl.DataFrame, new: pl.DataFrame, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-turn METRIC of two systems' frames on the same turns of ``dataset`` (base, new)."""
+    keys = ["dialog_id", "turn_index"]
+    left = base.filter(pl.col("dataset") == dataset).select(*keys, pl.col(METRIC).alias("base"))
+    right = new.filter(pl.col("dataset") == dataset).select(*keys, pl.col(METRIC).alias("new"))
+    joined = left.join(right, on=keys, how="inner")
+    return joined["base"].to_numpy(), joined["new"].to_numpy()
 
 
 def result_row(backend, objective, seed, dataset, per_turn, summary, record, total_s, eval_s, n_boot) -> dict:
     def system(name):
         return summary.filter((pl.col("dataset") == dataset) & (pl.col("system") == f"{name}+{backend}")).row(0, named=True)
 
-    keys = ["dialog_id", "turn_index"]
-    part = per_turn.filter(pl.col("dataset") == dataset)
-    base = part.filter(pl.col("system") == f"sft+{backend}").select(*keys, METRIC)
-    new = part.filter(pl.col("system") == f"aligned+{backend}").select(*keys, pl.col(METRIC).alias("new"))
-    paired = base.join(new, on=keys, how="inner")
+    base, new = paired_turns(per_turn.filter(pl.col("system") == f"sft+{backend}"),
+                             per_turn.filter(pl.col("system") == f"aligned+{backend}"), dataset)
     sft_row, aligned_row = system("sft"), system("aligned")
     gain = aligned_row[METRIC] / sft_row[METRIC] - 1 if sft_row[METRIC] else float("nan")
-    lo, hi = paired_gain_ci(paired[METRIC].to_numpy(), paired["new"].to_numpy(), n_boot, seed)
+    lo, hi = paired_gain_ci(base, new, n_boot, seed)
     return {
-        "generator": backend, "objective": objective, "seed": seed, "dataset": dataset, "turns": paired.height,
+        "generator": backend, "objective": objective, "seed": seed, "dataset": dataset, "turns": len(base),
         "sft": sft_row[METRIC], "sft_lo": sft_row[f"{METRIC}_lo"], "sft_hi": sft_row[f"{METRIC}_hi"],
         "aligned": aligned_row[METRIC], "aligned_lo": aligned_row[f"{METRIC}_lo"], "aligned_hi": aligned_row[f"{METRIC}_hi"],
         "gain": gain, "gain_lo": lo, "gain_hi": hi,
@@ -203,6 +234,14 @@ def format_row(r: dict) -> str:
             f"{r['gain']:+.1%} [{r['gain_lo']:+.1%}, {r['gain_hi']:+.1%}] | "
             f"{r['reward_before']:.4f} -> {r['reward_after']:.4f} | {r['gate_before']:.4f} -> {r['gate_after']:.4f} | "
             f"{r['train_turns']} | {r['train_seconds']:.0f} |")
+
+
+CONTROL_HEADER = "| generator | objective | seed | dataset | turns | nll control NDCG@10 | aligned NDCG@10 | gain over the control [paired CI] |"
+
+
+def format_control_row(r: dict) -> str:
+    return (f"| {r['generator']} | {r['objective']} | {r['seed']} | {r['dataset']} | {r['turns']} | {r['control']:.4f} | "
+            f"{r['aligned']:.4f} | {r['gain']:+.1%} [{r['gain_lo']:+.1%}, {r['gain_hi']:+.1%}] |")
 
 
 def main() -> None:
@@ -238,12 +277,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(HEADER)
     print("|" + "---|" * HEADER.count(" | ") + "---|")
-    rows = run(args)
+    rows, versus_control = run(args)
     print("\nSummary\n" + HEADER + "\n" + "|" + "---|" * (HEADER.count(" | ") + 1))
     for row in rows:
         print(format_row(row))
+    if versus_control:
+        print("\nAgainst the nll control (same parent, seed and steps)\n" + CONTROL_HEADER)
+        print("|" + "---|" * (CONTROL_HEADER.count(" | ") + 1))
+        for row in versus_control:
+            print(format_control_row(row))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+        args.out.write_text(json.dumps({"rows": rows, "versus_control": versus_control}, indent=2))
 
 
 if __name__ == "__main__":
