@@ -99,6 +99,7 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "skipped_turns_without_history": float(out["skipped_turns_without_history"]),
             "val_turns": float(out["val_turns"]), "test_turns": float(out["test_turns"]),
             "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
+            "full_softmax": out["full_softmax"],
             **_metrics("val", out["val"]), **_metrics("test", out["test"]), **_metrics("test_before_sft", out["test_before"]),
         }
     )

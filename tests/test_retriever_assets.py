@@ -98,3 +98,23 @@ def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_
     assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
     assert retriever.scores([history, []]).shape == (2, NUM_FILMS)
     assert len(retriever.retrieve_batch([history, []], k=3)) == 2
+
+
+@pytest.mark.parametrize("negatives", [0, 5])
+def test_sft_uses_the_full_softmax_above_the_pretraining_cap(rar_home, tmp_path, negatives):
+    """SFT scores one position per example, so it keeps the full softmax where pretraining would sample."""
+    from rar_pipeline.settings import get_settings
+    from training.lrurec import LRURec, LRURecConfig
+    from training.pretrain import TrainConfig, finetune_from_turns
+    from training.retriever import export_retriever
+
+    settings = get_settings()
+    _write_tables(settings, with_vectors=False)
+    torch.manual_seed(0)
+    parent = export_retriever(LRURec(LRURecConfig(num_items=NUM_FILMS, hidden=16, blocks=1)),
+                              [_movie_id(i) for i in range(1, NUM_FILMS + 1)], tmp_path / "parent.pt", max_len=20)
+    config = TrainConfig(max_len=20, epochs=1, threads=1, progress=False, negatives=negatives,
+                         full_softmax_max_items=NUM_FILMS // 2)  # pretraining would sample above 30 films
+    out = finetune_from_turns(settings.table_path("conversation_turns"), parent, tmp_path / "sft", config)
+    assert out["full_softmax"] is (negatives == 0)
+    assert out["iterations"] > 0

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class TrainResult:
     seconds_per_epoch: float
     stopped_early: bool
     curve: list[dict] = field(default_factory=list)  # one row per validation: iteration, seconds, metrics
+    full_softmax: bool = True  # False: sampled softmax over shared negatives
 
 
 def resolve_device(name: str):
@@ -344,6 +345,7 @@ def fit(
         seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
         stopped_early=stop,
         curve=state["curve"],
+        full_softmax=sampler is None,
     )
 
 
@@ -436,7 +438,7 @@ def pretrain_from_tables(
         "checkpoint": path, "checkpoint_dir": checkpoints, "dataset": prefer_dataset if prefer_dataset in datasets else ",".join(datasets),
         "users": len(train), "training_examples": len(examples), "items": len(vocab), "text_init": text is not None,
         "val": result.best_metrics, "test": test_metrics, "epochs_run": result.epochs_run, "iterations": result.iterations,
-        "seconds_per_epoch": result.seconds_per_epoch, "full_softmax": len(vocab) <= config.full_softmax_max_items and config.negatives == 0,
+        "seconds_per_epoch": result.seconds_per_epoch, "full_softmax": result.full_softmax,
     }
 
 
@@ -482,6 +484,10 @@ def finetune_from_turns(
         val_rows = frame.filter(pl.col("split") == val_name)
     train_h, train_t = encode(train_rows)
     examples = last_item_examples(train_h, train_t, config.max_len)
+    if config.negatives == 0:
+        # One scored position per example: the full softmax costs batch x items, affordable at any corpus
+        # size (pretraining scores every position, hence its cap); sampled negatives made a weaker SFT.
+        config = replace(config, full_softmax_max_items=max(config.full_softmax_max_items, model.config.num_items))
     if len(examples) == 0:
         raise ValueError(f"{turns_path}: no training turn has both a known history and a known target")
     val_set = eval_set(*encode(val_rows), config.max_len)
@@ -501,4 +507,5 @@ def finetune_from_turns(
         "skipped_turns_without_history": sum(1 for h in train_h if not h), "validation_split": val_name,
         "val_turns": len(val_set), "test_turns": len(test_set), "val": result.best_metrics, "test": test_metrics,
         "test_before": before, "epochs_run": result.epochs_run, "iterations": result.iterations,
+        "full_softmax": result.full_softmax,
     }
