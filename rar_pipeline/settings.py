@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     retriever_batch_size: int = Field(default=128, ge=1, description="Training batch size.")
     retriever_text_init: bool = Field(default=True, description="Items from movie_vectors (else random).")
     retriever_negatives: int = Field(
-        default=0, ge=0, description="0: full softmax (pretraining: while the corpus has <= 50k films, else 1000 sampled; SFT: always)."
+        default=0, ge=0,
+        description="0: full softmax (pretraining: while the corpus has <= 50k films, else 1000 sampled; SFT: always).",
     )
     retriever_sampler: Literal["uniform", "popularity"] = Field(default="popularity", description="Negatives.")
     retriever_device: str = Field(default="auto", description="auto (cuda when present), cpu, cuda.")
