@@ -145,6 +145,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
                         config = RoundConfig(
                             objective=objective, num_sets=num_sets, set_size=20, epochs=args.epochs, lr=args.lr,
                             nll_weight=args.nll_weight, temperature=args.temperature, seed=seed + round_number - 1,
+                            probe_turns=args.llm_probe_turns if small else None,
                         )
                         round_dir = out_root / (f"{parent_tag}{backend}-{objective}-seed{seed}-t{max_turns}-T{args.temperature:g}"
                                                 f"-G{num_sets}-lr{args.lr:g}-e{args.epochs}-nll{args.nll_weight:g}-r{round_number}")
@@ -255,6 +256,8 @@ def main() -> None:
     parser.add_argument("--llm-max-turns", type=int, default=16, help="llama_cpp: training turns per round")
     parser.add_argument("--llm-eval-turns", type=int, default=20, help="llama_cpp: evaluation turns per dataset")
     parser.add_argument("--llm-num-sets", type=int, default=2, help="llama_cpp: G candidate sets per turn")
+    parser.add_argument("--llm-probe-turns", type=int, default=128,
+                        help="llama_cpp: held-out turns of the reward before/after probe (G calls each per retriever)")
     parser.add_argument("--llm-prompt-tokens", type=int, default=768, help="llama_cpp: prompt budget in tokens")
     parser.add_argument("--temperature", type=float, default=0.2,
                         help="sampling temperature of the candidate sets (1.0, the library default, almost never "

@@ -68,12 +68,29 @@ def test_round_moves_the_generators_favourite_up(tmp_path, objective):
     assert len(result.loss_curve) == 4
 
 
+def _calls_at_rollout_batches(model, item_ids, turns, config, tmp_path) -> dict[int, int]:
+    """A healthy dry run: the generator's request count after the gate and after each rollout batch
+    (sets without a target are never sent, so the counts depend on the draws)."""
+    healthy, marks = PreferOneFilm(item_ids[FAVOURITE]), {}
+
+    def log(message):
+        if message.startswith("rollout batch "):
+            marks[int(message.split()[2].split("/")[0])] = len(healthy.seen)
+        if message.startswith("gate NDCG@10 before"):
+            marks["gate"] = len(healthy.seen)
+
+    run_round(model, item_ids, turns[:40], turns[40:], healthy, lambda ids: {}, config, tmp_path, log)
+    return marks | {"total": len(healthy.seen)}
+
+
 def test_outage_keeps_finished_batches_and_rerun_makes_no_new_rollout_calls(tmp_path):
     torch.set_num_threads(1)
     model, item_ids, turns = _setup(1)
-    config = RoundConfig(num_sets=2, set_size=4, epochs=1, rollout_batch=8)
-    # gate measurement (8 calls) + two rollout batches (2 x 16 calls), then the service goes down
-    flaky = PreferOneFilm(item_ids[FAVOURITE], fail_after=8 + 32)
+    config = RoundConfig(num_sets=2, set_size=8, epochs=1, rollout_batch=8)
+    marks = _calls_at_rollout_batches(_setup(1)[0], item_ids, turns, config, tmp_path / "dry-run")
+    assert marks[3] > marks[2]  # batch 3 sends something, so the outage below interrupts it
+    # the service goes down once the first two rollout batches are answered
+    flaky = PreferOneFilm(item_ids[FAVOURITE], fail_after=marks[2])
     with pytest.raises(GeneratorUnavailable, match="service unavailable"):
         run_round(model, item_ids, turns[:40], turns[40:], flaky, lambda ids: {}, config, tmp_path)
     parts = sorted((tmp_path / "rollouts").glob("part-*.parquet"))
@@ -82,9 +99,8 @@ def test_outage_keeps_finished_batches_and_rerun_makes_no_new_rollout_calls(tmp_
     healthy = PreferOneFilm(item_ids[FAVOURITE])
     model2, _, _ = _setup(1)
     run_round(model2, item_ids, turns[:40], turns[40:], healthy, lambda ids: {}, config, tmp_path)
-    # the rerun drew the same first sets again only for the gate; rollouts resumed at batch 3 of 5
-    rollout_calls = len(healthy.seen) - 8 - 2 * 8 * 2 - 8  # minus gate before, probes, gate after
-    assert rollout_calls == 3 * 8 * 2
+    # the rerun asked again only for the gate and the probes; rollouts resumed at batch 3 of 5
+    assert len(healthy.seen) == marks["total"] - (marks[2] - marks["gate"])
     assert len(sorted((tmp_path / "rollouts").glob("part-*.parquet"))) == 5
 
 
@@ -155,3 +171,34 @@ def test_a_rerun_of_a_round_gives_the_same_retriever_with_dropout(tmp_path):
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values()))
+
+
+def test_sets_without_a_target_are_never_sent_to_the_generator(tmp_path):
+    import polars as pl
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup(3)
+    config = RoundConfig(num_sets=4, set_size=5, epochs=1, rollout_batch=16)
+    generator = PreferOneFilm(item_ids[FAVOURITE])
+    run_round(model, item_ids, turns[:40], turns[40:], generator, lambda ids: {}, config, tmp_path)
+    assert generator.seen and all(item_ids[FAVOURITE] in ids for ids in generator.seen)
+    rollouts = pl.read_parquet(tmp_path / "rollouts" / "*.parquet")
+    unsent = rollouts.filter(~pl.col("generator_asked"))
+    assert unsent.height > 0 and unsent["reward"].max() == 0.0
+    assert (unsent["ranking"] == unsent["item_ids"]).all()  # the retriever's order, kept
+    assert rollouts.filter(pl.col("generator_asked"))["reward"].min() > 0.0
+    assert generator.stats.skipped_no_target >= unsent.height
+    assert generator.stats.requests == len(generator.seen)
+
+
+def test_rank_scored_sends_only_requests_holding_a_target():
+    from training.generator.base import RankRequest
+
+    generator = PreferOneFilm("m2")
+    requests = [RankRequest.from_text("hi", ["m1", "m2", "m3"]), RankRequest.from_text("hi", ["m4", "m5"])]
+    results = generator.rank_scored(requests, [{"m3"}, {"m9"}])
+    assert [r.source for r in results] == ["model", "skipped"]
+    assert results[0].ranking == ("m2", "m1", "m3") and results[1].ranking == ("m4", "m5")
+    assert generator.seen == [("m1", "m2", "m3")] and generator.stats.skipped_no_target == 1
+    with pytest.raises(ValueError, match="target sets"):
+        generator.rank_scored(requests, [{"m3"}])

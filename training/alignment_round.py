@@ -56,9 +56,14 @@ class RoundConfig:
     rollout_batch: int = 64
     max_len: int = 50
     eval_k: int = 10
+    # held-out turns whose fresh draws measure the reward before/after (None: every gate turn); each
+    # costs G generator calls per retriever, so an LLM-backed round may want fewer than the gate has
+    probe_turns: int | None = None
     seed: int = 1234
 
     def __post_init__(self) -> None:
+        if self.probe_turns is not None and self.probe_turns < 1:
+            raise ValueError("probe_turns must be >= 1 (or None for every gate turn)")
         if self.objective == "nll" and self.nll_weight <= 0:
             raise ValueError("objective 'nll' trains on the NLL term alone: nll_weight must be > 0")
 
@@ -133,21 +138,30 @@ def turn_logits(model, turns: Sequence[AlignmentTurn], max_len: int):
 # ----------------------------------------------------------------------------------- rollout
 
 
-def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup):
-    """Ask the generator to rank every (turn, set); returns rankings [turn][set] or raises."""
+def _target_ids(turn: AlignmentTurn, item_ids: Sequence[str]) -> set[str]:
+    return {item_ids[t] for t in turn.targets}
+
+
+def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup, item_ids: Sequence[str]):
+    """The generator's ranking of every (turn, set) as [turn][set] of (ranking, asked); raises on failure.
+
+    Sets holding none of the turn's targets are not sent (``asked`` False, retriever order): their
+    reward is 0 in any order, so asking would only spend LLM calls (see ``Generator.rank_scored``).
+    """
     from training.generator.base import RankRequest
 
-    requests = []
+    requests, targets = [], []
     for turn, sets in zip(turns, sets_ids):
         for ids in sets:
             requests.append(RankRequest(turn.context, tuple(ids), movies_for(ids)))
-    results = generator.rank_batch(requests)
+            targets.append(_target_ids(turn, item_ids))
+    results = generator.rank_scored(requests, targets)
     failed = [r for r in results if r.source == "fallback"]
     if failed:
         raise GeneratorUnavailable(f"{len(failed)} of {len(results)} rankings failed: {failed[0].error}")
     per_turn = len(sets_ids[0]) if sets_ids else 0
-    rankings = [list(r.ranking) for r in results]
-    return [rankings[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
+    answers = [(list(r.ranking), r.source != "skipped") for r in results]
+    return [answers[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
 
 
 def collect_rollouts(
@@ -172,14 +186,15 @@ def collect_rollouts(
         draws = torch.Generator(device=logits.device).manual_seed(config.seed * 100_003 + batch_index)
         sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu()
         sets_ids = [[[item_ids[i] for i in s] for s in turn_sets.tolist()] for turn_sets in sets]
-        rankings = _rank_sets(generator, batch, sets_ids, movies_for)
+        answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids)
         rows = []
-        for turn, turn_sets, turn_ids, turn_rankings in zip(batch, sets.tolist(), sets_ids, rankings):
-            target_ids = {item_ids[t] for t in turn.targets}
-            for set_index, (items, ids, ranking) in enumerate(zip(turn_sets, turn_ids, turn_rankings)):
+        for turn, turn_sets, turn_ids, turn_answers in zip(batch, sets.tolist(), sets_ids, answers):
+            target_ids = _target_ids(turn, item_ids)
+            for set_index, (items, ids, (ranking, asked)) in enumerate(zip(turn_sets, turn_ids, turn_answers)):
                 rows.append({
                     "turn_key": turn.key, "set_index": set_index, "items": items, "item_ids": ids,
-                    "ranking": ranking, "reward": ndcg_of_ranking(ranking, target_ids, config.set_size),
+                    "ranking": ranking, "generator_asked": asked,
+                    "reward": ndcg_of_ranking(ranking, target_ids, config.set_size),
                 })
         write_parquet_atomic(pl.DataFrame(rows), part)
         log(f"rollout batch {batch_index + 1}/{batch_count} done")
@@ -316,10 +331,8 @@ def pipeline_ndcg(model, turns, item_ids, generator, movies_for: MoviesLookup, s
     from training.alignment import ndcg_of_ranking
 
     candidates = retrieve_top_k(model, turns, item_ids, set_size)
-    rankings = _rank_sets(generator, turns, [[c] for c in candidates], movies_for)
-    return np.array([
-        ndcg_of_ranking(r[0], {item_ids[t] for t in turn.targets}, k) for turn, r in zip(turns, rankings)
-    ])
+    answers = _rank_sets(generator, turns, [[c] for c in candidates], movies_for, item_ids)
+    return np.array([ndcg_of_ranking(a[0][0], _target_ids(turn, item_ids), k) for turn, a in zip(turns, answers)])
 
 
 def sampled_rewards(model, turns, item_ids, generator, movies_for, config: RoundConfig, seed: int) -> np.ndarray:
@@ -333,10 +346,10 @@ def sampled_rewards(model, turns, item_ids, generator, movies_for, config: Round
     draws = torch.Generator(device=logits.device).manual_seed(seed)
     sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu().tolist()
     sets_ids = [[[item_ids[i] for i in s] for s in turn_sets] for turn_sets in sets]
-    rankings = _rank_sets(generator, turns, sets_ids, movies_for)
+    answers = _rank_sets(generator, turns, sets_ids, movies_for, item_ids)
     return np.array([
-        ndcg_of_ranking(r, {item_ids[t] for t in turn.targets}, config.set_size)
-        for turn, turn_rankings in zip(turns, rankings) for r in turn_rankings
+        ndcg_of_ranking(ranking, _target_ids(turn, item_ids), config.set_size)
+        for turn, turn_answers in zip(turns, answers) for ranking, _ in turn_answers
     ])
 
 
@@ -363,7 +376,7 @@ def run_round(
     rollouts = collect_rollouts(reference, train_turns, item_ids, generator, movies_for, config, round_dir / "rollouts", log)
     curve = optimise(model, reference, train_turns, rollouts, config, log)
     # Reward before/after: fresh draws on the same held-out turns with the same noise.
-    probe_turns = list(gate_turns) or list(train_turns[: config.rollout_batch])
+    probe_turns = (list(gate_turns) or list(train_turns[: config.rollout_batch]))[: config.probe_turns]
     probe = (probe_turns, item_ids, generator, movies_for, config, config.seed + 1)
     log(f"rewards before/after on {len(probe_turns)} held-out turns, then the gate after")
     rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)

@@ -91,11 +91,15 @@ def retriever_rankings(retriever, turns: pl.DataFrame, k: int, batch: int = 256)
 
 
 def generator_rankings(generator, turns: pl.DataFrame, candidates: list[list[str]], movies_for) -> list[list[str]]:
-    """The generator's order of each turn's candidates (a fallback keeps the retriever's order)."""
+    """The generator's order of each turn's candidates (a fallback keeps the retriever's order).
+
+    Turns whose candidates hold none of their targets are not sent to the generator and keep the
+    retriever's order: every metric is 0 for them in any order (``Generator.rank_scored``).
+    """
     from training.generator.base import RankRequest
 
     requests = [RankRequest(tuple(ctx), tuple(c), movies_for(c)) for ctx, c in zip(turns["context"].to_list(), candidates)]
-    return [list(r.ranking) for r in generator.rank_batch(requests)]
+    return [list(r.ranking) for r in generator.rank_scored(requests, turns["target_movie_ids"].to_list())]
 
 
 def evaluate_systems(

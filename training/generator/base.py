@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 Turn = Mapping[str, str]  # {"role": "user" | "assistant" | ..., "text": "..."} (CONVERSATION_TURNS_SCHEMA)
-ResultSource = Literal["model", "cache", "fallback"]
+ResultSource = Literal["model", "cache", "fallback", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class RankResult:
     """The generator's ranking of one request's candidates (best first)."""
 
     ranking: tuple[str, ...]
-    source: ResultSource  # "model": ranked now; "cache": from the response cache; "fallback": retriever order
+    # "model": ranked now; "cache": from the response cache; "fallback": retriever order (the backend failed);
+    # "skipped": retriever order, never sent (no target among the candidates, see Generator.rank_scored)
+    source: ResultSource
     scores: tuple[float, ...] | None = None  # per ranked item, when the backend scores (same order)
     error: str | None = None  # why the result fell back (never contains credentials)
 
@@ -56,6 +58,7 @@ class GeneratorStats:
     calls: int = 0  # model calls made (HTTP requests or forward passes), retries included
     cache_hits: int = 0
     failures: int = 0  # requests that fell back to the retriever's order after every retry
+    skipped_no_target: int = 0  # requests never sent: no target among the candidates (see rank_scored)
     retries: int = 0
     unparsed: int = 0  # answers that named none of the candidates (ranking = retriever order)
     prompt_tokens: int = 0
@@ -106,6 +109,24 @@ class Generator(abc.ABC):
         for request, result in zip(requests, results, strict=True):
             if sorted(result.ranking) != sorted(request.candidate_ids):
                 raise AssertionError(f"{self.name} returned a ranking that is not a permutation of the candidates")
+        return results
+
+    def rank_scored(self, requests: Sequence[RankRequest], targets: Sequence[Collection[str]]) -> list[RankResult]:
+        """Like :meth:`rank_batch`, but only the requests whose candidates hold one of their ``targets``
+        reach the backend; the others keep the retriever's order (source ``"skipped"``) at no cost.
+
+        Exact wherever a ranking is only scored against targets: with no target among the candidates,
+        NDCG, Recall and MRR are 0 in every order (the RL reward is 0 by definition). On the mirror
+        data this leaves ~85% of the evaluation's requests unsent (Recall@20 is low).
+        """
+        requests = list(requests)
+        if len(targets) != len(requests):
+            raise ValueError(f"{len(targets)} target sets for {len(requests)} requests")
+        scored = [i for i, (r, t) in enumerate(zip(requests, targets)) if not set(t).isdisjoint(r.candidate_ids)]
+        results: list[RankResult] = [RankResult(r.candidate_ids, "skipped") for r in requests]
+        for i, result in zip(scored, self.rank_batch([requests[i] for i in scored]) if scored else []):
+            results[i] = result
+        self.stats.add(skipped_no_target=len(requests) - len(scored))
         return results
 
     def rank(self, request: RankRequest) -> RankResult:
