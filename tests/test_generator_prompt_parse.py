@@ -52,6 +52,15 @@ def test_budget_trims_plots_before_dropping_turns():
     assert impossible.over_budget and "Alien (1979)" in impossible.text  # candidates are never dropped
 
 
+def test_candidates_shrink_to_title_and_year_when_nothing_else_fits():
+    single = RankRequest([{"role": "user", "text": "Yes, scary space films please."}], IDS, MOVIES)
+    titles_only = {k: {"title": v["title"], "year": v["year"]} for k, v in MOVIES.items()}
+    without_details = build_prompt(RankRequest(single.context, IDS, titles_only), "completion", 10_000)
+    tight = build_prompt(single, "completion", max_tokens=without_details.tokens)
+    assert not tight.over_budget and tight.tokens <= without_details.tokens
+    assert "A. Alien (1979)\n" in tight.text and "Ridley Scott" not in tight.text
+
+
 def test_more_candidates_than_labels_shows_the_first_26():
     ids = tuple(f"tt{i:07d}" for i in range(1, 31))
     prompt = build_prompt(RankRequest([{"role": "user", "text": "hi"}], ids, {}), "completion", 10_000)

@@ -3,7 +3,8 @@
 Candidates are labelled with single capital letters (A, B, C, ...): each is one token for common
 tokenizers, so a base model's next-token scores over the labels rank the candidates in one forward
 pass (LlamaRec's verbalizer), and a chat model can answer with a short list of labels.
-When the prompt is over budget, plots are trimmed first, then the oldest turns are dropped.
+When the prompt is over budget, plots are trimmed first, then the oldest turns are dropped, then the
+last turn is shortened, and at last candidates are shown by title and year only.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Prompt:
     tokens: int  # by the counter used to build it
     plot_chars: int | None  # plot length used (None: full plots)
     turns_kept: int
-    over_budget: bool  # still over budget with no plots and only the last turn
+    over_budget: bool  # still over budget with titles only and the end of the last turn
 
     def label_of(self) -> dict[str, str]:
         return dict(zip(self.labels, self.candidate_ids, strict=True))
@@ -56,10 +57,14 @@ def _turn_line(turn: Turn) -> str:
     return f"{_ROLE_NAMES.get(role.lower(), role.title())}: {(turn.get('text') or '').strip()}"
 
 
-def _candidate_line(label: str, movie_id: str, movies: Mapping[str, Mapping], plot_chars: int | None) -> str:
+def _candidate_line(label: str, movie_id: str, movies: Mapping[str, Mapping], plot_chars: int | None,
+                    brief: bool = False) -> str:
     movie = movies.get(movie_id)
-    text = movie_text(movie, plot_chars=plot_chars) if movie else movie_id
-    return f"{label}. {text}"
+    if not movie:
+        return f"{label}. {movie_id}"
+    if brief:  # the last resort of the budget: title and year only
+        return f"{label}. {movie_text({'title': movie.get('title') or movie_id, 'year': movie.get('year')})}"
+    return f"{label}. {movie_text(movie, plot_chars=plot_chars)}"
 
 
 def _render(turns: Sequence[Turn], lines: Sequence[str], tail: str) -> str:
@@ -86,8 +91,8 @@ def build_prompt(
     tail = _tail(mode, labels)
     turns = list(request.context)
 
-    def attempt(plot_chars: int | None, kept_turns: Sequence[Turn]) -> tuple[str, int]:
-        lines = [_candidate_line(lab, mid, request.movies, plot_chars) for lab, mid in zip(labels, shown)]
+    def attempt(plot_chars: int | None, kept_turns: Sequence[Turn], brief: bool = False) -> tuple[str, int]:
+        lines = [_candidate_line(lab, mid, request.movies, plot_chars, brief) for lab, mid in zip(labels, shown)]
         text = _render(kept_turns, lines, tail)
         return text, count_tokens(text)
 
@@ -105,4 +110,6 @@ def build_prompt(
         while tokens > max_tokens and len(last.get("text") or "") > 40:
             last["text"] = "..." + (last["text"] or "")[len(last["text"]) // 4 :]
             text, tokens = attempt(0, [last])
+        if tokens > max_tokens:  # 4. candidates by title and year only (20 full lines can exceed ~800 tokens)
+            text, tokens = attempt(0, [last], brief=True)
     return Prompt(text, labels, shown, tokens, 0, len(turns), tokens > max_tokens)
