@@ -18,7 +18,7 @@ def _round_config():
     return RoundConfig(
         objective=s.alignment_objective, num_sets=s.alignment_num_sets, set_size=s.alignment_set_size,
         epochs=s.alignment_epochs, lr=s.alignment_lr, nll_weight=s.alignment_nll_weight,
-        temperature=s.alignment_temperature, seed=s.seed,
+        temperature=s.alignment_temperature, probe_turns=s.alignment_probe_turns, seed=s.seed,
     )
 
 

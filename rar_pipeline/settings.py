@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs over a round's rollouts.")
     alignment_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate of a round.")
     alignment_nll_weight: float = Field(default=1.0, ge=0, description="lambda in L = L_rl + lambda * L_nll.")
+    alignment_probe_turns: int | None = Field(
+        default=None, ge=1, description="Gate turns whose fresh draws measure the reward before/after (None: all); "
+        "each costs up to G generator calls per retriever.",
+    )
 
     # Evaluation (issue 8).
     evaluation_max_turns: int = Field(

@@ -21,6 +21,17 @@ def test_temperature_setting_reaches_the_round_config(rar_home, monkeypatch):
         get_settings()
 
 
+def test_probe_turns_setting_reaches_the_round_config(rar_home, monkeypatch):
+    assert _round_config().probe_turns is None  # every gate turn by default
+    monkeypatch.setenv("RAR_ALIGNMENT_PROBE_TURNS", "64")
+    get_settings.cache_clear()
+    assert _round_config().probe_turns == 64
+    monkeypatch.setenv("RAR_ALIGNMENT_PROBE_TURNS", "0")
+    get_settings.cache_clear()
+    with pytest.raises(pydantic.ValidationError):
+        get_settings()
+
+
 def test_lower_temperature_draws_the_top_film_more_often():
     torch.manual_seed(0)
     logits = torch.randn(64, 5000) * 0.5  # a diffuse retriever over many films
