@@ -1,5 +1,5 @@
-"""Round safeguards: RAR_ALIGNMENT_TEMPERATURE reaches the sampler (a diffuse retriever needs T < 1 to draw
-targets), and a retriever with non-finite weights never passes the gate."""
+"""Round safeguards: RAR_ALIGNMENT_TEMPERATURE and RAR_ALIGNMENT_PROBE_TURNS reach the round config (a
+diffuse retriever needs T < 1 to draw targets), and a retriever with non-finite weights never passes the gate."""
 
 import pydantic
 import pytest
@@ -10,23 +10,16 @@ from rar_pipeline.settings import get_settings
 from training.alignment import gumbel_topk_sets
 
 
-def test_temperature_setting_reaches_the_round_config(rar_home, monkeypatch):
-    assert _round_config().temperature == 0.2  # the default (see the setting)
-    monkeypatch.setenv("RAR_ALIGNMENT_TEMPERATURE", "0.25")
+@pytest.mark.parametrize(("variable", "field", "default", "value", "parsed", "invalid"), [
+    ("RAR_ALIGNMENT_TEMPERATURE", "temperature", 0.2, "0.25", 0.25, "0"),  # default: see the setting
+    ("RAR_ALIGNMENT_PROBE_TURNS", "probe_turns", None, "64", 64, "0"),  # default: every gate turn
+])
+def test_round_settings_reach_the_round_config(rar_home, monkeypatch, variable, field, default, value, parsed, invalid):
+    assert getattr(_round_config(), field) == default
+    monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
-    assert _round_config().temperature == 0.25
-    monkeypatch.setenv("RAR_ALIGNMENT_TEMPERATURE", "0")
-    get_settings.cache_clear()
-    with pytest.raises(pydantic.ValidationError):
-        get_settings()
-
-
-def test_probe_turns_setting_reaches_the_round_config(rar_home, monkeypatch):
-    assert _round_config().probe_turns is None  # every gate turn by default
-    monkeypatch.setenv("RAR_ALIGNMENT_PROBE_TURNS", "64")
-    get_settings.cache_clear()
-    assert _round_config().probe_turns == 64
-    monkeypatch.setenv("RAR_ALIGNMENT_PROBE_TURNS", "0")
+    assert getattr(_round_config(), field) == parsed
+    monkeypatch.setenv(variable, invalid)
     get_settings.cache_clear()
     with pytest.raises(pydantic.ValidationError):
         get_settings()
