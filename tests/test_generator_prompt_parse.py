@@ -59,6 +59,9 @@ def test_candidates_shrink_to_title_and_year_when_nothing_else_fits():
     tight = build_prompt(single, "completion", max_tokens=without_details.tokens)
     assert not tight.over_budget and tight.tokens <= without_details.tokens
     assert "A. Alien (1979)\n" in tight.text and "Ridley Scott" not in tight.text
+    no_dialogue = RankRequest((), IDS, MOVIES)  # the last step needs no turn to shorten first
+    budget = build_prompt(RankRequest((), IDS, titles_only), "completion", 10_000).tokens
+    assert not build_prompt(no_dialogue, "completion", max_tokens=budget).over_budget
 
 
 def test_more_candidates_than_labels_shows_the_first_26():

@@ -110,6 +110,7 @@ def build_prompt(
         while tokens > max_tokens and len(last.get("text") or "") > 40:
             last["text"] = "..." + (last["text"] or "")[len(last["text"]) // 4 :]
             text, tokens = attempt(0, [last])
-        if tokens > max_tokens:  # 4. candidates by title and year only (20 full lines can exceed ~800 tokens)
-            text, tokens = attempt(0, [last], brief=True)
+        turns = [last]
+    if tokens > max_tokens:  # 4. candidates by title and year only (20 full lines can exceed ~800 tokens)
+        text, tokens = attempt(0, turns, brief=True)
     return Prompt(text, labels, shown, tokens, 0, len(turns), tokens > max_tokens)
