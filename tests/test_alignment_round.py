@@ -68,7 +68,7 @@ def test_round_moves_the_generators_favourite_up(tmp_path, objective):
     assert len(result.loss_curve) == 4
 
 
-def _calls_at_rollout_batches(model, item_ids, turns, config, tmp_path) -> dict[int, int]:
+def _calls_at_rollout_batches(model, item_ids, turns, config, tmp_path) -> dict[int | str, int]:
     """A healthy dry run: the generator's request count after the gate and after each rollout batch
     (sets without a target are never sent, so the counts depend on the draws)."""
     healthy, marks = PreferOneFilm(item_ids[FAVOURITE]), {}
