@@ -93,3 +93,41 @@ def test_nll_loss_is_finite_when_padding_points_at_a_masked_logit():
     assert loss.item() == pytest.approx((2 * math.log(2) - math.log(0.75)) / 3, rel=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def _draw_log_probs_by_brute_force(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """One masked float64 log-softmax per draw: slow and obviously right."""
+    out = torch.empty(sets.shape, dtype=torch.float64)
+    for b in range(sets.shape[0]):
+        for g in range(sets.shape[1]):
+            drawn = torch.zeros(logits.shape[1], dtype=torch.bool)
+            for j, item in enumerate(sets[b, g].tolist()):
+                out[b, g, j] = torch.log_softmax(logits[b].double().masked_fill(drawn, -math.inf), -1)[item]
+                drawn[item] = True
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.2, 0.05])
+def test_draw_log_probs_match_brute_force_on_peaked_logits(temperature):
+    # A peaked retriever at low temperature: the set holds nearly all the mass, so the later draws'
+    # denominators are tiny differences of large numbers unless computed without subtraction.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 500, generator=gen) * 3
+    logits[:, 0] = -math.inf  # padding, as turn_logits masks it
+    scaled = (logits / temperature).requires_grad_()
+    sets = gumbel_topk_sets(logits, 20, 4, temperature, torch.Generator().manual_seed(1))
+    got = draw_log_probs(scaled, sets)
+    expected = _draw_log_probs_by_brute_force(scaled.detach(), sets)
+    assert torch.allclose(got.double(), expected, atol=1e-4, rtol=1e-5), (got.double() - expected).abs().max()
+    got.sum().backward()
+    assert torch.isfinite(scaled.grad[:, 1:]).all() and (scaled.grad[:, 0] == 0).all()
+
+
+def test_draw_log_probs_of_a_set_holding_every_drawable_film_have_finite_gradients():
+    logits = torch.tensor([[-math.inf, 0.5, 2.0, -1.0]], requires_grad=True)
+    sets = torch.tensor([[[2, 1, 3]]])
+    expected = _draw_log_probs_by_brute_force(logits.detach(), sets)
+    got = draw_log_probs(logits, sets)
+    assert torch.allclose(got.double(), expected, atol=1e-6) and got[0, 0, -1].item() == 0.0
+    got.sum().backward()
+    assert torch.isfinite(logits.grad).all()

@@ -9,7 +9,9 @@ Set log-probability (Plackett-Luce, the order of the draw)::
 
     log pi(S) = sum_j [ z_{s_j} - log( sum_{i not in {s_1..s_{j-1}}} exp z_i ) ]
 
-computed with the all-item log-sum-exp minus the mass already drawn, so it costs O(N + K) per set.
+computed exactly: the films not yet drawn at position ``j`` are the films outside the set (one masked
+log-sum-exp per set) plus ``s_j..s_K``, so no probability mass is ever subtracted (which loses every
+digit at low temperature, where a set holds nearly all the mass).
 
 Reward: the generator ranks the items of ``S``; ``r(S) = NDCG@K`` of that ranking against the turn's
 targets (0 when no target is in the set).
@@ -59,19 +61,26 @@ def gumbel_topk_sets(
 
 
 def draw_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
-    """Per-draw Plackett-Luce log-probabilities of ordered sets.
+    """Per-draw Plackett-Luce log-probabilities of ordered sets, exact at any temperature.
 
     ``logits``: [B, N]; ``sets``: [B, G, K] item indices. Returns [B, G, K] with
     ``log pi(s_j | s_<j) = z_{s_j} - log(sum_{i not drawn yet} exp z_i)``.
+
+    The films not drawn before position ``j`` are the films outside the set plus ``s_j..s_K``, so the
+    denominator is ``logaddexp(rest, logsumexp(z_{s_j..s_K}))`` with ``rest`` a masked log-sum-exp over
+    the films outside the set: no subtraction of masses, so nothing cancels when the set holds almost
+    all the probability (low temperature, a peaked retriever). Costs O(G * N) per row.
     """
     batch, groups, k = sets.shape
-    total = torch.logsumexp(logits, dim=-1).view(batch, 1, 1)  # [B,1,1]
     chosen = torch.gather(logits, 1, sets.reshape(batch, groups * k)).view(batch, groups, k)
-    # log of the mass already drawn before position j (exclusive cumulative log-sum-exp).
-    drawn = torch.logcumsumexp(chosen, dim=-1)
-    drawn_before = torch.cat([torch.full_like(drawn[..., :1], -math.inf), drawn[..., :-1]], dim=-1)
-    # log(exp(total) - exp(drawn_before)) = total + log1p(-exp(drawn_before - total))
-    remaining = total + torch.log1p(-torch.exp(drawn_before - total).clamp(max=1.0 - 1e-6))
+    outside = logits.unsqueeze(1).expand(batch, groups, logits.shape[1]).scatter(-1, sets, -math.inf)
+    # A set holding every drawable film leaves no mass outside; keep that row finite so no nan gradient
+    # reaches the logits through an all -inf log-sum-exp.
+    empty = torch.isneginf(outside).all(-1, keepdim=True)
+    rest = torch.logsumexp(outside.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
+    # log-sum-exp of s_j..s_K for every j (a reversed cumulative log-sum-exp)
+    still_in_set = torch.logcumsumexp(chosen.flip(-1), dim=-1).flip(-1)
+    remaining = torch.logaddexp(rest.unsqueeze(-1), still_in_set)
     return chosen - remaining
 
 
