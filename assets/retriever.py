@@ -16,7 +16,7 @@ SAMPLE_MAX_MINUTES = 3.0  # per asset on the sample profile unless RAR_RETRIEVER
 
 
 def _train_config(epochs: int):
-    from training.pretrain import TrainConfig
+    from training.fit import TrainConfig
 
     s = get_settings()
     return TrainConfig(
@@ -51,7 +51,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     (the ML-1M rows when present, else the profile's histories) with next-item full-ranking
     validation and early stopping on Recall@10; items start from movie_vectors through a learned
     projection. Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
-    from training.pretrain import pretrain_from_tables
+    from training.pretraining import pretrain_from_tables
 
     s = get_settings()
     out = pretrain_from_tables(
@@ -79,7 +79,7 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     turns of RAR_ALIGNMENT_DATASETS outside the gate slice; history = films mentioned so far, target =
     each recommended film), validated on the gate slice: the SFT-only retriever the rounds start from.
     Checkpoint: $RAR_HOME/retriever/sft/retriever.pt."""
-    from training.pretrain import finetune_from_turns
+    from training.finetuning import finetune_from_turns
 
     s = get_settings()
     pretrained = s.path("retriever", "pretrained", "retriever.pt")

@@ -105,7 +105,7 @@ def main() -> None:
     import torch
 
     from training.lrurec import LRURec, LRURecConfig
-    from training.pretrain import TrainConfig, evaluate, fit, load_best, resolve_device
+    from training.fit import TrainConfig, evaluate, fit, load_best, resolve_device
     from training.sequences import eval_set, load_leave_one_out, next_item_examples
 
     started = time.monotonic()

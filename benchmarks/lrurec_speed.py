@@ -57,7 +57,7 @@ class Ours:
     def train_step(self, tokens, labels) -> float:
         import torch
 
-        from training.pretrain import next_item_loss
+        from training.fit import next_item_loss
         from training.sequences import trim_left_padding
 
         self.model.train()
@@ -71,7 +71,7 @@ class Ours:
         return float(loss)
 
     def validate(self, data) -> dict:
-        from training.pretrain import evaluate
+        from training.fit import evaluate
 
         return evaluate(self.model, data, batch_size=512, amp=self.amp, ks=(10, 20))
 
@@ -157,7 +157,7 @@ def main() -> None:
 
     import torch
 
-    from training.pretrain import configure_threads
+    from training.fit import configure_threads
 
     configure_threads(options.threads)
     tokens, labels, val, num_items = load_data(options.data)

@@ -150,7 +150,7 @@ def recommend(text: str, k: int, backend: str | None) -> None:
     import dagster as dg
 
     from rar_pipeline.resources import GENERATOR_API_KEY_ENV, GeneratorResource
-    from training.generator.recommend import recommend as run_recommend
+    from training.recommend import recommend as run_recommend
 
     settings = get_settings()
     corpus_path = settings.table_path("movie_corpus")

@@ -15,7 +15,7 @@ from corpus_build.movie_text import content_hash
 from corpus_build.schema import CORPUS_SCHEMA
 from rar_pipeline.resources import GENERATOR_API_KEY_ENV, GeneratorResource, generator_api_key
 from training.generator.base import RankRequest
-from training.generator.recommend import find_mentions
+from training.recommend import find_mentions
 
 FILMS = [
     ("tt0078748", "Alien", 1979, ["Horror", "Sci-Fi"], "The crew of a spaceship is hunted by a deadly alien creature."),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.lrurec import LRURec, LRURecConfig
-from training.pretrain import TrainConfig, fit, next_item_loss
+from training.fit import TrainConfig, fit, next_item_loss
 from training.sequences import (
     NegativeSampler,
     batches,

@@ -105,7 +105,8 @@ def test_sft_uses_the_full_softmax_above_the_pretraining_cap(rar_home, tmp_path,
     """SFT scores one position per example, so it keeps the full softmax where pretraining would sample."""
     from rar_pipeline.settings import get_settings
     from training.lrurec import LRURec, LRURecConfig
-    from training.pretrain import TrainConfig, finetune_from_turns
+    from training.finetuning import finetune_from_turns
+    from training.fit import TrainConfig
     from training.retriever import export_retriever
 
     settings = get_settings()

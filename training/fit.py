@@ -1,13 +1,18 @@
 """Training loop for LRURec: AdamW, full or sampled softmax, early stopping on validation Recall@10,
-a checkpoint per epoch (model + optimizer + counters + RNG) and resume from the last one."""
+a checkpoint per epoch (model + optimizer + counters + RNG) and resume from the last one.
+
+Also the pieces the loop is made of and others reuse: the next-item loss (fused full softmax or sampled
+softmax), full-ranking evaluation, and the run key that names a run's checkpoint folder. Pretraining
+(``training.pretraining``) and fine-tuning (``training.finetuning``) turn tables into examples and call
+:func:`fit`."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -358,154 +363,15 @@ def load_best(model, checkpoint_dir: str | Path):
     return model
 
 
-# ---------------------------------------------------------------- pipeline entry points (tables in, retriever out)
-
-
-def _fingerprint(*parts) -> str:
+def run_key(*parts) -> str:
+    """12 hex digits naming a training run by its inputs and settings (its checkpoint folder)."""
     import hashlib
     import json
 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _file_stamp(path: Path) -> list:
+def file_stamp(path: Path) -> list:
+    """A file's identity for a run key: path, size and modification time."""
     stat = Path(path).stat()
     return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
-def _text_matrix(vectors, num_items: int):
-    """[N + 1, dim] float32 tensor with a zero padding row, from an [N, dim] array."""
-    import torch
-
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.shape[0] != num_items:
-        raise ValueError(f"text vectors have {vectors.shape[0]} rows for {num_items} items")
-    return torch.from_numpy(np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors]))
-
-
-def pretrain_from_tables(
-    sequences_path: str | Path,
-    corpus_path: str | Path,
-    out_dir: str | Path,
-    config: TrainConfig,
-    hidden: int = 64,
-    load_vectors: Callable[[list[str]], np.ndarray] | None = None,
-    prefer_dataset: str = "ml-1m",
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Pretrain LRURec on the user_sequences table (its ``prefer_dataset`` rows when present, else all),
-    with the item table = every corpus film; returns metrics and the retriever checkpoint path.
-
-    A run interrupted mid-way resumes from its last epoch checkpoint when called again on the same
-    inputs and settings (the checkpoint folder is named after them)."""
-    import polars as pl
-    import torch
-
-    from training.lrurec import LRURec, LRURecConfig
-    from training.retriever import export_retriever
-    from training.sequences import ItemVocab, eval_set, next_item_examples
-
-    for path in (sequences_path, corpus_path):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} not found: materialise its asset first")
-    vocab = ItemVocab(pl.read_parquet(corpus_path, columns=["movie_id"])["movie_id"].to_list())
-    frame = pl.read_parquet(sequences_path)
-    datasets = sorted(frame["dataset"].unique().to_list())
-    if prefer_dataset in datasets:
-        frame = frame.filter(pl.col("dataset") == prefer_dataset)
-    train, val, test = [], [], []
-    for row in frame.iter_rows(named=True):
-        history = vocab.encode(row["train_movie_ids"] or [])
-        val_item, test_item = vocab.encode([row["val_movie_id"] or ""]), vocab.encode([row["test_movie_id"] or ""])
-        train.append(history)
-        val.append(val_item)
-        test.append(test_item)
-    examples = next_item_examples(train, config.max_len)
-    if len(examples) == 0:
-        raise ValueError(f"{sequences_path}: no user has two or more films known to the corpus")
-    val_set = eval_set(train, val, config.max_len)
-    test_set = eval_set([t + v for t, v in zip(train, val, strict=True)], test, config.max_len)
-    text = _text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
-    key = _fingerprint(_file_stamp(Path(sequences_path)), _file_stamp(Path(corpus_path)), config.to_dict(), hidden, text is not None)
-    checkpoints = Path(out_dir) / f"checkpoints-{key}"
-    torch.manual_seed(config.seed)
-    model = LRURec(LRURecConfig(num_items=len(vocab), hidden=hidden, text_dim=None if text is None else text.shape[1]), text)
-    result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
-    load_best(model, checkpoints)
-    test_metrics = evaluate(model, test_set, config.eval_batch_size, ks=config.ks)
-    path = export_retriever(model.cpu(), vocab.movie_ids, Path(out_dir) / "retriever.pt", config.max_len, test_metrics)
-    return {
-        "checkpoint": path, "checkpoint_dir": checkpoints, "dataset": prefer_dataset if prefer_dataset in datasets else ",".join(datasets),
-        "users": len(train), "training_examples": len(examples), "items": len(vocab), "text_init": text is not None,
-        "val": result.best_metrics, "test": test_metrics, "epochs_run": result.epochs_run, "iterations": result.iterations,
-        "seconds_per_epoch": result.seconds_per_epoch, "full_softmax": result.full_softmax,
-    }
-
-
-def finetune_from_turns(
-    turns_path: str | Path,
-    pretrained_checkpoint: str | Path,
-    out_dir: str | Path,
-    config: TrainConfig,
-    log: Callable[[str], None] | None = None,
-    datasets: Sequence[str] | None = None,
-    gate_fraction: float = 0.2,
-) -> dict:
-    """Continue a retriever on conversation turns: history = films mentioned so far, target = each
-    recommended film (loss at the last position).
-
-    With ``datasets`` (the alignment datasets) the SFT retriever learns from exactly the turns the RL
-    rounds learn from: the train/validation turns of those datasets outside the promotion gate's hash
-    slice, validating on the gate slice; so "aligned vs SFT-only" compares like with like. Without,
-    it trains on the ``train`` split and validates on ``validation`` (else ``test``)."""
-    import polars as pl
-
-    from training.retriever import Retriever, export_retriever
-    from training.sequences import eval_set, last_item_examples
-    from training.turn_pools import alignment_pools
-
-    if not Path(turns_path).is_file():
-        raise FileNotFoundError(f"{turns_path} not found: materialise conversation_turns first")
-    retriever = Retriever.from_checkpoint(pretrained_checkpoint)
-    vocab, model = retriever.vocab, retriever.model
-    frame = pl.read_parquet(turns_path, columns=["dataset", "split", "dialog_id", "history_movie_ids", "target_movie_ids"])
-
-    def encode(rows: pl.DataFrame):
-        histories = [vocab.encode(h or []) for h in rows["history_movie_ids"].to_list()]
-        targets = [vocab.encode(t or []) for t in rows["target_movie_ids"].to_list()]
-        return histories, targets
-
-    if datasets:
-        train_rows, val_rows = alignment_pools(frame, datasets, gate_fraction, max_turns=frame.height, seed=config.seed)
-        val_name = f"gate slice of {'/'.join(datasets)}"
-    else:
-        train_rows = frame.filter(pl.col("split") == "train")
-        val_name = "validation" if frame.filter(pl.col("split") == "validation").height else "test"
-        val_rows = frame.filter(pl.col("split") == val_name)
-    train_h, train_t = encode(train_rows)
-    examples = last_item_examples(train_h, train_t, config.max_len)
-    if config.negatives == 0:
-        # One scored position per example: the full softmax costs batch x items, affordable at any corpus
-        # size (pretraining scores every position, hence its cap); sampled negatives made a weaker SFT.
-        config = replace(config, full_softmax_max_items=max(config.full_softmax_max_items, model.config.num_items))
-    if len(examples) == 0:
-        raise ValueError(f"{turns_path}: no training turn has both a known history and a known target")
-    val_set = eval_set(*encode(val_rows), config.max_len)
-    test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
-    key = _fingerprint(
-        _file_stamp(Path(turns_path)), _file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
-        sorted(datasets or []), gate_fraction,
-    )  # other turns or another gate slice: a fresh run, never a resume
-    checkpoints = Path(out_dir) / f"checkpoints-{key}"
-    before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
-    result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
-    load_best(model, checkpoints)
-    test_metrics = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
-    path = export_retriever(model.cpu(), vocab.movie_ids, Path(out_dir) / "retriever.pt", config.max_len, test_metrics)
-    return {
-        "checkpoint": path, "checkpoint_dir": checkpoints, "training_examples": len(examples),
-        "skipped_turns_without_history": sum(1 for h in train_h if not h), "validation_split": val_name,
-        "val_turns": len(val_set), "test_turns": len(test_set), "val": result.best_metrics, "test": test_metrics,
-        "test_before": before, "epochs_run": result.epochs_run, "iterations": result.iterations,
-        "full_softmax": result.full_softmax,
-    }

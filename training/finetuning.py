@@ -1,0 +1,79 @@
+"""Fine-tuning (SFT): continue a retriever on conversation turns, history = films mentioned so far,
+target = each recommended film (loss at the last position)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
+
+
+def finetune_from_turns(
+    turns_path: str | Path,
+    pretrained_checkpoint: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    log: Callable[[str], None] | None = None,
+    datasets: Sequence[str] | None = None,
+    gate_fraction: float = 0.2,
+) -> dict:
+    """Continue a retriever on conversation turns: history = films mentioned so far, target = each
+    recommended film (loss at the last position).
+
+    With ``datasets`` (the alignment datasets) the SFT retriever learns from exactly the turns the RL
+    rounds learn from: the train/validation turns of those datasets outside the promotion gate's hash
+    slice, validating on the gate slice; so "aligned vs SFT-only" compares like with like. Without,
+    it trains on the ``train`` split and validates on ``validation`` (else ``test``)."""
+    import polars as pl
+
+    from training.retriever import Retriever, export_retriever
+    from training.sequences import eval_set, last_item_examples
+    from training.turn_pools import alignment_pools
+
+    if not Path(turns_path).is_file():
+        raise FileNotFoundError(f"{turns_path} not found: materialise conversation_turns first")
+    retriever = Retriever.from_checkpoint(pretrained_checkpoint)
+    vocab, model = retriever.vocab, retriever.model
+    frame = pl.read_parquet(turns_path, columns=["dataset", "split", "dialog_id", "history_movie_ids", "target_movie_ids"])
+
+    def encode(rows: pl.DataFrame):
+        histories = [vocab.encode(h or []) for h in rows["history_movie_ids"].to_list()]
+        targets = [vocab.encode(t or []) for t in rows["target_movie_ids"].to_list()]
+        return histories, targets
+
+    if datasets:
+        train_rows, val_rows = alignment_pools(frame, datasets, gate_fraction, max_turns=frame.height, seed=config.seed)
+        val_name = f"gate slice of {'/'.join(datasets)}"
+    else:
+        train_rows = frame.filter(pl.col("split") == "train")
+        val_name = "validation" if frame.filter(pl.col("split") == "validation").height else "test"
+        val_rows = frame.filter(pl.col("split") == val_name)
+    train_h, train_t = encode(train_rows)
+    examples = last_item_examples(train_h, train_t, config.max_len)
+    if config.negatives == 0:
+        # One scored position per example: the full softmax costs batch x items, affordable at any corpus
+        # size (pretraining scores every position, hence its cap); sampled negatives made a weaker SFT.
+        config = replace(config, full_softmax_max_items=max(config.full_softmax_max_items, model.config.num_items))
+    if len(examples) == 0:
+        raise ValueError(f"{turns_path}: no training turn has both a known history and a known target")
+    val_set = eval_set(*encode(val_rows), config.max_len)
+    test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
+    key = run_key(
+        file_stamp(Path(turns_path)), file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
+        sorted(datasets or []), gate_fraction,
+    )  # other turns or another gate slice: a fresh run, never a resume
+    checkpoints = Path(out_dir) / f"checkpoints-{key}"
+    before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
+    result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
+    load_best(model, checkpoints)
+    test_metrics = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
+    path = export_retriever(model.cpu(), vocab.movie_ids, Path(out_dir) / "retriever.pt", config.max_len, test_metrics)
+    return {
+        "checkpoint": path, "checkpoint_dir": checkpoints, "training_examples": len(examples),
+        "skipped_turns_without_history": sum(1 for h in train_h if not h), "validation_split": val_name,
+        "val_turns": len(val_set), "test_turns": len(test_set), "val": result.best_metrics, "test": test_metrics,
+        "test_before": before, "epochs_run": result.epochs_run, "iterations": result.iterations,
+        "full_softmax": result.full_softmax,
+    }
