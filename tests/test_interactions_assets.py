@@ -24,7 +24,7 @@ def _dialog(conversation_id: str) -> dict:
     return {"conversationId": conversation_id, "initiatorWorkerId": 1, "respondentWorkerId": 2,
             "movieMentions": {"1": "Super Troopers (2001)", "2": "Police Academy  (1984)"},
             "respondentQuestions": {"2": {"suggested": 1, "seen": 0, "liked": 1}}, "initiatorQuestions": {},
-            "messages": [{"text": "like @1", "senderWorkerId": 1, "messageId": 1},
+            "messages": [{"text": f"like @1, dialogue {conversation_id}", "senderWorkerId": 1, "messageId": 1},
                          {"text": "try @2", "senderWorkerId": 2, "messageId": 2}]}
 
 
@@ -109,12 +109,44 @@ def test_full_profile_reads_ml_32m_when_the_mirror_has_it(small_mirror):
     assert sequences.filter(pl.col("dataset") == "ml-32m").height == 6
 
 
-def test_checks_fail_on_overlapping_splits_and_low_link_rates(small_mirror):
-    (small_mirror / "redial/kgsf_valid_data.jsonl").write_text(json.dumps(_dialog("1")) + "\n")
+def test_duplicates_between_sources_are_removed_and_counted(small_mirror):
+    """A validation file that repeats a test dialogue (same id, or the same text under another id), and a
+    CFCRS-format train copy of the validation dialogue: each dialogue is kept once, in its held-out split."""
+    renamed = _dialog("1") | {"conversationId": "99"}
+    (small_mirror / "redial/kgsf_valid_data.jsonl").write_text(
+        "\n".join(json.dumps(d) for d in (_dialog("1"), renamed, _dialog("3"))) + "\n")
+    cfcrs = _dialog("3") | {"messages": [{"senderWorkerId": 1, "text": "like @1, dialogue 3", "turn_id": 0,
+                                          "entity": [], "item": ["Super Troopers (2001)"]},
+                                         {"senderWorkerId": 2, "text": "try @2", "turn_id": 1, "entity": [],
+                                          "item": ["Police Academy (1984)"]}]}
+    (small_mirror / "redial/cfcrs_train_sample1000.jsonl").write_text(
+        json.dumps(cfcrs) + "\n" + json.dumps(_dialog("4")) + "\n")
+    result = dg.materialize(ASSETS)
+    assert result.success and _checks(result)["splits_disjoint"] is True
+    turns = pl.read_parquet(get_settings().table_path("conversation_turns")).filter(pl.col("dataset") == "redial")
+    assert sorted(turns.select("split", "dialog_id").iter_rows()) == [
+        ("test", "1"), ("test", "2"), ("train", "4"), ("validation", "3")]
+    meta = result.asset_materializations_for_node("conversation_turns")[0].metadata
+    assert meta["duplicates_removed/redial/kgsf_valid_data.jsonl"].value == 2.0
+    assert meta["duplicates_removed/redial/cfcrs_train_sample1000.jsonl"].value == 1.0
+    assert meta["dialogs_with_targets/redial/cfcrs_train_sample1000.jsonl"].value == 2.0
+    assert meta["dialogs_redial_train"].value == 1.0 and meta["turns_redial_test"].value == 2.0
+
+
+def test_splits_disjoint_check_fails_on_a_dialogue_in_two_splits(small_mirror):
+    assert dg.materialize(ASSETS).success
+    path = get_settings().table_path("conversation_turns")
+    turns = pl.read_parquet(path)
+    pl.concat([turns, turns.head(1).with_columns(split=pl.lit("train"))]).write_parquet(path)
+    result = interactions.splits_disjoint()
+    assert result.passed is False and result.metadata["dialogs_in_several_splits"].value == 1
+
+
+def test_checks_fail_on_low_link_rates(small_mirror):
     _write_corpus([f for f in FILMS if f[1] != "Super Troopers"])  # half the ReDial mentions unlinked
     result = dg.materialize(ASSETS, raise_on_error=False)
     checks = _checks(result)
-    assert checks["splits_disjoint"] is False and checks["conversation_turns_link_rate"] is False
+    assert checks["conversation_turns_link_rate"] is False and checks["splits_disjoint"] is True
     assert checks["targets_in_corpus"] is True
     unresolved = pl.read_parquet(get_settings().table_path("unresolved_mentions"))
     assert unresolved.filter(pl.col("dataset") == "redial_test")["mention"].to_list() == ["Super Troopers (2001)"]

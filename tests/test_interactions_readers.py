@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits
+from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits, unicrs
 from corpus_build.interactions.synthetic_conversations import synthesise
-from corpus_build.interactions.turns import turns_frame
+from corpus_build.interactions.turns import JsonlFormatError, turns_frame
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, USER_SEQUENCES_SCHEMA
 
@@ -111,6 +111,104 @@ def test_redial_bad_lines_are_quarantined_and_good_ones_kept(tmp_path, linker):
         (1, "JSONDecodeError"), (2, "ValueError"), (5, "ValueError"), (8, "ValueError")]
     assert all(q["file"] == str(path) for q in quarantine)
     assert "unknown worker 77" in quarantine[2]["reason"]
+
+
+def _cfcrs(dialog: dict) -> dict:
+    """The same dialogue in the CFCRS/UniCRS preprocessed ReDial shape: one entry per merged turn."""
+    turns = []
+    for message in dialog["messages"]:
+        if turns and turns[-1]["senderWorkerId"] == message["senderWorkerId"]:
+            turns[-1]["text"] += " " + message["text"]
+            continue
+        turns.append({"senderWorkerId": message["senderWorkerId"], "text": message["text"], "turn_id": len(turns),
+                      "entity": [], "item": [], "thread": [], "masked_text": "", "word": []})
+    return dialog | {"messages": turns}
+
+
+def test_redial_cfcrs_shape_gives_the_same_turns(tmp_path, linker):
+    raw = _redial_dialog()
+    raw["messages"][1]["text"] = "You should watch &quot;@151656&quot;"  # published files keep HTML entities
+    raw_rows, _ = redial.read_redial(_write_jsonl(tmp_path / "raw.jsonl", [raw]), "train", linker, LinkLog())
+    merged = _cfcrs(raw)
+    merged["messages"][1]["text"] = 'You should watch "@151656"'  # the CFCRS copy decoded them
+    cfcrs_rows, quarantine = redial.read_redial(_write_jsonl(tmp_path / "cfcrs.jsonl", [merged]), "train", linker,
+                                                LinkLog())
+    assert quarantine == [] and len(cfcrs_rows) == 3
+    assert cfcrs_rows == raw_rows  # same turns, same context text, same fingerprint
+    assert raw_rows[1]["context"][1]["text"] == 'You should watch "Police Academy (1984)"'
+
+
+def test_a_jsonl_file_of_another_format_is_a_clear_error(tmp_path, linker):
+    unicrs_file = _write_jsonl(tmp_path / "train_data_dbpedia.jsonl", [[{"role": "SEEKER", "text": "hi", "movie": []}]])
+    with pytest.raises(JsonlFormatError, match="train_data_dbpedia.jsonl.*UniCRS format"):
+        redial.read_redial(unicrs_file, "train", linker, LinkLog())
+    redial_file = _write_jsonl(tmp_path / "train_data.jsonl", [_redial_dialog()])
+    with pytest.raises(JsonlFormatError, match="train_data.jsonl.*ReDial format"):
+        unicrs.read_unicrs(redial_file, "train", linker, LinkLog())
+
+
+# --- UniCRS (INSPIRED train) -----------------------------------------------------------------------
+
+def _unicrs_turn(role: str, text: str, movies=()) -> dict:
+    return {"text": text, "role": role, "movie": list(movies), "entity_link": [], "entity_name": [],
+            "movie_link": [f"<http://dbpedia.org/resource/{m}>" for m in movies], "movie_name": list(movies)}
+
+
+UNICRS_DIALOG = [
+    _unicrs_turn("RECOMMENDER", "Hi There! What types of movies do you like to watch?"),
+    _unicrs_turn("SEEKER", "I liked The Matrix.", ["The Matrix (1999)"]),
+    _unicrs_turn("RECOMMENDER", "Then try Heat, or Toy Story with the kids.", ["Heat (1995)", "Toy Story (1995)"]),
+    _unicrs_turn("SEEKER", "Seen Heat. Anything else?"),
+    _unicrs_turn("RECOMMENDER", "Jumanji! And a film nobody knows.", ["Jumanji (1995)", "Zzz Unknown (1950)"]),
+]
+
+
+def test_unicrs_turns_targets_and_stable_ids(tmp_path, linker):
+    other = [_unicrs_turn("SEEKER", "Something like Heat?", ["Heat (1995)"]),
+             _unicrs_turn("RECOMMENDER", "The Matrix", ["The Matrix (1999)"])]
+    path = _write_jsonl(tmp_path / "train_unicrs.jsonl", [UNICRS_DIALOG, other])
+    log = LinkLog()
+    rows, quarantine = unicrs.read_unicrs(path, "train", linker, log, dataset="inspired_train")
+    assert quarantine == []
+    frame = _frame(rows)
+    assert frame["turn_index"].to_list() == [2, 4, 1]
+    first, second, third = frame.to_dicts()
+    assert first["target_movie_ids"] == ["tt0113277", "tt0114709"] and first["history_movie_ids"] == ["tt0133093"]
+    assert first["context"][1] == {"role": "seeker", "text": "I liked The Matrix."}
+    assert second["target_movie_ids"] == ["tt0113497"]
+    assert second["history_movie_ids"] == ["tt0133093", "tt0113277", "tt0114709"]
+    assert first["dialog_id"] == second["dialog_id"] != third["dialog_id"]
+    assert first["dialog_id"].startswith(unicrs.ID_PREFIX)
+    assert log.link_rate("inspired_train") == 6 / 7
+    reordered = _write_jsonl(tmp_path / "copy.jsonl", [other, UNICRS_DIALOG])  # another copy, another order
+    again, _ = unicrs.read_unicrs(reordered, "train", linker, LinkLog())
+    assert {r["dialog_id"] for r in again} == {r["dialog_id"] for r in rows}
+
+
+def test_unicrs_bad_lines_are_quarantined(tmp_path, linker):
+    records = [UNICRS_DIALOG, "[]", json.dumps([{"role": "BOT", "text": "hi", "movie": []}]),
+               json.dumps([{"role": "SEEKER", "text": "x", "movie": "Heat (1995)"}]), "{broken", "[1]"]
+    path = _write_jsonl(tmp_path / "train.jsonl", records)
+    rows, quarantine = unicrs.read_unicrs(path, "train", linker, LinkLog())
+    assert len(rows) == 2
+    assert [q["line"] for q in quarantine] == [2, 3, 4, 5, 6]
+    assert "role 'BOT'" in quarantine[1]["reason"] and "not a list" in quarantine[2]["reason"]
+
+
+def test_deduplicate_keeps_each_dialogue_once_in_priority_order(tmp_path, linker):
+    path = _write_jsonl(tmp_path / "d.jsonl", [_redial_dialog(conversationId=c) for c in ("1", "2")])
+    same_text = redial.read_redial(path, "validation", linker, LinkLog())[0]  # two ids, one text
+    other = _redial_dialog(conversationId="3", messages=_redial_dialog()["messages"][:2])
+    test_rows = redial.read_redial(_write_jsonl(tmp_path / "t.jsonl", [other]), "test", linker, LinkLog())[0]
+    train_path = _write_jsonl(tmp_path / "tr.jsonl", [_redial_dialog(conversationId=c, messages=other["messages"])
+                                                      for c in ("3", "4")] + [_cfcrs(_redial_dialog(conversationId="5"))])
+    train_rows = redial.read_redial(train_path, "train", linker, LinkLog())[0]
+    kept, removed = splits.deduplicate([("test", test_rows), ("validation", same_text), ("train", train_rows)])
+    assert removed == {"test": 0, "validation": 1, "train": 3}  # "2": text of "1"; "3": id; "4", "5": text
+    assert sorted({(r["split"], r["dialog_id"]) for r in kept}) == [("test", "3"), ("validation", "1")]
+    repeated = same_text[:3] + same_text[:3]  # one dialogue written twice in a file
+    kept, removed = splits.deduplicate([("file", repeated)])
+    assert removed == {"file": 1} and kept == same_text[:3]
 
 
 # --- INSPIRED --------------------------------------------------------------------------------------
@@ -283,6 +381,25 @@ def test_movielens_bad_csv_names_the_file(tmp_path, linker):
         ml.read_ml_latest_small(*paths)
 
 
+def test_ratings_head_drops_its_cut_off_last_user_and_reads_a_stripped_movies_csv(tmp_path, linker):
+    ratings = [(u, m, 100 * m + u) for u in (1, 2, 3, 4, 5, 6) for m in (1, 2, 3, 4, 5, 6, 7)]
+    ratings_csv, _, links_csv = _ml_latest(tmp_path, ratings + [(7, 1, 1), (7, 2, 2), (7, 3, 3), (7, 4, 4), (7, 5, 5)])
+    movies_csv = tmp_path / "stripped_movies.csv"  # the ml-25m-metadata copy: quoting stripped, ", The" -> ";The"
+    movies_csv.write_text("movieId,title,genres\n1,Toy Story (1995),Animation\n2,Jumanji (1995),Adventure\n"
+                          "3,Grumpier Old Men (1995),Comedy\n4,Waiting to Exhale (1995),Drama\n"
+                          "5,Father of the Bride Part II (1995),Comedy\n6,Heat (1995),Action\n"
+                          "7,Matrix;The (1999),Action|Sci-Fi\n")
+    links_csv.write_text("movieId,imdbId,tmdbId\n1,0114709,862\n")
+    r, f = ml.read_ml_latest_small(ratings_csv, movies_csv, links_csv, drop_last_user=True)
+    assert sorted(r["user_id"].unique().to_list()) == ["1", "2", "3", "4", "5", "6"]
+    assert f.filter(pl.col("item") == "7")["title"].to_list() == ["The Matrix (1999)"]
+    log = LinkLog()
+    seqs = ml.leave_one_out(r, ml.link_films(f, linker, log, "ml-25m-head"), "ml-25m-head")
+    assert log.link_rate("ml-25m-head") == 1.0 and seqs.height == 6
+    assert seqs["test_movie_id"].unique().to_list() == ["tt0133093"]
+    assert ml.read_ml_latest_small(ratings_csv, movies_csv, links_csv)[0]["user_id"].n_unique() == 7
+
+
 def test_ml_100k_latin1_titles_link_by_title(tmp_path, linker):
     (tmp_path / "u.data").write_text("".join(f"{u}\t{m}\t3\t{m}\n" for u in range(1, 6) for m in range(1, 6)))
     (tmp_path / "u.item").write_bytes("1|Toy Story (1995)|01-Jan-1995||url|0\n2|Jumanji (1995)|x||u|0\n"
@@ -346,10 +463,6 @@ def test_splits():
     counts = pl.Series([splits.hash_split(str(i)) for i in range(5000)]).value_counts()
     share = dict(counts.iter_rows())
     assert 0.07 < share["test"] / 5000 < 0.13 and 0.07 < share["validation"] / 5000 < 0.13
-    rows = [{"dialog_id": "1", "split": "train"}, {"dialog_id": "1", "split": "validation"},
-            {"dialog_id": "2", "split": "train"}]
-    kept, removed = splits.drop_overlap(rows, keep="validation", drop_from="train")
-    assert removed == 1 and kept == rows[1:]
     turns = pl.DataFrame({"dataset": ["redial"] * 3, "dialog_id": ["1", "1", "2"],
                           "split": ["train", "test", "test"]})
     assert splits.overlapping_dialogs(turns)["dialog_id"].to_list() == ["1"]

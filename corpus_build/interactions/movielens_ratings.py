@@ -11,6 +11,7 @@ kept exactly: :func:`read_ml_1m_leave_one_out`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +19,8 @@ import polars as pl
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.movie_text import normalise_imdb_id
 from corpus_build.schema import USER_SEQUENCES_SCHEMA
+
+log = logging.getLogger(__name__)
 
 RATINGS_SCHEMA = {"user_id": pl.String, "item": pl.String, "timestamp": pl.Int64}
 FILMS_SCHEMA = {"item": pl.String, "title": pl.String, "imdb_id": pl.String}
@@ -32,21 +35,43 @@ def _read_csv(path: Path, **kwargs) -> pl.DataFrame:
         raise ValueError(f"{path}: cannot read as MovieLens CSV: {error}") from error
 
 
-def read_ml_latest_small(ratings_csv: Path, movies_csv: Path, links_csv: Path | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """ml-latest-small / ml-latest: ratings.csv, movies.csv (quoted CSV), links.csv (imdbId)."""
+def read_ml_latest_small(ratings_csv: Path, movies_csv: Path, links_csv: Path | None,
+                         drop_last_user: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A MovieLens CSV release (ml-latest-small, ml-latest, ml-25m, ml-32m): ratings.csv, movies.csv,
+    links.csv (imdbId).
+
+    ``drop_last_user``: the file is the head of a larger ratings file (sorted by user, as GroupLens
+    ships them), so its last user's history may be cut off; that user is left out.
+    """
+    ratings = read_ratings_csv(Path(ratings_csv), drop_last_user)
+    return ratings, read_movies_csv(Path(movies_csv), Path(links_csv) if links_csv is not None else None)
+
+
+def read_ratings_csv(ratings_csv: Path, drop_last_user: bool = False) -> pl.DataFrame:
+    """ratings.csv (userId,movieId,rating,timestamp) as RATINGS_SCHEMA rows, in file order."""
     ratings = _read_csv(Path(ratings_csv), schema_overrides={"userId": pl.String, "movieId": pl.String,
                                                               "timestamp": pl.Int64})
     _require(ratings, ("userId", "movieId", "timestamp"), ratings_csv)
-    movies = _read_csv(Path(movies_csv), schema_overrides={"movieId": pl.String})
-    _require(movies, ("movieId", "title"), movies_csv)
-    films = movies.select(item="movieId", title="title")
-    if links_csv is not None:
-        links = _read_csv(Path(links_csv), schema_overrides={"movieId": pl.String, "imdbId": pl.String})
-        _require(links, ("movieId", "imdbId"), links_csv)
-        films = films.join(links.select(item="movieId", imdb_id="imdbId"), on="item", how="left")
-    else:
-        films = films.with_columns(imdb_id=pl.lit(None, pl.String))
-    return ratings.select(user_id="userId", item="movieId", timestamp="timestamp"), films.select(FILMS_SCHEMA.keys())
+    ratings = ratings.select(user_id="userId", item="movieId", timestamp="timestamp")
+    if drop_last_user and ratings.height:
+        ratings = ratings.filter(pl.col("user_id") != ratings["user_id"][-1])
+    return ratings
+
+
+def read_movies_csv(movies_csv: Path, links_csv: Path | None = None) -> pl.DataFrame:
+    """movies.csv (+ links.csv) as FILMS_SCHEMA rows, parsed by the corpus reader of the same files
+    (:func:`corpus_build.sources.movielens.read_movielens_csv`: quoted titles, and copies whose quoting
+    was stripped). A line it cannot read is left out with a warning: its ratings do not link."""
+    from corpus_build.sources.movielens import LINKS_CSV, MOVIES_CSV, read_movielens_csv
+
+    files = {MOVIES_CSV: Path(movies_csv)} | ({LINKS_CSV: Path(links_csv)} if links_csv is not None else {})
+    result = read_movielens_csv(files, source="interactions")
+    if result.quarantine.height:
+        first = result.quarantine.row(0, named=True)
+        log.warning("%s: %d lines unreadable, left out (first: line %s, %s)", movies_csv, result.quarantine.height,
+                    first["line"], first["reason"])
+    title = pl.when(pl.col("year").is_not_null()).then(pl.format("{} ({})", "title", "year")).otherwise("title")
+    return result.rows.select(item="source_key", title=title, imdb_id="imdb_id").cast(FILMS_SCHEMA)
 
 
 def read_ml_100k(u_data: Path, u_item: Path) -> tuple[pl.DataFrame, pl.DataFrame]:

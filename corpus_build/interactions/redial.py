@@ -5,6 +5,16 @@ Each dialogue has ``movieMentions`` ({"111776": "Super Troopers (2001)"}), ``mes
 ``respondentWorkerId`` = recommender) and both workers' questionnaires
 (``respondentQuestions`` / ``initiatorQuestions``: per mentioned film ``suggested``, ``seen``, ``liked``).
 
+Two shapes of ``messages`` are read the same way:
+
+- the published files (``train_data.jsonl``, ``test_data.jsonl``, KGSF's ``valid_data.jsonl``): one
+  entry per chat message, ``{"timeOffset", "text", "senderWorkerId", "messageId"}``;
+- CFCRS / UniCRS preprocessed copies (``data/redial/*_data.jsonl`` of wxl1999/CFCRS): one entry per
+  turn, consecutive messages of a speaker already joined, ``{"senderWorkerId", "text", "turn_id",
+  "entity", "item", "thread", "masked_text", "word"}``. Only ``senderWorkerId`` and ``text`` are used
+  (``item`` is derived from the same ``@id`` placeholders and ``movieMentions``), so both shapes give
+  the same turns. HTML entities of the crowd-sourced text (``&quot;``) are decoded.
+
 Recommendation rule (default ``rule="mentioned"``): every film the recommender mentions in a turn is
 a target of that turn. That is the reading of the zero-shot CRS evaluation (He et al., CIKM 2023),
 whose published figures are the bar in ../shared/ANCHORS.md, so our numbers are comparable with
@@ -16,6 +26,7 @@ recommender's own answer, the seeker's when the recommender did not answer for t
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -45,6 +56,9 @@ def read_redial(
     rows: list[dict] = []
 
     def one_dialog(dialog) -> None:
+        if isinstance(dialog, list):
+            raise ValueError("a JSON list, not a ReDial dialogue object (a list of turns is the UniCRS format: "
+                             "corpus_build.interactions.unicrs.read_unicrs)")
         missing = [k for k in _REQUIRED if k not in dialog] if isinstance(dialog, dict) else ["object"]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
@@ -87,11 +101,12 @@ def _dialog(dialog: dict, split: str, linker: Linker, log: LinkLog, dataset: str
     suggested = _suggested(dialog, either=rule == "suggested_any")
     roles = {dialog["initiatorWorkerId"]: SEEKER, dialog["respondentWorkerId"]: RECOMMENDER}
     utterances = []
-    for message in dialog["messages"]:
+    for number, message in enumerate(dialog["messages"]):
         role = roles.get(message.get("senderWorkerId"))
         if role is None:
-            raise ValueError(f"message {message.get('messageId')} from unknown worker {message.get('senderWorkerId')}")
-        text = str(message.get("text") or "")
+            name = message.get("messageId", message.get("turn_id", number))
+            raise ValueError(f"message {name} from unknown worker {message.get('senderWorkerId')}")
+        text = html.unescape(str(message.get("text") or ""))
         ids = [m for m in _PLACEHOLDER.findall(text) if m in mentions]
         linked = [mentions[m][0] for m in ids if mentions[m][0]]
         targets = []

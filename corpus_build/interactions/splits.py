@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 
 import polars as pl
 
@@ -24,12 +25,43 @@ def carve(rows: list[dict], split_from: str, split_to: str, fraction: float, see
     return rows
 
 
-def drop_overlap(rows: list[dict], keep: str, drop_from: str) -> tuple[list[dict], int]:
-    """Remove from ``drop_from`` the dialogues that ``keep`` also holds (KGSF's validation is carved
-    from ReDial's train file); return the kept rows and how many rows were removed."""
-    kept_ids = {r["dialog_id"] for r in rows if r["split"] == keep}
-    out = [r for r in rows if not (r["split"] == drop_from and r["dialog_id"] in kept_ids)]
-    return out, len(rows) - len(out)
+def deduplicate(sources: Sequence[tuple[str, list[dict]]]) -> tuple[list[dict], dict[str, int]]:
+    """The rows of several sources of one dataset, each dialogue once.
+
+    ``sources`` are (name, rows) in priority order: evaluation splits first, so a dialogue that a test
+    or validation file holds never reaches training, then the fullest copy of a split. A dialogue that
+    an earlier source (or an earlier line of the same source) holds is dropped: the same ``dialog_id``,
+    or the same text (``dialog_fingerprint``, set by :func:`~corpus_build.interactions.turns.dialog_rows`)
+    under another id or format. Returns the kept rows and, per source, how many dialogues were dropped.
+    """
+    seen_ids: set[str] = set()
+    seen_texts: set[str] = set()
+    kept: list[dict] = []
+    removed: dict[str, int] = {}
+    for name, rows in sources:
+        removed[name] = 0
+        for dialog in _dialogs(rows):
+            dialog_id, text = dialog[0]["dialog_id"], dialog[0].get("dialog_fingerprint")
+            if dialog_id in seen_ids or (text is not None and text in seen_texts):
+                removed[name] += 1
+                continue
+            seen_ids.add(dialog_id)
+            if text is not None:
+                seen_texts.add(text)
+            kept += dialog
+    return kept, removed
+
+
+def _dialogs(rows: list[dict]) -> Iterator[list[dict]]:
+    """Runs of rows of one dialogue as a reader wrote them (a repeated dialogue starts a new run)."""
+    run: list[dict] = []
+    for row in rows:
+        if run and (row["dialog_id"] != run[-1]["dialog_id"] or row["turn_index"] <= run[-1]["turn_index"]):
+            yield run
+            run = []
+        run.append(row)
+    if run:
+        yield run
 
 
 def overlapping_dialogs(turns: pl.DataFrame) -> pl.DataFrame:

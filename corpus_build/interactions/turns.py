@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +40,25 @@ def merge_consecutive(utterances: list[Utterance]) -> list[Utterance]:
     return merged
 
 
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def dialog_fingerprint(utterances: list[Utterance]) -> str:
+    """A hash of the dialogue's text (roles, lower-cased letters and digits only): the same dialogue
+    read from two formats or copies (whitespace, HTML entities, merged messages) gets the same one."""
+    digest = hashlib.sha1()
+    for utt in utterances:
+        digest.update(f"{utt.role[0]}:{_NOT_ALNUM.sub('', utt.text.lower())}|".encode())
+    return digest.hexdigest()[:16]
+
+
 def dialog_rows(dataset: str, split: str, dialog_id: str, utterances: list[Utterance]) -> list[dict]:
-    """One row per recommender turn with at least one target; context = the turns before it."""
+    """One row per recommender turn with at least one target; context = the turns before it.
+
+    Each row also carries ``dialog_fingerprint`` (:func:`dialog_fingerprint`; not a table column), so
+    that :func:`corpus_build.interactions.splits.deduplicate` finds a dialogue that two sources hold
+    under different ids."""
+    fingerprint = dialog_fingerprint(utterances)
     rows, history = [], []
     for index, utt in enumerate(utterances):
         targets = list(dict.fromkeys(utt.target_ids))
@@ -54,6 +73,7 @@ def dialog_rows(dataset: str, split: str, dialog_id: str, utterances: list[Utter
                 "history_movie_ids": list(history),
                 "target_movie_ids": targets,
                 "target_mentioned_before": [t in seen for t in targets],
+                "dialog_fingerprint": fingerprint,
             })
         for movie_id in utt.movie_ids + targets:
             if movie_id not in history:
@@ -73,21 +93,33 @@ def quarantine_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=QUARANTINE_SCHEMA)
 
 
+class JsonlFormatError(ValueError):
+    """A jsonl file none of whose lines is a record of the expected format."""
+
+
 def read_jsonl(
     path: str | Path, dataset: str, handle: Callable[[object], None], errors: tuple[type[Exception], ...] = (ValueError,)
 ) -> list[dict]:
     """Calls ``handle(record)`` for each non-blank line of a jsonl file, in order; returns quarantine rows.
 
     A line that is not JSON, or whose ``handle`` raises one of ``errors`` (a validation saying what is
-    wrong), is quarantined with its file, line number and reason, and reading goes on.
+    wrong), is quarantined with its file, line number and reason, and reading goes on. A file in which
+    no line is good is the wrong file or the wrong format: :class:`JsonlFormatError` names it and
+    quotes the first line's reason.
     """
-    quarantine = []
+    quarantine, good = [], 0
     with open(path, encoding="utf-8") as lines:
         for line_no, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 handle(json.loads(line))
-            except errors as error:
+                good += 1
+            except (json.JSONDecodeError, *errors) as error:
                 quarantine.append(quarantine_row(dataset, str(path), line_no, f"{type(error).__name__}: {error}", line))
+    if quarantine and not good:
+        first = quarantine[0]
+        raise JsonlFormatError(f"{path}: no line could be read as {dataset} ({len(quarantine)} bad lines); "
+                               f"line {first['line']}: {first['reason']}")
     return quarantine
+
