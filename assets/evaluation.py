@@ -46,7 +46,7 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
     sequences_path = s.table_path("user_sequences")
     sequences = pl.read_parquet(sequences_path) if sequences_path.is_file() else None
     lookup = CorpusLookup.from_parquet(s.table_path("movie_corpus"))
-    sets = evaluation_sets(turns, sequences, s.alignment_datasets, s.evaluation_max_turns, s.seed)
+    sets = evaluation_sets(turns, sequences, s.evaluation_max_turns, s.seed)
     retrievers = _retrievers(s.home)
     if not retrievers:
         raise dg.Failure("no retriever checkpoint found: materialise lrurec_pretrained first")

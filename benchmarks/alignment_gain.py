@@ -134,7 +134,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
             print(f"  embedding cache: {generator.inner.load_cache(cache_file)} texts from {cache_file}", flush=True)
         try:
             for seed in seeds:
-                all_sets = evaluation_sets(turns, None, ["redial"], eval_turns, seed)
+                all_sets = evaluation_sets(turns, None, eval_turns, seed)
                 sets = [e for e in all_sets if e.name in EVAL_SETS]
                 aligned_turns: dict[str, pl.DataFrame] = {}  # objective -> its aligned retriever's per-turn results
                 for objective in args.objectives:

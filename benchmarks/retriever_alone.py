@@ -42,7 +42,7 @@ def main() -> None:
     s = get_settings()
     turns = pl.read_parquet(s.table_path("conversation_turns"))
     item_set = set(pl.read_parquet(s.table_path("movie_corpus"), columns=["movie_id"])["movie_id"].to_list())
-    [test] = [e for e in evaluation_sets(turns, None, ["redial"], 10**9, s.seed) if e.name == DATASET]
+    [test] = [e for e in evaluation_sets(turns, None, 10**9, s.seed) if e.name == DATASET]
     targets = test.turns["target_movie_ids"].to_list()
     protocol = Protocol(exclude_mentioned=True, in_corpus_only=True)
     print(f"{test.turns.height} {DATASET} turns; 'turns' below: those with a target left under the protocol")

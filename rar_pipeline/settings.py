@@ -82,9 +82,9 @@ class Settings(BaseSettings):
         default="grpo", description="RL objective of a round (nll: no RL term, the supervised control run)."
     )
     alignment_datasets: list[str] = Field(
-        default=["redial", "reddit", "movielens_synthetic"],
-        description="Conversation datasets whose train/validation turns the rounds learn from "
-        "(INSPIRED is left out by default: it is reported as unseen).",
+        default=["redial", "inspired", "reddit", "movielens_synthetic"],
+        description="Conversation datasets whose train/validation turns SFT and the rounds learn from, never a "
+        "dataset's held-out split (test, else validation: INSPIRED dev offline stays unseen).",
     )
     alignment_gate_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of the alignment dialogues kept apart for the promotion gate."

@@ -3,8 +3,8 @@
 Systems: ``popularity`` (most frequent films of the training data), each LRURec checkpoint that exists
 (``pretrained``, ``sft``, ``aligned``) alone, and each retriever followed by the generator
 (``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``).
-Evaluation sets: each conversation dataset's ``test`` split, or its ``validation`` split when it has
-no test split and the alignment rounds do not learn from it (INSPIRED dev offline); plus MovieLens
+Evaluation sets: each conversation dataset's held-out split (:func:`training.turn_pools.held_out_split`:
+``test``, else ``validation``, as INSPIRED dev offline), which no stage learns from; plus MovieLens
 next-item prediction on ``user_sequences`` (retrievers and popularity only: there is no dialogue).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from training.evaluation import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
+from training.turn_pools import held_out_split
 
 HEADLINE = "ndcg@10"
 REPORT_METRICS = [f"{m}@{k}" for m in ("ndcg", "recall") for k in DEFAULT_KS] + ["mrr"]
@@ -31,13 +32,12 @@ class EvaluationSet:
     has_dialogue: bool
 
 
-def evaluation_sets(turns: pl.DataFrame, sequences: pl.DataFrame | None, learned_from: Sequence[str],
-                    max_turns: int, seed: int) -> list[EvaluationSet]:
+def evaluation_sets(turns: pl.DataFrame, sequences: pl.DataFrame | None, max_turns: int, seed: int
+                    ) -> list[EvaluationSet]:
     """The evaluation sets present in the tables, each a seeded sample of at most ``max_turns``."""
     out = []
     for dataset in sorted(turns["dataset"].unique().to_list()):
-        splits = set(turns.filter(pl.col("dataset") == dataset)["split"].unique().to_list())
-        split = "test" if "test" in splits else ("validation" if dataset not in learned_from and "validation" in splits else None)
+        split = held_out_split(set(turns.filter(pl.col("dataset") == dataset)["split"].unique().to_list()))
         if split is None:
             continue
         part = turns.filter((pl.col("dataset") == dataset) & (pl.col("split") == split))

@@ -1,13 +1,17 @@
 """Which conversation turns each stage uses: alignment training, the promotion gate, evaluation.
 
-Slices are decided by a stable hash of ``dialog_id``, so a dialogue never straddles two slices and
-the slices do not move between runs or library versions.
+Each dataset has one held-out split (:func:`held_out_split`: its test split, else its validation split)
+that evaluation reads and nothing learns from; the learning pool (:func:`learning_pool`) is the other
+train/validation turns. So INSPIRED, which offline has only its train and dev splits, is learned from
+its train split and evaluated on dev, whatever ``datasets`` a stage is given. Slices of the pool are
+decided by a stable hash of ``dialog_id``, so a dialogue never straddles two slices and the slices do
+not move between runs or library versions.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import polars as pl
 
@@ -23,18 +27,35 @@ def in_gate_slice(dialog_id: str, fraction: float) -> bool:
     return dialog_bucket(dialog_id) < fraction * 10_000
 
 
+def held_out_split(splits: Collection[str]) -> str | None:
+    """The split a dataset with ``splits`` is evaluated on and never learns from: ``test`` when it has
+    one, else ``validation`` (INSPIRED's dev split offline), else none."""
+    return "test" if "test" in splits else "validation" if "validation" in splits else None
+
+
+def learning_pool(turns: pl.DataFrame, datasets: Sequence[str]) -> pl.DataFrame:
+    """The train/validation turns of ``datasets`` except each dataset's held-out split; a clear error
+    when there are none."""
+    held_out = {dataset: held_out_split(splits) or "" for dataset, splits in
+                turns.group_by("dataset").agg(pl.col("split").unique()).iter_rows()}
+    pool = turns.filter(pl.col("dataset").is_in(list(datasets)) & pl.col("split").is_in(LEARNING_SPLITS)
+                        & (pl.col("split") != pl.col("dataset").replace_strict(held_out, return_dtype=pl.String)))
+    if pool.is_empty():
+        found = turns.select("dataset", "split").unique().sort("dataset", "split").rows()
+        raise ValueError(f"no {'/'.join(LEARNING_SPLITS)} turns outside the held-out split of datasets "
+                         f"{list(datasets)}; have {found}")
+    return pool
+
+
 def alignment_pools(
     turns: pl.DataFrame, datasets: Sequence[str], gate_fraction: float, max_turns: int, seed: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(training turns, gate turns) from the learning splits of ``datasets``.
+    """(training turns, gate turns) from the learning pool of ``datasets`` (:func:`learning_pool`).
 
     The gate turns are the dialogues in the hash slice; the training turns are the others, a seeded
     sample of at most ``max_turns``. Gate turns are capped at a quarter of that.
     """
-    pool = turns.filter(pl.col("dataset").is_in(list(datasets)) & pl.col("split").is_in(LEARNING_SPLITS))
-    if pool.is_empty():
-        found = turns.select("dataset", "split").unique().sort("dataset", "split").rows()
-        raise ValueError(f"no {'/'.join(LEARNING_SPLITS)} turns of datasets {list(datasets)}; have {found}")
+    pool = learning_pool(turns, datasets)
     gate_mask = pool["dialog_id"].map_elements(lambda d: in_gate_slice(d, gate_fraction), return_dtype=pl.Boolean)
     gate, train = pool.filter(gate_mask), pool.filter(~gate_mask)
     return _sample(train, max_turns, seed), _sample(gate, max(1, max_turns // 4), seed + 1)
