@@ -10,8 +10,8 @@ obtained; ``tvMovie``, ``short``, ``video``, ``tvSeries``, episodes and the rest
 
 Reading is vectorised with polars: each file is decompressed to a temporary TSV (a truncated or corrupt
 gzip is a :class:`SourceFormatError` naming the file and the line where the damage starts), the header is
-checked, every line is split on tabs, and a line with the wrong number of fields or a non-numeric value
-goes to quarantine with its file and 1-based line; every other line is kept.
+checked, every line is split on tabs, and a line that is not valid UTF-8, has the wrong number of fields
+or a non-numeric value goes to quarantine with its file and 1-based line; every other line is kept.
 """
 
 from __future__ import annotations
@@ -161,7 +161,10 @@ def _parse_lines(text_path: Path, columns: tuple[str, ...], patterns: dict[str, 
     split = pl.col("_text").str.split_exact("\t", len(columns) - 1).struct.rename_fields(list(columns))
     parsed = lines.with_columns(_fields=fields, _split=split).unnest("_split").with_columns(
         [pl.when(pl.col(c) == NULL).then(None).otherwise(pl.col(c)).alias(c) for c in columns])
-    reason = pl.when(pl.col("_fields") != len(columns)).then(
+    # the lossy decode marks each invalid UTF-8 byte with U+FFFD: such a line is quarantined, not kept garbled
+    reason = pl.when(pl.col("_text").str.contains("\ufffd", literal=True)).then(
+        pl.lit("line is not valid UTF-8")
+    ).when(pl.col("_fields") != len(columns)).then(
         pl.format("wrong number of fields: {} (expected {})", pl.col("_fields"), pl.lit(len(columns))))
     for column in required:
         reason = reason.when(pl.col(column).is_null() | (pl.col(column) == "")).then(

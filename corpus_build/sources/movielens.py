@@ -6,6 +6,10 @@ Titles look like ``"Matrix, The (1999)"`` or ``"City of Lost Children, The (CitÃ
 trailing articles are put back in front (``The City of Lost Children``, alias ``La CitÃ© des enfants
 perdus``). Genres are ``A|B``; ``(no genres listed)`` is an empty list. ``links.csv`` gives the IMDb id.
 
+Encodings: the CSV releases are UTF-8, decoded line by line; a line that is not valid UTF-8 goes to the
+quarantine with its file and line (decoding the whole file as latin-1 instead would garble every
+accented title of the file). ml-1m's ``movies.dat`` is ISO-8859-1 by specification and read as such.
+
 ``movies.csv`` is parsed line by line as *movieId, title, genres* where the id is the text before the
 first comma and the genres the text after the last comma, so both the official file (a title with a comma
 is quoted, ``"`` doubled inside) and the copy in ``../shared/data/movielens/ml-25m-metadata`` (quoting
@@ -40,7 +44,8 @@ def read_movielens_csv(files: dict[str, Path], source: str = "movielens") -> Sou
     """``movies.csv`` (+ ``links.csv`` when present) of a MovieLens release."""
     quarantine: list[dict] = []
     movies_path = Path(files[MOVIES_CSV])
-    lines = _lines(movies_path, "movieId,title,genres")
+    lines = _lines(movies_path, "movieId,title,genres", source=source, quarantine=quarantine)
+    undecodable = len(quarantine)
     matches = [_CSV_LINE.match(text) for _, text in lines]
     stripped = not any(match and match["title"].startswith('"') for match in matches)
     rows, restored = [], 0
@@ -54,15 +59,16 @@ def read_movielens_csv(files: dict[str, Path], source: str = "movielens") -> Sou
         rows.append(_row(source, match["id"], title, match["genres"], number, movies_path, quarantine, text))
     links = _read_links(Path(files[LINKS_CSV]), source, quarantine) if LINKS_CSV in files else {}
     frame = _frame([r for r in rows if r is not None], links, source, quarantine)
-    stats = {"semicolons_restored": float(restored), "quotes_stripped_copy": float(stripped)}
-    return _result(frame, quarantine, len(lines), stats)
+    stats = {"semicolons_restored": float(restored), "quotes_stripped_copy": float(stripped),
+             "undecodable_lines": float(undecodable)}
+    return _result(frame, quarantine, len(lines) + undecodable, stats)
 
 
 def read_movielens_dat(files: dict[str, Path], source: str = "movielens_1m") -> SourceResult:
     """ml-1m ``movies.dat`` (``MovieID::Title (Year)::Genres``, ISO-8859-1); it has no IMDb ids."""
     quarantine: list[dict] = []
     path = Path(files[MOVIES_DAT])
-    lines = _lines(path, header=None)
+    lines = _lines(path, header=None, encoding="latin-1")
     rows = []
     for number, text in lines:
         match = _DAT_LINE.match(text)
@@ -103,14 +109,22 @@ def _matching_open(text: str) -> int | None:
     return None
 
 
-def _lines(path: Path, header: str | None) -> list[tuple[int, str]]:
-    """(1-based line number, text) of every non-empty line after the header (which must match)."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")  # ml-1m and older releases are ISO-8859-1
-    lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)]
+def _lines(path: Path, header: str | None, encoding: str = "utf-8", source: str | None = None,
+           quarantine: list[dict] | None = None) -> list[tuple[int, str]]:
+    """(1-based line number, text) of every non-empty line after the header (which must match).
+
+    Each line is decoded on its own; one that is not valid ``encoding`` is quarantined (when a
+    ``quarantine`` list is given, else it is an error) and the other lines are unaffected.
+    """
+    lines: list[tuple[int, str]] = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            lines.append((number, raw.decode(encoding).rstrip("\r")))
+        except UnicodeDecodeError as error:
+            if quarantine is None or number == 1:
+                raise SourceFormatError(path, f"not valid {encoding.upper()}: {error.reason} at byte {error.start}", line=number) from None
+            reason = f"line is not valid {encoding.upper()}: {error.reason} at byte {error.start}"
+            quarantine.append(_bad(source, path, number, reason, raw.decode(encoding, "backslashreplace")))
     if header is not None:
         found = lines[0][1].lstrip("\ufeff") if lines else ""
         if found != header:
@@ -137,7 +151,7 @@ def _row(source, movie_id, raw_title, genres, number, path, quarantine, text) ->
 
 def _read_links(path: Path, source: str, quarantine: list[dict]) -> dict[str, str | None]:
     links: dict[str, str | None] = {}
-    for number, text in _lines(path, "movieId,imdbId,tmdbId"):
+    for number, text in _lines(path, "movieId,imdbId,tmdbId", source=source, quarantine=quarantine):
         match = _LINK_LINE.match(text)
         if not match:
             quarantine.append(_bad(source, path, number, "not movieId,imdbId,tmdbId", text))
