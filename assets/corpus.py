@@ -101,6 +101,7 @@ RAW_KEYS = [dg.AssetKey(f"raw_{name}") for name in SOURCES]
 def movie_corpus_build(context: dg.AssetExecutionContext):
     """Merge the fetched sources of the current profile into movie_corpus and its quarantine."""
     from corpus_build.merge import build_corpus, read_fetched_sources, write_corpus
+    from corpus_build.quality import films_split_since
 
     settings = get_settings()
     specs = sources_for_profile(settings.profile, settings.source_mirror)
@@ -111,9 +112,10 @@ def movie_corpus_build(context: dg.AssetExecutionContext):
         raise dg.Failure(f"no source of profile {settings.profile!r} has been fetched: {skipped}")
     merged = build_corpus(results)
     corpus_path, quarantine_path = settings.table_path("movie_corpus"), settings.table_path("movie_corpus_quarantine")
+    split = films_split_since(corpus_path, merged.corpus)  # the file still holds the previous corpus
     write_corpus(merged, corpus_path, quarantine_path)
     previous = previous_row_count(context.instance)
-    yield dg.MaterializeResult(asset_key=CORPUS, metadata=_corpus_metadata(merged, corpus_path, previous, skipped))
+    yield dg.MaterializeResult(asset_key=CORPUS, metadata=_corpus_metadata(merged, corpus_path, previous, skipped, split))
     yield dg.MaterializeResult(
         asset_key=QUARANTINE,
         metadata={
@@ -134,7 +136,7 @@ def previous_row_count(instance: dg.DagsterInstance) -> int | None:
     return int(value.value) if value is not None else None
 
 
-def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str]) -> dict:
+def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str], split) -> dict:
     metadata: dict = {
         "dagster/row_count": merged.corpus.height,
         "dagster/column_schema": _table_schema(merged.corpus),
@@ -142,6 +144,9 @@ def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str]
         "films_from_several_sources": float(merged.stats["films_from_several_sources"]),
         "rows_merged": float(merged.stats["rows_merged"]),
         "quarantined": float(merged.stats["quarantined"]),
+        "title_conflicts": float(merged.stats["title_conflicts"]),
+        "new_films_matching_previous": float(split.height) if split is not None else None,
+        "split_film_examples": dg.MetadataValue.json(_split_examples(split)) if split is not None else None,
         "previous_row_count": float(previous) if previous is not None else None,
         "source_stats": dg.MetadataValue.md(_stats_table(merged.source_stats)),
         "sources_skipped": dg.MetadataValue.json(skipped),
@@ -150,6 +155,11 @@ def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str]
         for counter, value in counts.items():
             metadata[f"{source}/{counter}"] = float(value)
     return {k: v for k, v in metadata.items() if v is not None}
+
+
+def _split_examples(split, limit: int = 10) -> list[str]:
+    return [f"{r['movie_id']} {r['title']!r} ({r['year']}) ~ {r['previous_movie_id']} {r['previous_title']!r}"
+            for r in split.head(limit).iter_rows(named=True)]
 
 
 def _stats_table(stats: dict[str, dict[str, int]]) -> str:
@@ -235,6 +245,55 @@ def row_count_not_shrinking(context: dg.AssetCheckExecutionContext) -> dg.AssetC
 def _row_count(record) -> int | None:
     value = record.asset_materialization.metadata.get("dagster/row_count") if record.asset_materialization else None
     return int(value.value) if value is not None else None
+
+
+@dg.asset_check(
+    asset=CORPUS,
+    blocking=True,
+    description="At most 0.1% of titles show mojibake ('LumiÃ¨re') or replacement characters: an upstream "
+    "file decoded with the wrong encoding.",
+)
+def titles_decoded_cleanly() -> dg.AssetCheckResult:
+    from corpus_build.quality import (
+        GARBLED_TITLES_MAX_SHARE,
+        garbled_titles,
+        garbled_titles_ok,
+    )
+
+    corpus = _load_corpus()
+    garbled = garbled_titles(corpus)
+    return dg.AssetCheckResult(
+        passed=garbled_titles_ok(garbled.height, corpus.height),
+        metadata={"garbled_titles": garbled.height, "max_share": GARBLED_TITLES_MAX_SHARE,
+                  "examples": [f"{r['movie_id']} {r['title']!r}" for r in garbled.head(10).iter_rows(named=True)]},
+    )
+
+
+@dg.asset_check(
+    asset=CORPUS,
+    blocking=True,
+    description="Few new rar: films look like films of the previous materialisation (same sources): more "
+    "means rows that used to join a film no longer do (split films).",
+)
+def no_films_split_from_previous(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from corpus_build.quality import (
+        SPLIT_FILMS_MAX,
+        SPLIT_FILMS_MAX_SHARE,
+        split_films_ok,
+    )
+
+    event = context.instance.get_latest_materialization_event(CORPUS)
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    split, films = metadata.get("new_films_matching_previous"), metadata.get("dagster/row_count")
+    if split is None or films is None:
+        return dg.AssetCheckResult(passed=True, metadata={"compared": "no previous materialisation of the same sources"})
+    examples = metadata.get("split_film_examples")
+    return dg.AssetCheckResult(
+        passed=split_films_ok(int(split.value), int(films.value)),
+        metadata={"new_films_matching_previous": int(split.value),
+                  "max": max(SPLIT_FILMS_MAX, int(SPLIT_FILMS_MAX_SHARE * films.value)),
+                  "examples": examples.value if examples is not None else []},
+    )
 
 
 @dg.asset_check(

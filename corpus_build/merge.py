@@ -12,6 +12,11 @@ Matching, in order (a film is an *entity*):
    different sequel numbers;
 4. what is left becomes a film of its own with ``movie_text.rar_movie_id``.
 
+Before matching, text is cleaned (NFC, no control or bidi-override characters) and capped
+(``schema.TITLE_MAX_CHARS`` and friends); rows of one IMDb id whose titles are unrelated ("The Matrix"
+and "Completely Different Film") keep the id's reference row (first by source precedence) and put the
+others in quarantine as title conflicts: the id, not the title, is what one of them got wrong.
+
 Fields come from the best source for each field (``FIELD_PRECEDENCE``), genres are the union of
 canonical genres, aliases are the other titles seen. Rows that cannot become a film (no title, a year
 outside 1874..next year, no year and no IMDb id) go to the quarantine with their reason. A film with an
@@ -29,8 +34,23 @@ import polars as pl
 
 from corpus_build import movie_text
 from corpus_build.atomic import write_parquet_atomic
-from corpus_build.normalise import CANONICAL_GENRES, canonical_genre, sequel_markers, title_keys
-from corpus_build.schema import CAST_LIMIT, CORPUS_SCHEMA, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
+from corpus_build.movie_text import UNSAFE_CHARACTERS
+from corpus_build.normalise import (
+    CANONICAL_GENRES,
+    canonical_genre,
+    sequel_markers,
+    title_keys,
+)
+from corpus_build.schema import (
+    CAST_LIMIT,
+    CORPUS_SCHEMA,
+    LIST_MAX_ITEMS,
+    NAME_MAX_CHARS,
+    PLOT_MAX_CHARS,
+    QUARANTINE_SCHEMA,
+    SOURCE_ROW_SCHEMA,
+    TITLE_MAX_CHARS,
+)
 from corpus_build.sources import SourceResult, SourceSpec
 
 FIRST_FILM_YEAR = 1874  # Janssen's "Passage de Vénus"
@@ -49,6 +69,14 @@ FIELD_PRECEDENCE: dict[str, tuple[str, ...]] = {
     "genres": ("imdb", "wikidata_sample", "movielens", "wikipedia"),
 }
 MATCH_KINDS = ("matched_imdb_id", "matched_title_year", "matched_fuzzy", "new_films")
+# Name lists cleaned and capped like titles, and the per-source counter of names dropped from each.
+_NAME_LISTS = {"aliases": "aliases_dropped", "directors": "director_names_dropped", "cast": "cast_names_dropped"}
+# Per-source counters of what cleaning changed (see _prepare), beside the match kinds.
+CLEANING_COUNTERS = ("rows_with_control_characters", "plots_truncated", *_NAME_LISTS.values())
+SOURCE_COUNTERS = ("rows_in", "quarantined", "title_conflicts", *CLEANING_COUNTERS, *MATCH_KINDS)
+# Rows sharing an IMDb id whose best title similarity (rapidfuzz token-set ratio of title keys, any
+# title or alias of either row) stays under this are not the same film: the id is wrong in one of them.
+TITLE_CONFLICT_SCORE = 50.0
 
 SHORT_KEY, SHORT_KEY_THRESHOLD = 10, 96.0  # title keys under 10 characters need a near-perfect score
 _EXACT, _ADJACENT, _FUZZY = 0, 1, 2
@@ -113,7 +141,7 @@ def build_corpus(
     reader_quarantine = [_as_quarantine(r.quarantine) for r in results.values()]
     merged.quarantine = pl.concat([*reader_quarantine, merged.quarantine], how="vertical")
     for name, result in results.items():
-        counts = merged.source_stats.setdefault(name, {k: 0 for k in ("rows_in", "quarantined", *MATCH_KINDS)})
+        counts = merged.source_stats.setdefault(name, dict.fromkeys(SOURCE_COUNTERS, 0))
         counts["reader_quarantined"] = result.quarantine.height
     merged.stats["quarantined"] = merged.quarantine.height
     return merged
@@ -131,12 +159,15 @@ def merge_rows(
     """One row per film from source rows in ``SOURCE_ROW_SCHEMA`` (see the module docstring)."""
     max_year = max_year or default_max_year()
     rows = _prepare(frames)
+    cleaning = rows.group_by("source").agg(pl.col(f"_n_{c}").sum().alias(c) for c in CLEANING_COUNTERS)
+    rows = rows.drop(f"_n_{c}" for c in CLEANING_COUNTERS)
     rows, rejected = _validate(rows, max_year)
+    rows, conflicts = _split_title_conflicts(rows)
     rows = _assign_entities(rows, fuzzy_threshold)
     corpus = _combine(rows)
     corpus = _finish(corpus)
-    quarantine = rejected
-    source_stats = _source_stats(rows, quarantine, frames)
+    quarantine = pl.concat([rejected, conflicts], how="vertical")
+    source_stats = _source_stats(rows, quarantine, frames, cleaning, conflicts)
     films_multi = int((corpus["sources"].list.len() > 1).sum()) if corpus.height else 0
     stats = {
         "rows_in": sum(f.height for f in frames),
@@ -144,6 +175,8 @@ def merge_rows(
         "films_from_several_sources": films_multi,
         "rows_merged": rows.height - corpus.height,
         "quarantined": quarantine.height,
+        "title_conflicts": conflicts.height,
+        **{c: int(cleaning[c].sum()) for c in CLEANING_COUNTERS},
     }
     return MergeResult(corpus=corpus, quarantine=quarantine, source_stats=source_stats, stats=stats)
 
@@ -153,7 +186,10 @@ def merge_rows(
 
 
 def _prepare(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    """Concatenate source rows, check the contract, normalise titles; add a row id and source rank."""
+    """Concatenate source rows, check the contract, clean and cap text; add a row id and source rank.
+
+    Adds ``_n_<counter>`` columns (``CLEANING_COUNTERS``) that say what cleaning changed in each row.
+    """
     parts = []
     for frame in frames:
         missing = [c for c in SOURCE_ROW_SCHEMA if c not in frame.columns]
@@ -162,11 +198,26 @@ def _prepare(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
             raise ValueError(f"source rows of {source!r} lack columns {missing} (SOURCE_ROW_SCHEMA)")
         parts.append(frame.select([pl.col(c).cast(t) for c, t in SOURCE_ROW_SCHEMA.items()]))
     rows = pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema=SOURCE_ROW_SCHEMA)
-    return rows.with_row_index("_rid").with_columns(
+    unsafe = pl.any_horizontal(
+        pl.col("title").str.contains(UNSAFE_CHARACTERS),
+        pl.col("plot").str.contains(UNSAFE_CHARACTERS),
+        *[pl.col(c).list.eval(pl.element().str.contains(UNSAFE_CHARACTERS)).list.any() for c in _NAME_LISTS],
+    ).fill_null(False)
+    rows = rows.with_row_index("_rid").with_columns(
+        unsafe.alias("_n_rows_with_control_characters"),
         _clean_text("title"),
-        pl.col("aliases").list.eval(_clean_text(pl.element())).list.drop_nulls(),
+        _clean_plot(pl.col("plot")),
+        *[pl.col(c).list.eval(_clean_text(pl.element())).list.drop_nulls() for c in _NAME_LISTS],
         _imdb_id_expr(),
         _precedence_rank("").alias("_source_rank"),
+    )
+    capped = {c: pl.col(c).list.eval(pl.element().filter(pl.element().str.len_chars() <= NAME_MAX_CHARS))
+              .list.head(LIST_MAX_ITEMS) for c in _NAME_LISTS}
+    return rows.with_columns(
+        (pl.col("plot").str.len_chars() > PLOT_MAX_CHARS).fill_null(False).alias("_n_plots_truncated"),
+        _truncate_plot(pl.col("plot")),
+        *[(pl.col(c).list.len() - capped[c].list.len()).alias(f"_n_{counter}") for c, counter in _NAME_LISTS.items()],
+        *[capped[c].alias(c) for c in _NAME_LISTS],
     ).sort("_source_rank", "source", "source_key", "_rid")
 
 
@@ -179,9 +230,23 @@ def _imdb_id_expr() -> pl.Expr:
 
 
 def _clean_text(column: str | pl.Expr) -> pl.Expr:
+    """A title or name: NFC, no control or bidi-override characters, white space collapsed; '' -> null."""
     expr = pl.col(column) if isinstance(column, str) else column
-    cleaned = expr.str.normalize("NFC").str.replace_all(r"\s+", " ").str.strip_chars()
+    cleaned = expr.str.replace_all(UNSAFE_CHARACTERS, "").str.normalize("NFC").str.replace_all(r"\s+", " ")
+    cleaned = cleaned.str.strip_chars()
     return pl.when(cleaned.str.len_chars() > 0).then(cleaned).otherwise(None)
+
+
+def _clean_plot(plot: pl.Expr) -> pl.Expr:
+    """A plot without control or bidi-override characters (its line breaks kept); blank -> null."""
+    cleaned = plot.str.replace_all(UNSAFE_CHARACTERS, "")
+    return pl.when(cleaned.str.strip_chars().str.len_chars() > 0).then(cleaned).otherwise(None).alias("plot")
+
+
+def _truncate_plot(plot: pl.Expr) -> pl.Expr:
+    """Plots over ``PLOT_MAX_CHARS`` cut at the last white space before the cap."""
+    cut = plot.str.slice(0, PLOT_MAX_CHARS).str.replace(r"\s+\S*$", "")
+    return pl.when(plot.str.len_chars() > PLOT_MAX_CHARS).then(cut).otherwise(plot).alias("plot")
 
 
 def _validate(rows: pl.DataFrame, max_year: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -190,6 +255,8 @@ def _validate(rows: pl.DataFrame, max_year: int) -> tuple[pl.DataFrame, pl.DataF
     reason = (
         pl.when(pl.col("title").is_null())
         .then(pl.lit("empty title"))
+        .when(pl.col("title").str.len_chars() > TITLE_MAX_CHARS)
+        .then(pl.lit(f"title longer than {TITLE_MAX_CHARS} characters"))
         .when(year.is_not_null() & ~year.is_between(FIRST_FILM_YEAR, max_year))
         .then(pl.format("year outside {}..{}: {}", pl.lit(FIRST_FILM_YEAR), pl.lit(max_year), year))
         .when(year.is_null() & pl.col("imdb_id").is_null())
@@ -214,6 +281,47 @@ def _quarantine_rows(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _as_quarantine(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()])
+
+
+def _split_title_conflicts(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows, quarantined title conflicts): rows whose IMDb id's reference row has an unrelated title.
+
+    The reference row of an id is its first by source precedence (the row whose title the film takes).
+    Another row of the id agrees when one of its names (title, aliases) has a token-set ratio of at
+    least ``TITLE_CONFLICT_SCORE`` with one of the reference's, on title keys; rows with no comparable
+    name (an empty key) are kept.
+    """
+    from rapidfuzz import fuzz, process
+
+    order = ["_source_rank", "source", "source_key", "_rid"]
+    ranked = rows.filter(pl.col("imdb_id").is_not_null()).with_columns(
+        pl.col("_rid").first().over("imdb_id", order_by=order).alias("_ref_rid"))
+    others = ranked.filter(pl.col("_rid") != pl.col("_ref_rid"))
+    if others.is_empty():
+        return rows, _quarantine_rows(rows.clear().with_columns(pl.lit(None, pl.String).alias("_reason")))
+    references = ranked.filter(pl.col("_rid") == pl.col("_ref_rid")).select(
+        "imdb_id", pl.col("title").alias("_ref_title"), pl.concat_list("title", "aliases").alias("_ref_name"))
+    pairs = (
+        others.select("_rid", "imdb_id", pl.concat_list("title", "aliases").alias("_name"))
+        .explode("_name")
+        .join(references.explode("_ref_name"), on="imdb_id")
+        .drop_nulls(["_name", "_ref_name"])
+    )
+    names = pl.concat([pairs["_name"], pairs["_ref_name"]]).unique()
+    keys = pl.DataFrame({"_name": names, "_key": title_keys(names)})
+    pairs = (
+        pairs.join(keys, on="_name")
+        .join(keys.rename({"_name": "_ref_name", "_key": "_ref_key"}), on="_ref_name")
+        .filter((pl.col("_key") != "") & (pl.col("_ref_key") != ""))
+    )
+    scores = process.cpdist(pairs["_key"].to_list(), pairs["_ref_key"].to_list(), scorer=fuzz.token_set_ratio)
+    best = pairs.with_columns(pl.Series("_score", scores, dtype=pl.Float64)).group_by("_rid").agg(
+        pl.col("_score").max(), pl.col("_ref_title").first())
+    conflicting = best.filter(pl.col("_score") < TITLE_CONFLICT_SCORE)
+    rejected = rows.join(conflicting, on="_rid", how="inner").with_columns(
+        pl.format("title conflicts with its IMDb id: {} is '{}'", pl.col("imdb_id"), pl.col("_ref_title"))
+        .alias("_reason"))
+    return rows.join(conflicting, on="_rid", how="anti"), _quarantine_rows(rejected)
 
 
 def _assign_entities(rows: pl.DataFrame, fuzzy_threshold: float) -> pl.DataFrame:
@@ -496,17 +604,25 @@ def _content_hashes(corpus: pl.DataFrame) -> pl.Series:
     return pl.Series("content_hash", hashes, dtype=pl.String)
 
 
-def _source_stats(rows: pl.DataFrame, quarantine: pl.DataFrame, frames: Iterable[pl.DataFrame]) -> dict[str, dict[str, int]]:
-    """Per source: rows in, quarantined, and how each kept row joined its film."""
+def _source_stats(rows: pl.DataFrame, quarantine: pl.DataFrame, frames: Iterable[pl.DataFrame],
+                  cleaning: pl.DataFrame, conflicts: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Per source: rows in, quarantined, title conflicts, what cleaning changed, how each kept row joined its film."""
     stats: dict[str, dict[str, int]] = {}
+
+    def entry(source: str) -> dict[str, int]:
+        return stats.setdefault(source, dict.fromkeys(SOURCE_COUNTERS, 0))
+
     for frame in frames:
         for source, n in frame.group_by("source").len().iter_rows():
-            entry = stats.setdefault(source, {"rows_in": 0, "quarantined": 0, **{k: 0 for k in MATCH_KINDS}})
-            entry["rows_in"] += n
+            entry(source)["rows_in"] += n
     for source, n in quarantine.group_by("source").len().iter_rows():
-        stats.setdefault(source, {"rows_in": 0, "quarantined": 0, **{k: 0 for k in MATCH_KINDS}})["quarantined"] += n
+        entry(source)["quarantined"] += n
+    for source, n in conflicts.group_by("source").len().iter_rows():
+        entry(source)["title_conflicts"] += n
+    for row in cleaning.iter_rows(named=True):
+        entry(row["source"]).update({c: int(row[c]) for c in CLEANING_COUNTERS})
     for source, match, n in rows.group_by("source", "_match").len().iter_rows():
-        stats[source][match] += n
+        entry(source)[match] += n
     return stats
 
 

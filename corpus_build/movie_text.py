@@ -11,15 +11,26 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 
+# Characters that are never part of a film's text: C0 controls other than tab, newline and carriage
+# return, DEL, the C1 controls, and the bidirectional marks, embeddings, overrides and isolates (they
+# reorder or hide what a terminal or a page shows: U+202E turns "evil\u202ecod.exe" into "evilexe.doc").
+# One character class, valid both in Python's ``re`` and in polars' regex engine.
+UNSAFE_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+_UNSAFE = re.compile(UNSAFE_CHARACTERS)
 _ARTICLE_SUFFIX = re.compile(r"^(?P<body>.+?),\s*(?P<article>the|a|an|les|le|la|l'|el|il|der|die|das|los|las)$", re.I)
 _NON_WORD = re.compile(r"[^\w\s]", re.UNICODE)
 _SPACES = re.compile(r"\s+")
 _LEADING_ARTICLE = re.compile(r"^(the|a|an)\s+", re.I)
 
 
+def strip_unsafe(text: str) -> str:
+    """``text`` without control and bidirectional-override characters (:data:`UNSAFE_CHARACTERS`)."""
+    return _UNSAFE.sub("", text)
+
+
 def nfc(text: str) -> str:
-    """Unicode NFC with collapsed white space."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """Unicode NFC with collapsed white space and no control or bidi-override characters."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFC", strip_unsafe(text))).strip()
 
 
 def restore_article(title: str) -> str:

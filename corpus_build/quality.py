@@ -12,6 +12,17 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from corpus_build.merge import FIRST_FILM_YEAR
+from corpus_build.normalise import title_keys
+
+# UTF-8 text decoded as latin-1 or cp1252 ("LumiÃ¨re", "â€™", "Â "), and U+FFFD, which a lossy decoder
+# puts where a byte was invalid. Real titles almost never hold these sequences (none of the 82.5k
+# films of the mirror corpus does), so their share measures a decoding accident upstream.
+MOJIBAKE = "[ÃÂ][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u02c6\u02dc\u2013-\u203a\u2122]|â€|\ufffd"
+GARBLED_TITLES_MAX_SHARE = 0.001
+# A refresh may add a few films without an IMDb id that look like films already there (a remake in an
+# adjacent year); more than this many means rows that used to join a film now fail to (split films).
+SPLIT_FILMS_MAX, SPLIT_FILMS_MAX_SHARE = 5, 0.0001
+SPLIT_MATCH_SCORE = 92.0  # the merge's fuzzy threshold
 
 LIST_COLUMNS = ("genres", "directors", "cast", "aliases", "sources")
 
@@ -99,6 +110,76 @@ def years_out_of_range(corpus: pl.DataFrame, max_year: int) -> pl.DataFrame:
     year = pl.col("year")
     undated_without_id = year.is_null() & ~pl.col("movie_id").str.starts_with("tt")
     return corpus.filter(undated_without_id | ~year.is_between(FIRST_FILM_YEAR, max_year))
+
+
+def garbled_titles(corpus: pl.DataFrame) -> pl.DataFrame:
+    """Films whose title (or an alias) shows mojibake or replacement characters (:data:`MOJIBAKE`)."""
+    aliases = pl.col("aliases").list.eval(pl.element().str.contains(MOJIBAKE)).list.any().fill_null(False)
+    return corpus.filter(pl.col("title").str.contains(MOJIBAKE) | aliases)
+
+
+def garbled_titles_ok(garbled: int, films: int) -> bool:
+    return garbled <= GARBLED_TITLES_MAX_SHARE * films
+
+
+def films_split_from(previous: pl.DataFrame | None, current: pl.DataFrame) -> pl.DataFrame:
+    """New ``rar:`` films of ``current`` whose title matches a film of ``previous`` (same or adjacent year).
+
+    A film the last materialisation knew under one id that now comes back as a second film: rows that
+    used to join it no longer do (a garbled title, a broken link file). Columns: movie_id, title, year,
+    previous_movie_id, previous_title. Both frames need movie_id, title, year.
+    """
+    from rapidfuzz import fuzz, process
+
+    schema = {"movie_id": pl.String, "title": pl.String, "year": pl.Int32,
+              "previous_movie_id": pl.String, "previous_title": pl.String}
+    if previous is None or previous.is_empty():
+        return pl.DataFrame(schema=schema)
+    new = current.filter(pl.col("movie_id").str.starts_with("rar:") & pl.col("year").is_not_null()).join(
+        previous.select("movie_id"), on="movie_id", how="anti")
+    if new.is_empty():
+        return pl.DataFrame(schema=schema)
+    old = previous.filter(pl.col("year").is_not_null()).select(
+        pl.col("movie_id").alias("previous_movie_id"), pl.col("title").alias("previous_title"), "year")
+    old = old.with_columns(title_keys(old["previous_title"]).alias("_old_key"))
+    new = new.select("movie_id", "title", "year").with_columns(title_keys(new["title"]).alias("_key"))
+    import numpy as np
+
+    found = []
+    by_year = {y: part for (y,), part in old.partition_by("year", as_dict=True).items()}
+    for (year,), block in new.partition_by("year", as_dict=True).items():
+        near = [by_year[y] for y in (year - 1, year, year + 1) if y in by_year]
+        if not near:
+            continue
+        choices = pl.concat(near, how="vertical")
+        scores = process.cdist(block["_key"].to_list(), choices["_old_key"].to_list(), scorer=fuzz.ratio,
+                               score_cutoff=SPLIT_MATCH_SCORE, dtype=np.uint8)
+        for qi in np.flatnonzero(scores.max(axis=1) > 0):
+            if not block["_key"][int(qi)]:
+                continue
+            hit = choices.row(int(scores[qi].argmax()), named=True)
+            found.append({**{c: block[c][int(qi)] for c in ("movie_id", "title", "year")},
+                          "previous_movie_id": hit["previous_movie_id"], "previous_title": hit["previous_title"]})
+    return pl.DataFrame(found, schema=schema)
+
+
+def films_split_since(previous_path, corpus: pl.DataFrame) -> pl.DataFrame | None:
+    """:func:`films_split_from` against the corpus file at ``previous_path`` (read before it is replaced);
+    None when there is nothing comparable: no file, or one built from another set of sources (a profile
+    switch legitimately turns IMDb films into ``rar:`` ones)."""
+    from pathlib import Path
+
+    if not Path(previous_path).is_file():
+        return None
+    previous = pl.read_parquet(previous_path, columns=["movie_id", "title", "year", "sources"])
+    sources = [set(frame["sources"].explode().drop_nulls().unique().to_list()) for frame in (previous, corpus)]
+    if sources[0] != sources[1]:
+        return None
+    return films_split_from(previous, corpus)
+
+
+def split_films_ok(split: int, films: int) -> bool:
+    return split <= max(SPLIT_FILMS_MAX, SPLIT_FILMS_MAX_SHARE * films)
 
 
 def row_count_ok(current: int, previous: int | None, min_ratio: float = 0.95) -> bool:

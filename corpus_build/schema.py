@@ -23,6 +23,15 @@ CORPUS_SCHEMA: dict[str, pl.DataType] = {
 
 CAST_LIMIT = 10
 
+# Field caps applied when source rows are merged: longer values are broken upstream rows, not data (the
+# longest real titles run to ~250 characters, Wikipedia plots to ~1,500), and would cost the fuzzy
+# matching, the vectors and every prompt dearly. A longer title quarantines its row; a longer plot is
+# cut at a word boundary; a longer name or alias is dropped. Each is counted per source.
+TITLE_MAX_CHARS = 500
+PLOT_MAX_CHARS = 10_000
+NAME_MAX_CHARS = 300  # one cast member, director or alias
+LIST_MAX_ITEMS = 50  # names per list (aliases, directors, cast) of one source row
+
 # Rows rejected anywhere in corpus building, with the reason; never silently dropped.
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String,
