@@ -12,6 +12,7 @@ CORPUS = dg.AssetKey("movie_corpus")
 VECTORS = dg.AssetKey("movie_vectors")
 PRETRAINED = dg.AssetKey("lrurec_pretrained")
 EPOCH_CAPS = {"sample": (4, 3), "full": (200, 50)}  # (pretraining, fine-tuning) when not set
+PER_DATASET_METRICS = ("NDCG@10", "Recall@10")  # per MovieLens dataset in lrurec_pretrained's metadata
 SAMPLE_MAX_MINUTES = 3.0  # per asset on the sample profile unless RAR_RETRIEVER_MAX_MINUTES is set
 
 
@@ -45,19 +46,25 @@ def _metrics(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{name}": float(value) for name, value in metrics.items()}
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, CORPUS, VECTORS])
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS])
 def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on user_sequences
-    (the ML-1M rows when present, else the profile's histories) with next-item full-ranking
-    validation and early stopping on Recall@10; items start from movie_vectors through a learned
-    projection. Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
+    """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on every MovieLens history
+    of user_sequences (RAR_RETRIEVER_PRETRAIN_DATASETS narrows them; users kept apart per dataset) with
+    next-item full-ranking validation and early stopping on Recall@10; items start from movie_vectors
+    through a learned projection. Metadata: users and interactions per dataset, test metrics per
+    dataset, and coverage/<dataset>/<split>: the share of conversation targets the histories contain.
+    Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
     from training.pretraining import pretrain_from_tables
 
     s = get_settings()
+    turns = s.table_path("conversation_turns")
+    if not turns.is_file():
+        context.log.warning(f"{turns} not found: no target coverage in the metadata")
     out = pretrain_from_tables(
         s.table_path("user_sequences"), s.table_path("movie_corpus"), s.path("retriever", "pretrained", "x").parent,
         _train_config(s.retriever_epochs or EPOCH_CAPS[s.profile][0]), hidden=s.retriever_hidden,
-        load_vectors=_vector_loader(context), log=context.log.info,
+        load_vectors=_vector_loader(context), datasets=s.retriever_pretrain_datasets,
+        turns_path=turns if turns.is_file() else None, log=context.log.info,
     )
     return dg.MaterializeResult(
         metadata={
@@ -69,6 +76,11 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
             "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
             "seconds_per_epoch": float(out["seconds_per_epoch"]),
             **_metrics("val", out["val"]), **_metrics("test", out["test"]),
+            **{f"users/{d}": float(n) for d, n in out["users_by_dataset"].items()},
+            **{f"interactions/{d}": float(n) for d, n in out["interactions_by_dataset"].items()},
+            **{f"test/{d}/{m}": float(v[m]) for d, v in out["test_by_dataset"].items() for m in PER_DATASET_METRICS
+               if m in v},
+            **{f"coverage/{name}": float(share) for name, share in (out["coverage"] or {}).items()},
         }
     )
 

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     # Retriever training (issue 5). Epoch caps default by profile: sample 4 / 3, full 200 / 50.
     retriever_epochs: int | None = Field(default=None, ge=1, description="Pretraining epochs at most.")
+    retriever_pretrain_datasets: list[str] = Field(
+        default=[], description="MovieLens datasets of user_sequences that pretraining reads (empty: every one the "
+        'profile has; \'["ml-1m"]\': the paper\'s setting).',
+    )
     retriever_sft_epochs: int | None = Field(default=None, ge=1, description="Fine-tuning epochs at most.")
     retriever_patience: int = Field(default=10, ge=1, description="Validations without a better Recall@10.")
     retriever_hidden: int = Field(default=64, ge=8, description="LRURec hidden size.")

@@ -128,3 +128,27 @@ def test_time_budget_stop_still_validates_the_trained_weights(tmp_path):
     result = fit(_model(), train, val, _config(epochs=5, max_minutes=1e-9), tmp_path, log=lambda _: None)
     assert result.stopped_early and result.iterations == 1
     assert [row["iteration"] for row in result.curve] == [0, 1]  # the initial and the final validation
+
+
+def test_target_coverage_counts_each_turn_and_target():
+    import polars as pl
+
+    from training.pretraining import target_coverage
+
+    turns = pl.DataFrame({"dataset": ["redial", "redial", "redial", "inspired"],
+                          "split": ["test", "test", "train", "validation"],
+                          "target_movie_ids": [["a", "b"], ["a"], ["c"], ["d"]]})
+    coverage = target_coverage(turns, [["a", "x"], ["c"]])
+    assert coverage == {"inspired/validation": 0.0, "redial/test": 2 / 3, "redial/train": 1.0}
+
+
+def test_pretraining_datasets_are_selected_by_name():
+    import polars as pl
+
+    from training.pretraining import select_datasets
+
+    sequences = pl.DataFrame({"dataset": ["ml-1m", "ml-100k", "ml-1m"], "user_id": ["1", "1", "2"]})
+    assert select_datasets(sequences, []).height == 3  # every dataset; user "1" twice, once per dataset
+    assert select_datasets(sequences, ["ml-1m"])["user_id"].to_list() == ["1", "2"]
+    with pytest.raises(ValueError, match=r"no rows of \['ml-32m'\].*'ml-100k', 'ml-1m'"):
+        select_datasets(sequences, ["ml-1m", "ml-32m"])

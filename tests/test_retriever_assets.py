@@ -10,7 +10,7 @@ import torch
 from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA, USER_SEQUENCES_SCHEMA
 
 torch.set_num_threads(1)
-NUM_FILMS, USERS = 60, 300
+NUM_FILMS, USERS, ML_100K_USERS = 60, 300, 100
 
 
 def _movie_id(i: int) -> str:
@@ -29,7 +29,9 @@ def _write_tables(settings, with_vectors: bool) -> None:
     for user in range(USERS):  # users walk the film cycle in steps of 1 from a random start
         start = int(rng.integers(0, NUM_FILMS))
         films = [_movie_id((start + t) % NUM_FILMS + 1) for t in range(int(rng.integers(6, 15)))]
-        rows.append({"dataset": "ml-latest-small", "user_id": str(user), "movie_ids": films,
+        # two MovieLens datasets whose user ids overlap: a user id is only unique within its dataset
+        dataset, user_id = ("ml-latest-small", user) if user < USERS - ML_100K_USERS else ("ml-100k", user - USERS + ML_100K_USERS)
+        rows.append({"dataset": dataset, "user_id": str(user_id), "movie_ids": films,
                      "train_movie_ids": films[:-2], "val_movie_id": films[-2], "test_movie_id": films[-1]})
     pl.DataFrame(rows, schema=USER_SEQUENCES_SCHEMA).write_parquet(settings.table_path("user_sequences"))
     turns = []
@@ -81,6 +83,9 @@ def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_
     sft = result.asset_materializations_for_node("lrurec_sft")[0].metadata
     assert pre["text_init"].value is text_init
     assert pre["dagster/row_count"].value == USERS
+    assert pre["users/ml-100k"].value == ML_100K_USERS and pre["users/ml-latest-small"].value == USERS - ML_100K_USERS
+    assert isinstance(pre["test/ml-100k/NDCG@10"].value, float) and pre["dataset"].value == "ml-100k,ml-latest-small"
+    assert 0 < pre["coverage/movielens_synthetic/test"].value <= 1
     assert pre["items"].value == float(NUM_FILMS)
     assert isinstance(pre["test/NDCG@10"].value, float) and isinstance(sft["val/Recall@10"].value, float)
     # SFT learns from the train/validation turns outside the gate's hash slice; every 10th turn has no history.
