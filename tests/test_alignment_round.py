@@ -115,7 +115,7 @@ def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_
     model, item_ids, turns = _setup(2)
     parent = export_retriever(model, item_ids[1:], tmp_path / "parent.pt", max_len=20)
     rows = [{
-        "dataset": "redial", "split": "validation", "dialog_id": f"d{i}", "turn_index": 1,
+        "dataset": "redial", "split": "train", "dialog_id": f"d{i}", "turn_index": 1,
         "context": [{"role": "seeker", "text": "something fun"}],
         "history_movie_ids": [item_ids[h] for h in t.history], "target_movie_ids": [item_ids[FAVOURITE]],
         "target_mentioned_before": [False],
