@@ -77,6 +77,7 @@ class AlignmentTurn:
     context: tuple  # ({"role", "text"}, ...)
     history: list[int]  # item indices of films mentioned before, in order
     targets: list[int]  # item indices of the films recommended in this turn
+    text: np.ndarray | None = None  # the conversation's vector (dialogue-aware retrievers only)
 
 
 @dataclass
@@ -96,8 +97,14 @@ class RoundResult:
 # ----------------------------------------------------------------------------------- turns
 
 
-def build_turns(turns: pl.DataFrame, item_index: Mapping[str, int]) -> list[AlignmentTurn]:
-    """Turns (CONVERSATION_TURNS_SCHEMA) as item indices; turns with no known target are dropped."""
+def build_turns(
+    turns: pl.DataFrame, item_index: Mapping[str, int],
+    context_vectors: Callable[[Sequence], np.ndarray] | None = None,
+) -> list[AlignmentTurn]:
+    """Turns (CONVERSATION_TURNS_SCHEMA) as item indices; turns with no known target are dropped.
+
+    ``context_vectors`` (contexts -> [n, dim], e.g. ``Retriever.context_vectors``) fills each turn's
+    ``text`` for a retriever that reads the conversation."""
     out = []
     for row in turns.iter_rows(named=True):
         history = [item_index[m] for m in row["history_movie_ids"] if m in item_index]
@@ -106,6 +113,9 @@ def build_turns(turns: pl.DataFrame, item_index: Mapping[str, int]) -> list[Alig
         if targets:
             key = f"{row['dataset']}/{row['dialog_id']}/{row['turn_index']}"
             out.append(AlignmentTurn(key, tuple(row["context"]), history, targets))
+    if context_vectors is not None and out:
+        for turn, vector in zip(out, context_vectors([t.context for t in out]), strict=True):
+            turn.text = vector
     return out
 
 
@@ -125,8 +135,12 @@ def turn_logits(model, turns: Sequence[AlignmentTurn], max_len: int):
 
     device = next(model.parameters()).device
     tokens = history_tokens(turns, max_len).to(device)
-    hidden = model.encode(tokens)[:, -1]
-    logits = model.logits(hidden).float()
+    text = None
+    if getattr(model, "reads_dialogue", False):
+        if any(t.text is None for t in turns):
+            raise ValueError("a dialogue-aware retriever needs each turn's text vector (build_turns context_vectors)")
+        text = torch.from_numpy(np.stack([t.text for t in turns])).to(device)
+    logits = model.logits(model.query(tokens, text)).float()
     mask = torch.zeros_like(logits, dtype=torch.bool)
     mask[:, 0] = True
     for row, turn in enumerate(turns):
@@ -435,8 +449,9 @@ def align_from_tables(
     item_ids = ["<pad>", *retriever.movie_ids]
     turns = pl.read_parquet(turns_path)
     train_frame, gate_frame = alignment_pools(turns, datasets, gate_fraction, max_turns, config.seed)
-    train_turns = build_turns(train_frame, retriever.vocab.index)
-    gate_turns = build_turns(gate_frame, retriever.vocab.index)
+    context_vectors = retriever.context_vectors if retriever.reads_dialogue else None
+    train_turns = build_turns(train_frame, retriever.vocab.index, context_vectors)
+    gate_turns = build_turns(gate_frame, retriever.vocab.index, context_vectors)
     log(f"{len(train_turns)} training turns, {len(gate_turns)} gate turns; parent {parent_round}")
     lookup = CorpusLookup.from_parquet(corpus_path)
     result = run_round(retriever.model, item_ids, train_turns, gate_turns, generator, lookup, config, round_dir, log)

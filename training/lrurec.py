@@ -326,6 +326,8 @@ class ItemTable(nn.Module):
 class LRURec(nn.Module):
     """LRURec: item embedding -> dropout -> LayerNorm -> blocks x (LRU, FFN) -> tied output layer."""
 
+    reads_dialogue = False  # the paper's retriever: the films mentioned so far, not the conversation
+
     def __init__(self, config: LRURecConfig, text_vectors: torch.Tensor | None = None):
         super().__init__()
         self.config = config
@@ -372,6 +374,15 @@ class LRURec(nn.Module):
         """Hidden states [B, L, D] for left-padded item ids [B, L]; zeros at padding positions."""
         x, packing = self.encode_packed(tokens)
         return packing.unpack(x)
+
+    def query(self, tokens: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, D] state after the last film of each left-padded row (zeros for a row with no film): the
+        retriever interface shared with the dialogue-aware retriever, which also reads ``text``."""
+        hidden = torch.zeros(tokens.shape[0], self.config.hidden, device=tokens.device)
+        rows = tokens[:, -1] > 0 if tokens.shape[1] else torch.zeros(tokens.shape[0], dtype=torch.bool)
+        if bool(rows.any()):
+            hidden = hidden.index_put((rows.nonzero().squeeze(1),), self.encode_last(tokens[rows]).float())
+        return hidden
 
     def logits(self, hidden: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of ``item_ids`` (default: the whole table, padding included) for hidden states."""

@@ -18,16 +18,6 @@ import numpy as np
 from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
 
 
-def _text_matrix(vectors, num_items: int):
-    """[N + 1, dim] float32 tensor with a zero padding row, from an [N, dim] array."""
-    import torch
-
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.shape[0] != num_items:
-        raise ValueError(f"text vectors have {vectors.shape[0]} rows for {num_items} items")
-    return torch.from_numpy(np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors]))
-
-
 def pretrain_from_tables(
     sequences_path: str | Path,
     corpus_path: str | Path,
@@ -50,7 +40,7 @@ def pretrain_from_tables(
     import torch
 
     from training.lrurec import LRURec, LRURecConfig
-    from training.retriever import export_retriever
+    from training.retriever import export_retriever, item_text_matrix
     from training.sequences import ItemVocab, eval_set, next_item_examples
 
     for path in (sequences_path, corpus_path):
@@ -73,7 +63,7 @@ def pretrain_from_tables(
     rows_of = {d: [i for i, name in enumerate(frame["dataset"].to_list()) if name == d] for d in chosen}
     test_sets = {d: eval_set([train[i] + val[i] for i in rows], [test[i] for i in rows], config.max_len)
                  for d, rows in rows_of.items()}
-    text = _text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
+    text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
     key = run_key(file_stamp(Path(sequences_path)), file_stamp(Path(corpus_path)), config.to_dict(), hidden,
                   text is not None, chosen)
     checkpoints = Path(out_dir) / f"checkpoints-{key}"

@@ -82,11 +82,14 @@ def popularity_rankings(turns: pl.DataFrame, counts: Counter, k: int) -> list[li
 
 
 def retriever_rankings(retriever, turns: pl.DataFrame, k: int, batch: int = 256) -> list[list[str]]:
+    """Each turn's top-k films (a dialogue-aware retriever also reads the turn's conversation)."""
     histories = turns["history_movie_ids"].to_list()
+    contexts = turns["context"].to_list() if getattr(retriever, "reads_dialogue", False) else None
     out = []
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]
-        out.extend([[m for m, _ in hits] for hits in retriever.retrieve_batch(chunk, k)])
+        context = None if contexts is None else contexts[start:start + batch]
+        out.extend([[m for m, _ in hits] for hits in retriever.retrieve_batch(chunk, k, contexts=context)])
     return out
 
 

@@ -78,12 +78,16 @@ def next_item_examples(sequences: Iterable[Sequence[int]], max_len: int) -> Exam
 
 
 def last_item_examples(histories: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], max_len: int) -> Examples:
-    """Fine-tuning: one example per (history, target), loss only at the last position."""
+    """Fine-tuning: one example per (history, target), loss only at the last position.
+
+    A target already in its history is left out: inference never proposes a mentioned film, so such a
+    pair would only teach the model to repeat what the user just said."""
     tokens, labels = [], []
     for history, turn_targets in zip(histories, targets, strict=True):
         if not history:
             continue
-        for target in turn_targets:
+        seen = set(history)
+        for target in dict.fromkeys(t for t in turn_targets if t not in seen):
             tokens.append(history)
             labels.append([0] * (min(len(history), max_len) - 1) + [target])
     return Examples(left_pad(tokens, max_len), left_pad(labels, max_len))

@@ -1,0 +1,117 @@
+"""The dialogue-aware retriever: what the user said, fused with the films mentioned so far.
+
+A history-only LRURec sees only the mentioned films, so a turn that names none ("something scary for
+tonight") gets the popularity list. This retriever also reads the conversation: its text (both sides'
+utterances, mentioned films rendered as "Title (Year)") is embedded with the same sentence-transformers
+model as ``movie_vectors`` and scored against every film's text vector. Films stay tied to their text:
+
+    u   = the dialogue's text vector (unit length),            t_i = film i's text vector (movie_vectors)
+    h   = LRURec state over the mentioned films (0 when none)  e_i = P t_i + r_i   (LRURec's item table)
+    score_i = s * (u + D u) . t_i   +   (h + W u) . e_i   +   b_i
+
+- text match: ``s (I + D)`` is a query adapter on the fixed text space (D starts at 0, so training starts
+  at the plain cosine); a film no training turn ever named keeps its own text vector;
+- collaborative match: the LRU state of the mentioned films (the paper's retriever) plus the dialogue
+  projected into the same space (``W``, starts at 0), against items that are a projection of their text
+  plus a residual (``r_i`` starts at 0, weight-decayed, so unseen films stay near their text);
+- ``b_i``: item bias, initialised from log popularity in the learning pool.
+
+The query is ``[s (u + D u), h + W u]`` and the item table ``[t_i, e_i]``, so ``logits(query)`` has the
+same shape as LRURec's and the RL rounds treat both retrievers alike (:meth:`query`, :meth:`logits`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from training.lrurec import LRURec, LRURecConfig
+
+# How a conversation becomes the text that is embedded: the last utterances of both sides.
+DEFAULT_MAX_UTTERANCES = 6
+ROLE_PREFIX = {"seeker": "User", "user": "User", "recommender": "Recommender", "assistant": "Recommender"}
+
+
+def conversation_text(context: Sequence[Mapping], max_utterances: int = DEFAULT_MAX_UTTERANCES, roles: bool = False) -> str:
+    """The text of a conversation so far: its last ``max_utterances`` utterances, oldest first.
+
+    Mentioned films are already rendered "Title (Year)" in ``conversation_turns`` contexts. Keeping the
+    latest utterances (not the first) matters: the encoder truncates long inputs at the end."""
+    kept = list(context)[-max_utterances:] if max_utterances else list(context)
+    parts = []
+    for turn in kept:
+        text = (turn.get("text") or "").strip()
+        if not text:
+            continue
+        role = ROLE_PREFIX.get(str(turn.get("role", "")).lower(), str(turn.get("role", "")))
+        parts.append(f"{role}: {text}" if roles and role else text)
+    return " ".join(parts) or "Any good movie?"
+
+
+@dataclass
+class DialogueRetrieverConfig:
+    num_items: int
+    text_dim: int = 384
+    hidden: int = 64  # LRURec hidden size (the collaborative part)
+    blocks: int = 2
+    dropout: float = 0.2
+    text_scale: float = 10.0  # initial s: cosine x 10 against log-popularity biases, as the dense baseline
+    history: bool = True  # False: no LRU state (text and bias only; an ablation)
+    max_utterances: int = DEFAULT_MAX_UTTERANCES
+    roles: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lrurec_config(self) -> LRURecConfig:
+        return LRURecConfig(num_items=self.num_items, hidden=self.hidden, blocks=self.blocks, dropout=self.dropout,
+                            attn_dropout=self.dropout, text_dim=self.text_dim)
+
+
+class DialogueRetriever(nn.Module):
+    reads_dialogue = True
+
+    def __init__(self, config: DialogueRetrieverConfig, text_vectors: torch.Tensor):
+        """``text_vectors``: [num_items + 1, text_dim] film text vectors, row 0 (padding) zeros."""
+        super().__init__()
+        self.config = config
+        self.lru = LRURec(config.lrurec_config(), text_vectors)
+        self.query_delta = nn.Linear(config.text_dim, config.text_dim, bias=False)  # D
+        self.text_to_history = nn.Linear(config.text_dim, config.hidden, bias=False)  # W
+        self.log_text_scale = nn.Parameter(torch.tensor(math.log(config.text_scale)))
+        with torch.no_grad():
+            self.query_delta.weight.zero_()
+            self.text_to_history.weight.zero_()
+
+    @property
+    def items(self):
+        return self.lru.items
+
+    @property
+    def bias(self) -> nn.Parameter:
+        return self.lru.bias
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.lru.items.text
+
+    def query(self, tokens: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """[B, text_dim + hidden] query for left-padded mentioned films ``tokens`` [B, L] and dialogue
+        vectors ``text`` [B, text_dim]."""
+        if text is None:
+            raise ValueError("the dialogue-aware retriever needs the dialogue's text vectors")
+        text = text.float()
+        textual = self.log_text_scale.exp() * (text + self.query_delta(text))
+        collaborative = self.text_to_history(text)
+        if self.config.history:
+            collaborative = collaborative + self.lru.query(tokens)
+        return torch.cat([textual, collaborative], dim=1)
+
+    def logits(self, query: torch.Tensor) -> torch.Tensor:
+        """[B, num_items + 1] scores (column 0 is padding)."""
+        textual, collaborative = query.split([self.config.text_dim, self.config.hidden], dim=1)
+        return textual @ self.text.t() + collaborative @ self.items.weight().t() + self.bias
