@@ -2,17 +2,60 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import click
 
-from rar_pipeline.settings import get_settings
+from corpus_build.movie_text import strip_unsafe
+from rar_pipeline.settings import describe_settings_error, get_settings
+
+SEARCH_K_MAX, RECOMMEND_K_MAX = 1000, 100
+# Statement types `rar sql` runs: queries only (DESCRIBE, SHOW and SUMMARIZE parse as SELECT).
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC}
 
 
-@click.group()
+class RarGroup(click.Group):
+    """The ``rar`` group: errors a user causes (a bad RAR_* setting, a RAR_HOME it may not read or
+    write, a full disk) end in one line, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as error:
+            raise click.ClickException(describe_settings_error(error)) from None
+        except OSError as error:
+            if error.errno not in _CANNOT_WRITE:
+                raise
+            raise click.ClickException(f"{error.strerror}: {error.filename or '?'} (check the permissions of "
+                                       "RAR_HOME: commands that write need it writable)") from None
+
+
+@click.group(cls=RarGroup)
 def main() -> None:
     """rar-pipeline: retrieval-augmented conversational recommendation on Dagster."""
+
+
+def printable(value) -> str:
+    """Text from a table, safe for a terminal: no control or bidi-override characters."""
+    return strip_unsafe(str(value))
+
+
+def require_writable(folder: Path) -> None:
+    """Stop in one line when ``folder`` cannot be written, before any work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rar-write-test-"):
+            pass
+    except OSError as error:
+        raise click.ClickException(f"RAR_HOME={folder} is not writable ({error.strerror}): "
+                                   "point RAR_HOME at a folder you can write") from None
 
 
 def ensure_dagster_home() -> str:
@@ -47,8 +90,9 @@ def materialize(job_name: str) -> None:
     from rar_pipeline.definitions import defs
     from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key
 
-    home = ensure_dagster_home()
     settings = get_settings()
+    require_writable(settings.home)
+    home = ensure_dagster_home()
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def(job_name)
     round_key = None
@@ -68,29 +112,76 @@ def materialize(job_name: str) -> None:
 
 @main.command()
 @click.argument("query")
-@click.option("--limit", default=50, show_default=True, help="Rows to print at most.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to print at most.")
 def sql(query: str, limit: int) -> None:
-    """Run a DuckDB QUERY over the pipeline's Parquet tables, each a view named after its table."""
+    """Run a read-only DuckDB QUERY over the pipeline's Parquet tables, each a view named after its table.
+
+    Only queries run (SELECT, DESCRIBE, SUMMARIZE, EXPLAIN); DuckDB may read the tables' files and
+    nothing else, so COPY, ATTACH, read_csv('/etc/passwd') and the like fail. The tables are the
+    pipeline's outputs: change them by materialising, not by hand."""
     import duckdb
 
     tables_dir = get_settings().tables_dir
+    paths = sorted(tables_dir.glob("*.parquet")) if tables_dir.is_dir() else []
     con = duckdb.connect()
-    names = sorted(p.stem for p in tables_dir.glob("*.parquet")) if tables_dir.is_dir() else []
-    for name in names:
-        con.execute(f"create view \"{name}\" as select * from read_parquet('{tables_dir / name}.parquet')")
+    for path in paths:
+        con.execute(f"create view \"{path.stem}\" as select * from read_parquet({_sql_text(path)})")
+    _lock_to_files(con, paths)
+    known = ", ".join(p.stem for p in paths) or f"none yet under {tables_dir}"
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as error:
+        raise click.ClickException(f"{_first_line(error)} (known tables: {known})") from None
+    if not statements:
+        raise click.ClickException('nothing to run: give a query, e.g. rar sql "select count(*) from movie_corpus"')
+    refused = [s.type.name for s in statements if s.type.name not in READ_ONLY_STATEMENTS]
+    if refused:
+        raise click.ClickException(f"rar sql is read-only: {refused[0]} statements are not run "
+                                   "(SELECT, DESCRIBE, SUMMARIZE and EXPLAIN are)")
     try:
         relation = con.sql(query)
+    except duckdb.PermissionException as error:
+        raise click.ClickException(f"rar sql reads only the pipeline's tables: {_first_line(error)}") from None
     except duckdb.Error as error:
-        known = ", ".join(names) or f"none yet under {tables_dir}"
-        raise click.ClickException(f"{error}\nknown tables: {known}") from error
-    if relation is None:
-        return
-    relation.limit(limit).show(max_width=200)
+        raise click.ClickException(f"{_first_line(error)} (known tables: {known})") from None
+    if relation is not None:
+        relation.limit(limit).show(max_width=200)
+
+
+def _sql_text(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _lock_to_files(con, paths: list[Path]) -> None:
+    """Let DuckDB open these files only, install or load nothing, and never change that again."""
+    con.execute(f"set allowed_paths = [{', '.join(_sql_text(p) for p in paths)}]")
+    for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions"):
+        con.execute(f"set {setting} = false")
+    con.execute("set lock_configuration = true")
+
+
+def _first_line(error: Exception) -> str:
+    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def vectors_coverage_note(store, corpus_path: Path) -> str | None:
+    """A warning when movie_vectors does not hold one vector per film of movie_corpus (a build that was
+    interrupted or is still running); None when the counts agree or there is no corpus to compare."""
+    if not corpus_path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    films, vectors = pq.ParquetFile(corpus_path).metadata.num_rows, store.count()
+    if vectors == films:
+        return None
+    return (f"movie_vectors holds {vectors:,} vectors for the {films:,} films of movie_corpus (a build was "
+            "interrupted or is running): results may miss films until `rar materialize --job corpus_refresh` "
+            "completes")
 
 
 @main.command()
 @click.argument("text")
-@click.option("--k", default=10, show_default=True, help="How many films to return.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, SEARCH_K_MAX), help="How many films to return.")
 @click.option("--year-min", type=int, default=None, help="Only films from this year on.")
 @click.option("--year-max", type=int, default=None, help="Only films up to this year.")
 @click.option("--exclude", multiple=True, help="A movie_id to leave out (repeatable).")
@@ -99,17 +190,22 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
     from corpus_build.embed import ModelUnavailableError
     from corpus_build.vector_store import VectorStore
 
+    if not text.strip():
+        raise click.ClickException('nothing to search for: give a description, e.g. rar search "space opera with a twist"')
     settings = get_settings()
     store = VectorStore.from_settings(settings)
     if not store.exists():
         raise click.ClickException(f"no movie_vectors table at {settings.vector_db_uri}: run `rar materialize` first")
+    if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
+        click.echo(f"warning: {note}", err=True)
     try:
         hits = store.search(text, k=k, year_min=year_min, year_max=year_max, exclude_ids=exclude)
     except ModelUnavailableError as error:
         raise click.ClickException(str(error)) from error
     for rank, hit in enumerate(hits, 1):
-        genres = ", ".join(hit["genres"] or [])
-        click.echo(f"{rank:>3}. {hit['score']:.3f}  {hit['movie_id']:<14} {hit['title']} ({hit['year'] or '?'})  {genres}")
+        genres = printable(", ".join(hit["genres"] or []))
+        click.echo(f"{rank:>3}. {hit['score']:.3f}  {printable(hit['movie_id']):<14} {printable(hit['title'])} "
+                   f"({hit['year'] or '?'})  {genres}")
     if not hits:
         click.echo("no film matches the filters")
 
@@ -128,6 +224,8 @@ def _recommend_retriever(settings):
     store = VectorStore.from_settings(settings)
     if not store.exists():
         return None, f"neither a trained retriever nor a movie_vectors table at {settings.vector_db_uri}"
+    if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
+        click.echo(f"warning: {note}", err=True)
     embedder = Embedder.from_settings(settings)
 
     def retrieve(history, text, k):
@@ -139,7 +237,8 @@ def _recommend_retriever(settings):
 
 @main.command()
 @click.argument("text")
-@click.option("--k", default=10, show_default=True, help="How many films to recommend.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, RECOMMEND_K_MAX),
+              help="How many films to recommend.")
 @click.option("--backend", type=click.Choice(["embedding", "llama_cpp", "openai"]), default=None,
               help="Generator backend (default: RAR_GENERATOR_BACKEND).")
 def recommend(text: str, k: int, backend: str | None) -> None:
@@ -152,6 +251,8 @@ def recommend(text: str, k: int, backend: str | None) -> None:
     from rar_pipeline.resources import GENERATOR_API_KEY_ENV, GeneratorResource
     from training.recommend import recommend as run_recommend
 
+    if not text.strip():
+        raise click.ClickException('nothing was asked: give a message, e.g. rar recommend "I loved Alien, what next?"')
     settings = get_settings()
     corpus_path = settings.table_path("movie_corpus")
     if not corpus_path.exists():
@@ -168,11 +269,12 @@ def recommend(text: str, k: int, backend: str | None) -> None:
         rows, mentioned = run_recommend(text, k, corpus_path, retrieve, generator)
         stats = generator.stats
     if mentioned:
-        click.echo("mentioned: " + "; ".join(mentioned))
+        click.echo("mentioned: " + "; ".join(printable(m) for m in mentioned))
+    problems = [f"{int(n)} {what}" for n, what in ((stats.failures, "failed"), (stats.unparsed, "unparsed")) if n]
     click.echo(f"retriever: {retriever_name}; generator: {generator.name}"
-               + (f" ({int(stats.failures)} failed, kept retriever order)" if stats.failures else ""))
+               + (f" ({', '.join(problems)}: kept retriever order)" if problems else ""))
     for row in rows:
-        click.echo(f"{row['rank']:>3}. {row.get('title') or row['movie_id']} ({row.get('year') or '?'})")
+        click.echo(f"{row['rank']:>3}. {printable(row.get('title') or row['movie_id'])} ({row.get('year') or '?'})")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ class GeneratorResource(dg.ConfigurableResource):
     max_concurrency: int | None = None
     max_retries: int | None = None
     timeout_s: float | None = None
+    request_budget_s: float | None = None
+    batch_budget_s: float | None = None
     prompt_tokens: int | None = None
     api_key: str | None = None
 
@@ -48,6 +50,8 @@ class GeneratorResource(dg.ConfigurableResource):
             max_concurrency=pick(self.max_concurrency, settings.generator_max_concurrency),
             max_retries=pick(self.max_retries, settings.generator_max_retries),
             timeout_s=pick(self.timeout_s, settings.generator_timeout_s),
+            request_budget_s=pick(self.request_budget_s, settings.generator_request_budget_s),
+            batch_budget_s=pick(self.batch_budget_s, settings.generator_batch_budget_s),
             prompt_tokens=pick(self.prompt_tokens, settings.generator_prompt_tokens),
             cache_path=settings.path("generator_cache", "responses.sqlite"),
             **embedding,

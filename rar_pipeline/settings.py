@@ -57,7 +57,15 @@ class Settings(BaseSettings):
     )
     generator_max_concurrency: int = Field(default=4, ge=1, description="openai: requests in flight.")
     generator_max_retries: int = Field(default=4, ge=0, description="openai: retries after the first try.")
-    generator_timeout_s: float = Field(default=60.0, gt=0, description="openai: seconds per request.")
+    generator_timeout_s: float = Field(
+        default=30.0, gt=0, description="openai: seconds for one HTTP request, from send to the last byte."
+    )
+    generator_request_budget_s: float = Field(
+        default=120.0, gt=0, description="openai: seconds for every attempt of one prompt, backoff included."
+    )
+    generator_batch_budget_s: float = Field(
+        default=3600.0, gt=0, description="openai: seconds for one batch; prompts unanswered by then fall back."
+    )
     generator_prompt_tokens: int = Field(default=2048, ge=256, description="Prompt budget in tokens.")
 
     # Retriever training (issue 5). Epoch caps default by profile: sample 4 / 3, full 200 / 50.
@@ -152,6 +160,16 @@ class Settings(BaseSettings):
         target = self.home.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+def describe_settings_error(error) -> str:
+    """One line naming each bad variable of a pydantic ``ValidationError`` from :class:`Settings`:
+    ``RAR_PROFILE='bogus': Input should be 'sample' or 'full'``."""
+    parts = []
+    for item in error.errors():
+        name = "RAR_" + "_".join(str(p) for p in item.get("loc", ())).upper()
+        parts.append(f"{name}={item.get('input')!r}: {item.get('msg', 'invalid')}")
+    return "invalid setting " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

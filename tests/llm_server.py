@@ -1,5 +1,6 @@
-"""HTTP servers for generator tests: a scripted OpenAI-compatible endpoint (faults on demand) and
-llama-cpp-python's own OpenAI-compatible server with the offline Gemma GGUF. Real sockets on 127.0.0.1.
+"""HTTP servers for generator tests: a scripted OpenAI-compatible endpoint (faults on demand), a
+misbehaving one (null answers, drip-fed and 50 MB bodies, echoed credentials) and llama-cpp-python's own
+OpenAI-compatible server with the offline Gemma GGUF. Real sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -111,6 +112,89 @@ class ScriptedEndpoint:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class MisbehavingServer:
+    """Answers each POST with the next behaviour of ``script`` (then ``default``):
+    ``ok:<text>`` a chat answer; ``null`` a chat answer whose content is null; ``drip`` a 200 whose
+    body arrives one byte every ``drip_s`` seconds (for ``drip_total_s``); ``huge`` a 50 MB body without
+    Content-Length; ``echo_error`` a 400 whose body quotes the request's Authorization header;
+    ``echo_ok`` a 200 answer that quotes it; ``slow`` an ok answer after ``slow_s`` seconds."""
+
+    def __init__(self, default: str = "ok:C, A, B", drip_s: float = 2.0, drip_total_s: float = 30.0,
+                 slow_s: float = 1.5) -> None:
+        self.script: list[str] = []
+        self.default = default
+        self.drip_s, self.drip_total_s, self.slow_s = drip_s, drip_total_s, slow_s
+        self.requests = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with server._lock:
+                    server.requests += 1
+                    behaviour = server.script.pop(0) if server.script else server.default
+                try:
+                    server._answer(self, behaviour)
+                except OSError:  # the client gave up: that is the point of several behaviours
+                    pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _answer(self, handler: BaseHTTPRequestHandler, behaviour: str) -> None:
+        auth = handler.headers.get("Authorization", "")
+        if behaviour.startswith("ok:"):
+            self._send(handler, 200, json.dumps(chat_body(behaviour[3:])).encode())
+        elif behaviour == "null":
+            body = chat_body("")
+            body["choices"][0]["message"]["content"] = None
+            self._send(handler, 200, json.dumps(body).encode())
+        elif behaviour == "slow":
+            time.sleep(self.slow_s)
+            self._send(handler, 200, json.dumps(chat_body("B, A, C")).encode())
+        elif behaviour == "echo_error":
+            message = f"invalid request; you sent Authorization: {auth} (header {{'authorization': '{auth}'}})"
+            self._send(handler, 400, json.dumps({"error": {"message": message, "type": "invalid_request"}}).encode())
+        elif behaviour == "echo_ok":
+            self._send(handler, 200, json.dumps(chat_body(f"C, A, B. Your header was {auth}")).encode())
+        elif behaviour == "drip":
+            body = json.dumps(chat_body("C, A, B")).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(body) + int(self.drip_total_s / self.drip_s)))
+            handler.end_headers()
+            for _ in range(int(self.drip_total_s / self.drip_s)):  # leading white space is valid JSON
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(self.drip_s)
+            handler.wfile.write(body)
+        elif behaviour == "huge":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.end_headers()  # no Content-Length: the body runs until the connection closes
+            head = json.dumps(chat_body("C, A, B" + "#" * 50_000_000)).encode()
+            for start in range(0, len(head), 1 << 20):
+                handler.wfile.write(head[start:start + (1 << 20)])
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 

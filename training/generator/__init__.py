@@ -22,7 +22,9 @@ def make_generator(
     mode: str = "chat",
     max_concurrency: int = 4,
     max_retries: int = 4,
-    timeout_s: float = 60.0,
+    timeout_s: float = 30.0,
+    request_budget_s: float = 120.0,
+    batch_budget_s: float | None = 3600.0,
     prompt_tokens: int = 2048,
     cache_path: Path | None = None,
     embedder=None,
@@ -43,8 +45,8 @@ def make_generator(
         if not model:
             raise ValueError("the openai backend needs a model name (RAR_GENERATOR_MODEL)")
         config = OpenAIConfig(model=model, base_url=base_url, mode=mode, max_concurrency=max_concurrency,
-                              max_retries=max_retries, timeout_s=timeout_s, prompt_tokens=prompt_tokens,
-                              cache_path=cache_path)
+                              max_retries=max_retries, timeout_s=timeout_s, request_budget_s=request_budget_s,
+                              batch_budget_s=batch_budget_s, prompt_tokens=prompt_tokens, cache_path=cache_path)
         return OpenAIGenerator(config, api_key=api_key)
     raise ValueError(f"unknown generator backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 

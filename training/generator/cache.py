@@ -1,7 +1,8 @@
-"""A persistent response cache keyed by (model, prompt, request parameters), in SQLite.
+"""A persistent response cache keyed by (endpoint, model, prompt, request parameters), in SQLite.
 
 Only the model name, a hash of the request and the response body are stored: never credentials,
-never the endpoint's headers. SQLite makes every write atomic and lets several processes share it.
+never the endpoint's headers. Two endpoints serving a model of one name (a local server and a hosted
+one) never share answers. SQLite makes every write atomic and lets several processes share it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 
-def cache_key(model: str, prompt: str, params: Mapping[str, Any] | None = None) -> str:
-    """sha256 of the model, the request parameters that change the answer, and the prompt."""
-    blob = json.dumps({"model": model, "params": dict(params or {}), "prompt": prompt}, sort_keys=True)
+def cache_key(endpoint: str, model: str, prompt: str, params: Mapping[str, Any] | None = None) -> str:
+    """sha256 of the endpoint (base URL), the model, the request parameters that change the answer, and
+    the prompt."""
+    blob = json.dumps({"endpoint": endpoint.rstrip("/"), "model": model, "params": dict(params or {}),
+                       "prompt": prompt}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
