@@ -87,9 +87,10 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS])
 def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """lrurec_pretrained fine-tuned on the conversation turns the RL rounds learn from (train/validation
-    turns of RAR_ALIGNMENT_DATASETS outside the gate slice; history = films mentioned so far, target =
-    each recommended film), validated on the gate slice: the SFT-only retriever the rounds start from.
+    """lrurec_pretrained fine-tuned on the SFT fold of the learning dialogues (train/validation turns of
+    RAR_ALIGNMENT_DATASETS outside the gate slice and the rounds' RL fold, RAR_ALIGNMENT_RL_SHARE;
+    history = films mentioned so far, target = each recommended film), validated on its own slice of
+    that fold: the SFT-only retriever the rounds start from.
     Checkpoint: $RAR_HOME/retriever/sft/retriever.pt."""
     from training.finetuning import finetune_from_turns
 
@@ -100,7 +101,7 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     out = finetune_from_turns(
         s.table_path("conversation_turns"), pretrained, s.path("retriever", "sft", "x").parent,
         _train_config(s.retriever_sft_epochs or EPOCH_CAPS[s.profile][1]), log=context.log.info,
-        datasets=s.alignment_datasets, gate_fraction=s.alignment_gate_fraction,
+        datasets=s.alignment_datasets, folds=s.learning_folds(),
     )
     return dg.MaterializeResult(
         metadata={

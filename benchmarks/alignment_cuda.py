@@ -5,7 +5,8 @@ Run on a machine with a GPU (torch with CUDA, polars): ``python benchmarks/align
 1. The learning-signal case of tests/test_alignment_round.py on cuda: a deterministic ranker that always
    puts one film first makes GRPO and DPO move that film up, with every parameter on the GPU.
 2. Timing at the mirror's size (82,521 films, hidden 64, 2 blocks; 1,865 training turns, G = 8 sets of
-   20, 3 epochs, batch 32): one GRPO round on cuda, then one optimisation epoch on cuda and on the CPU.
+   20, 3 epochs with fresh rollouts each, batch 32): one GRPO round on cuda, then one optimisation epoch
+   on cuda and on the CPU.
    The ranker is deterministic, so this times the retriever's side of a round only.
 """
 
@@ -21,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from training.alignment_round import AlignmentTurn, RoundConfig, optimise, run_round, turn_logits  # noqa: E402
+from training.alignment_round import (  # noqa: E402
+    AlignmentTurn, RoundConfig, _rollout_tensors, optimise_epoch, run_round, stored_rollouts, turn_logits,
+)
 from training.generator.base import Generator, RankResult  # noqa: E402
 from training.lrurec import LRURec, LRURecConfig  # noqa: E402
 
@@ -90,14 +93,15 @@ def mirror_sized_timing(work: Path) -> None:
               work / "mirror", log=lambda m: None)
     torch.cuda.synchronize()
     print(f"mirror-sized GRPO round on cuda (rollout + 3 epochs + gate): {time.time() - started:.1f} s", flush=True)
-    rollouts = pl.concat([pl.read_parquet(p) for p in sorted((work / "mirror" / "rollouts").glob("part-*.parquet"))])
-    one_epoch = RoundConfig(**{**config.to_dict(), "epochs": 1})
+    rollouts = stored_rollouts(work / "mirror" / "rollouts").filter(pl.col("rollout") == 1)
     for device, threads in (("cuda", None), ("cpu", 16), ("cpu", 2)):
         if threads:
             torch.set_num_threads(threads)
         policy, reference = copy.deepcopy(model).to(device), copy.deepcopy(model).to(device)
+        tensors = [t.to(device) for t in _rollout_tensors(rollouts, train, config)]
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr)
         started = time.time()
-        optimise(policy, reference, train, rollouts, one_epoch, log=lambda m: None)
+        optimise_epoch(policy, reference, train, *tensors, optimizer, config, epoch=0)
         if device == "cuda":
             torch.cuda.synchronize()
         where = device if threads is None else f"cpu, {threads} threads"

@@ -102,6 +102,7 @@ def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_
 def run(args) -> tuple[list[dict], list[dict]]:
     from rar_pipeline.settings import get_settings
     from training.alignment_round import RoundConfig, align_from_tables
+    from training.promotion import GateRule
     from training.promotion import checkpoint_path
     from training.report import evaluation_sets, popularity_counts
     from training.retriever import Retriever
@@ -151,7 +152,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
                                                 f"-G{num_sets}-lr{args.lr:g}-e{args.epochs}-nll{args.nll_weight:g}-r{round_number}")
                         record = align_from_tables(
                             round_dir, parent, parent_name, turns_path, corpus_path, generator, config, ["redial"],
-                            s.alignment_gate_fraction, max_turns,
+                            s.learning_folds(), max_turns, GateRule(min_turns=s.alignment_gate_min_turns),
                             log=lambda m, name=round_dir.name: print(f"  [{name}] {m}", flush=True),
                         )
                         parent, parent_name = round_dir / "retriever.pt", round_dir.name

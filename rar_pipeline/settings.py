@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         'profile has; \'["ml-1m"]\': the paper\'s setting).',
     )
     retriever_sft_epochs: int | None = Field(default=None, ge=1, description="Fine-tuning epochs at most.")
+    retriever_sft_validation_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of the SFT fold's dialogues that validate SFT (early stopping).",
+    )
     retriever_patience: int = Field(default=10, ge=1, description="Validations without a better Recall@10.")
     retriever_hidden: int = Field(default=64, ge=8, description="LRURec hidden size.")
     retriever_max_len: int = Field(default=200, ge=2, description="History length the retriever reads.")
@@ -101,9 +104,19 @@ class Settings(BaseSettings):
     alignment_gate_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of the alignment dialogues kept apart for the promotion gate."
     )
+    alignment_rl_share: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the other learning dialogues the rounds learn from; "
+        "SFT learns from the rest (disjoint folds, by a hash of dialog_id).",
+    )
     alignment_gate_min_delta: float = Field(
-        default=0.0, description="Promote a round only when its gate NDCG@10 minus its parent's is at least "
-        "this (0: must not drop; >0: must improve by that much).",
+        default=0.0, description="Promote a round only when the one-sided lower confidence bound of its gate "
+        "NDCG@10 gain over its parent (paired bootstrap over the gate turns) is at least this.",
+    )
+    alignment_gate_min_turns: int = Field(
+        default=100, ge=1, description="Gate turns needed to decide; with fewer, a round is never promoted.",
+    )
+    alignment_gate_confidence: float = Field(
+        default=0.95, ge=0.5, lt=1, description="Confidence of the gate's lower bound (one-sided).",
     )
     alignment_max_turns: int = Field(default=2000, ge=1, description="Training turns per round at most.")
     alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
@@ -113,7 +126,22 @@ class Settings(BaseSettings):
         "retriever's top films (measured on the mirror's 82k films: a target lands in 0.2% of sets at 1.0, "
         "26% at 0.2, so 1.0 leaves the rounds almost no reward signal).",
     )
-    alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs over a round's rollouts.")
+    alignment_epochs: int = Field(default=2, ge=1, description="Optimisation epochs of a round.")
+    alignment_rollout_every: int = Field(
+        default=1, ge=1, description="Fresh rollouts with the current retriever every this many epochs (1: "
+        "on-policy; >= epochs: one rollout per round). Each rollout costs up to turns x G generator calls.",
+    )
+    alignment_reward_baseline: Literal["none", "retriever"] = Field(
+        default="none", description="'retriever': learn from the reward minus NDCG@K of the same set in the "
+        "retriever's order (what the generator adds); 'none': the plain reward.",
+    )
+    alignment_shuffle_candidates: bool = Field(
+        default=True, description="Show the generator rollout and gate candidates in a seeded shuffled order.",
+    )
+    alignment_max_generator_requests: int | None = Field(
+        default=None, ge=1, description="Refuse to start a round that could ask the generator for more rankings "
+        "than this (rollouts, gate and probes; None: no limit).",
+    )
     alignment_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate of a round.")
     alignment_nll_weight: float = Field(default=1.0, ge=0, description="lambda in L = L_rl + lambda * L_nll.")
     alignment_probe_turns: int | None = Field(
@@ -154,6 +182,12 @@ class Settings(BaseSettings):
     def vector_db_uri(self) -> str:
         """The LanceDB URI holding the ``movie_vectors`` table."""
         return self.lancedb_uri or str(self.home / "lancedb")
+
+    def learning_folds(self):
+        """How the alignment datasets' learning dialogues divide into gate, SFT and RL folds."""
+        from training.turn_pools import Folds
+
+        return Folds(self.alignment_gate_fraction, self.alignment_rl_share, self.retriever_sft_validation_fraction)
 
     def path(self, *parts: str) -> Path:
         """A path under RAR_HOME whose parent folder exists."""

@@ -53,6 +53,8 @@ def tiny_pipeline(rar_home, monkeypatch):
     for name, value in {
         "RAR_ALIGNMENT_DATASETS": '["redial"]', "RAR_ALIGNMENT_MAX_TURNS": "40", "RAR_ALIGNMENT_SET_SIZE": "5",
         "RAR_ALIGNMENT_NUM_SETS": "2", "RAR_ALIGNMENT_EPOCHS": "1", "RAR_EVALUATION_MAX_TURNS": "20",
+        # a gate of ~10 turns cannot show a gain: let this fixture's rounds pass unless a test raises the bar
+        "RAR_ALIGNMENT_GATE_MIN_TURNS": "1", "RAR_ALIGNMENT_GATE_MIN_DELTA": "-1",
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
@@ -113,6 +115,7 @@ def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
     assert not rejected.success
     [gate] = rejected.get_asset_check_evaluations()
     assert not gate.passed and _metadata(rejected, "alignment_round")["parent_round"] == "round-1"
+    assert gate.metadata["reason"].value.startswith("not promoted: ") and "lower bound" in gate.metadata["reason"].value
     assert not [e for e in rejected.get_asset_materialization_events() if e.asset_key == dg.AssetKey("aligned_retriever")]
     assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
     assert json.loads((tiny_pipeline.home / "alignment/rounds/round-2/round.json").read_text())["gate_passed"] is False

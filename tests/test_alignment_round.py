@@ -1,5 +1,7 @@
 """An alignment round end to end on a tiny LRURec: the learning signal, resume after an outage, no repeat calls."""
 
+import math
+
 import pytest
 import torch
 
@@ -109,7 +111,9 @@ def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_
 
     from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
     from training.alignment_round import align_from_tables
+    from training.promotion import GateRule
     from training.retriever import Retriever, export_retriever
+    from training.turn_pools import Folds
 
     torch.set_num_threads(1)
     model, item_ids, turns = _setup(2)
@@ -127,14 +131,16 @@ def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_
     config = RoundConfig(num_sets=2, set_size=4, epochs=1, rollout_batch=16)
     args = (tmp_path / "round-1", parent, "sft", turns_path, corpus_path)
     generator = PreferOneFilm(item_ids[FAVOURITE])
-    record = align_from_tables(*args, generator, config, ["redial"], 0.25, 100, log=lambda m: None)
+    pools = (["redial"], Folds(gate_fraction=0.25, rl_share=1.0), 100, GateRule(min_turns=1))  # no SFT fold here
+    record = align_from_tables(*args, generator, config, *pools, log=lambda m: None)
     assert record["parent_round"] == "sft" and record["train_turns"] + record["gate_turns"] == 48
     assert record["gate_turns"] > 0 and isinstance(record["gate_passed"], bool)
-    assert record["gate_passed"] == (record["gate_ndcg_after"] >= record["gate_ndcg_before"])
+    assert record["gate_gain"] == pytest.approx(record["gate_ndcg_after"] - record["gate_ndcg_before"])
+    assert record["gate_passed"] == (record["gate_gain_lower"] >= 0.0) and record["gate_reason"]
     aligned = Retriever.from_checkpoint(tmp_path / "round-1" / "retriever.pt")
     assert aligned.movie_ids == item_ids[1:]
     again = PreferOneFilm(item_ids[FAVOURITE])
-    assert align_from_tables(*args, again, config, ["redial"], 0.25, 100, log=lambda m: None) == record
+    assert align_from_tables(*args, again, config, *pools, log=lambda m: None) == record
     assert again.seen == []
 
 
@@ -202,3 +208,170 @@ def test_rank_scored_sends_only_requests_holding_a_target():
     assert generator.seen == [("m1", "m2", "m3")] and generator.stats.skipped_no_target == 1
     with pytest.raises(ValueError, match="target sets"):
         generator.rank_scored(requests, [{"m3"}])
+
+
+def _run(model, item_ids, turns, generator, config, round_dir, log=lambda m: None):
+    """A round on the first 40 turns, gated on the other 8, with no corpus metadata."""
+    return run_round(model, item_ids, turns[:40], turns[40:], generator, lambda ids: {}, config, round_dir, log)
+
+
+def _dropout_model():
+    torch.manual_seed(3)
+    return LRURec(LRURecConfig(num_items=N_ITEMS, hidden=16, blocks=1, dropout=0.3, attn_dropout=0.3))
+
+
+@pytest.mark.parametrize("objective", ["grpo", "dpo"])
+def test_policy_equals_sampler_and_reference_at_step_zero_despite_dropout(tmp_path, objective):
+    """Before any update the policy is the sampler and the reference: every GRPO ratio is 1, every DPO
+    margin 0, so GRPO's surrogate averages to 0 and DPO's loss is log 2 (with lr 0 for the whole epoch)."""
+    torch.set_num_threads(1)
+    _, item_ids, turns = _setup()
+    config = RoundConfig(objective=objective, num_sets=4, set_size=5, lr=0.0, weight_decay=0.0, epochs=1,
+                         batch_size=16, rollout_batch=16, nll_weight=0.0, dpo_beta=1.0, grpo_kl=0.0)
+    result = _run(_dropout_model(), item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), config, tmp_path)
+    [epoch] = result.loss_curve
+    assert epoch["rl"] == pytest.approx(0.0 if objective == "grpo" else math.log(2), abs=1e-5)
+    assert epoch["max_ratio_deviation"] < 1e-4 and epoch["clip_fraction"] == 0.0 and epoch["kl"] < 1e-8
+    if objective == "dpo":
+        assert epoch["max_abs_dpo_margin"] < 1e-4
+
+    # With a real learning rate, the first step of the round still starts from ratio 1 / margin 0.
+    moving = RoundConfig(**{**config.to_dict(), "lr": 1e-2, "epochs": 2})
+    result = _run(_dropout_model(), item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), moving, tmp_path / "moving")
+    first = result.loss_curve[0]
+    assert first["first_step_max_ratio_deviation"] < 1e-4
+    assert first.get("first_step_max_abs_dpo_margin", 0.0) < 1e-4
+    assert result.loss_curve[-1]["kl"] > 0  # and then it moves away from the reference
+
+
+def test_rollouts_are_on_policy_and_report_drift_per_epoch(tmp_path):
+    """Fresh rollouts each epoch, drawn by the retriever as updated so far: the favourite (every turn's
+    target, always ranked first) is drawn more and more often, so the rollout reward rises epoch by epoch."""
+    import polars as pl
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup()
+    config = RoundConfig(objective="grpo", num_sets=4, set_size=5, nll_weight=0.0, lr=1e-2, epochs=6,
+                         batch_size=16, rollout_batch=16)
+    result = _run(model, item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), config, tmp_path)
+    assert [row["rollout"] for row in result.loss_curve] == [1, 2, 3, 4, 5, 6] and result.rollout_phases == 6
+    assert result.rollouts == 6 * 40 * 4
+    rewards = [row["rollout_reward"] for row in result.loss_curve]
+    assert rewards[-1] > rewards[0] + 0.3 and rewards[-1] == max(rewards)  # measured: 0.24 -> 0.74
+    kl = [row["kl"] for row in result.loss_curve]
+    assert kl == sorted(kl) and kl[0] > 0  # drifting away from the reference, epoch by epoch
+    assert all(0 <= row["clip_fraction"] < 0.5 for row in result.loss_curve)
+    stored = pl.read_parquet(tmp_path / "rollouts" / "*.parquet")
+    assert sorted(stored["rollout"].unique()) == [1, 2, 3, 4, 5, 6]
+    # one rollout for the whole round: the old behaviour, fewer generator calls
+    single = RoundConfig(**{**config.to_dict(), "epochs": 3, "rollout_every": 3})
+    result = _run(_setup()[0], item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), single, tmp_path / "single")
+    assert [row["rollout"] for row in result.loss_curve] == [1, 1, 1] and result.rollouts == 40 * 4
+
+
+def test_an_interrupted_on_policy_round_resumes_to_the_same_retriever(tmp_path):
+    """An outage in the second epoch's rollout: the rerun loads the first epoch's retriever and optimiser,
+    keeps the finished batches, and ends with the same weights as a run that never stopped."""
+    torch.set_num_threads(1)
+    _, item_ids, turns = _setup(1)
+    config = RoundConfig(num_sets=2, set_size=8, epochs=2, lr=1e-2, rollout_batch=8)
+    clean = _setup(1)[0]
+    healthy = PreferOneFilm(item_ids[FAVOURITE])
+    _run(clean, item_ids, turns, healthy, config, tmp_path / "clean")
+    marks = {}
+
+    def log(message):
+        if message.startswith("rollout batch 2/5 done (rollout 2/2)"):
+            marks["second"] = len(counting.seen)
+
+    counting = PreferOneFilm(item_ids[FAVOURITE])
+    _run(_setup(1)[0], item_ids, turns, counting, config, tmp_path / "count", log)
+    flaky = PreferOneFilm(item_ids[FAVOURITE], fail_after=marks["second"])
+    with pytest.raises(GeneratorUnavailable):
+        _run(_setup(1)[0], item_ids, turns, flaky, config, tmp_path / "r")
+    assert (tmp_path / "r" / "epochs" / "last.pt").is_file()
+    assert len(list((tmp_path / "r" / "rollouts").glob("part-p001-*.parquet"))) == 2
+    resumed = _setup(1)[0]
+    again = PreferOneFilm(item_ids[FAVOURITE])
+    logs = []
+    _run(resumed, item_ids, turns, again, config, tmp_path / "r", logs.append)
+    assert "resuming after epoch 1 of 2" in logs
+    assert len(again.seen) < len(counting.seen)  # finished batches and the first epoch were not asked again
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+class FirstShownFirst(PreferOneFilm):
+    """A generator with pure position bias: it ranks the candidates in the order it is shown them."""
+
+    def _rank_batch(self, requests):
+        self.seen.extend(r.candidate_ids for r in requests)
+        self.stats.add(calls=len(requests))
+        return [RankResult(tuple(r.candidate_ids), "model") for r in requests]
+
+
+def test_the_generator_sees_each_set_in_a_seeded_order_that_ignores_the_draw_order(tmp_path):
+    import polars as pl
+
+    from training.alignment_round import shown_order
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup()
+    config = RoundConfig(num_sets=4, set_size=5, epochs=1, rollout_batch=16)
+    first = FirstShownFirst(item_ids[FAVOURITE])
+    _run(model, item_ids, turns, first, config, tmp_path / "a")
+    rollouts = pl.read_parquet(tmp_path / "a" / "rollouts" / "*.parquet").filter(pl.col("generator_asked"))
+    assert (rollouts["ranking"] == rollouts["shown"]).all()  # this generator returns what it was shown
+    assert (rollouts["shown"] != rollouts["item_ids"]).mean() > 0.5  # ... which is not the retriever's draw order
+    assert all(sorted(s) == sorted(i) for s, i in zip(rollouts["shown"].to_list(), rollouts["item_ids"].to_list()))
+    # the same films for the same turn are shown the same way whatever order they came in (cache hits)
+    ids = ["m1", "m2", "m3", "m4", "m5"]
+    assert shown_order(ids, "d/1/1", 7) == shown_order(ids[::-1], "d/1/1", 7) != shown_order(ids, "d/1/1", 8)
+    second = FirstShownFirst(item_ids[FAVOURITE])
+    _run(_setup()[0], item_ids, turns, second, config, tmp_path / "b")
+    assert second.seen == first.seen
+    plain = FirstShownFirst(item_ids[FAVOURITE])
+    unshuffled = RoundConfig(**{**config.to_dict(), "shuffle_candidates": False})
+    _run(_setup()[0], item_ids, turns, plain, unshuffled, tmp_path / "c")
+    rollouts = pl.read_parquet(tmp_path / "c" / "rollouts" / "*.parquet").filter(pl.col("generator_asked"))
+    assert (rollouts["shown"] == rollouts["item_ids"]).all()
+
+
+def test_reward_baseline_is_the_same_set_in_the_retrievers_order(tmp_path):
+    import polars as pl
+
+    from training.alignment import ndcg_of_ranking
+    from training.alignment_round import _rollout_tensors
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup()
+    config = RoundConfig(num_sets=4, set_size=5, epochs=1, lr=0.0, rollout_batch=16)
+    run_round(model, item_ids, turns[:40], turns[40:], PreferOneFilm(item_ids[FAVOURITE]), lambda ids: {}, config,
+              tmp_path, log=lambda m: None)
+    rollouts = pl.read_parquet(tmp_path / "rollouts" / "*.parquet")
+    with torch.no_grad():
+        logits = turn_logits(model, turns[:40], 10)
+    row_of = {t.key: i for i, t in enumerate(turns[:40])}
+    for row in rollouts.iter_rows(named=True):
+        scores = logits[row_of[row["turn_key"]], row["items"]]
+        by_score = [row["item_ids"][i] for i in scores.argsort(descending=True).tolist()]
+        assert row["retriever_order_reward"] == pytest.approx(ndcg_of_ranking(by_score, {item_ids[FAVOURITE]}, 5))
+    # this generator puts the target first: it adds exactly what the retriever's order left out
+    assert (rollouts["reward"] >= rollouts["retriever_order_reward"]).all()
+    assert (rollouts["reward"] > rollouts["retriever_order_reward"]).any()
+    _, _, plain = _rollout_tensors(rollouts, turns[:40], config)
+    baseline = RoundConfig(**{**config.to_dict(), "reward_baseline": "retriever"})
+    _, _, relative = _rollout_tensors(rollouts, turns[:40], baseline)
+    assert torch.all(relative <= plain) and torch.all(relative >= 0)
+
+
+def test_a_round_over_its_generator_budget_stops_before_any_call(tmp_path):
+    from training.alignment_round import OverBudget
+
+    model, item_ids, turns = _setup()
+    config = RoundConfig(num_sets=4, set_size=5, epochs=3, rollout_batch=16, max_generator_requests=100)
+    assert config.planned_requests(40, 8, 8) == 3 * 40 * 4 + 2 * 8 + 2 * 8 * 4
+    generator = PreferOneFilm(item_ids[FAVOURITE])
+    with pytest.raises(OverBudget, match="over the limit of 100"):
+        _run(model, item_ids, turns, generator, config, tmp_path)
+    assert generator.seen == []

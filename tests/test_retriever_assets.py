@@ -88,10 +88,9 @@ def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_
     assert 0 < pre["coverage/movielens_synthetic/test"].value <= 1
     assert pre["items"].value == float(NUM_FILMS)
     assert isinstance(pre["test/NDCG@10"].value, float) and isinstance(sft["val/Recall@10"].value, float)
-    # SFT learns from the train/validation turns outside the gate's hash slice; every 10th turn has no history.
-    from training.turn_pools import in_gate_slice
-
-    learning = [i for i in range(90) if i % 3 != 2 and not in_gate_slice(str(i), settings.alignment_gate_fraction)]
+    # SFT learns from the SFT fold of the train/validation turns (not the gate, not the rounds' RL fold);
+    # every 10th turn has no history.
+    learning = [i for i in range(90) if i % 3 != 2 and settings.learning_folds().fold_of(str(i)) == "sft_train"]
     assert sft["skipped_turns_without_history"].value == float(sum(1 for i in learning if i % 10 == 0))
     assert sft["dagster/row_count"].value == float(sum(1 for i in learning if i % 10))
 

@@ -1,22 +1,39 @@
 """One RL alignment round: roll out candidate sets, let the frozen generator rank them, update the retriever.
 
-A round has three phases, so that a generator outage never loses work and re-running a finished round
+A round runs these phases, so that a generator outage never loses work and re-running a finished round
 costs no LLM calls:
 
-1. **Rollout** (with the retriever as it was at the round's start, which is also the DPO/GRPO
-   reference): for each training turn, ``G`` candidate sets of ``K`` films are drawn by Gumbel top-k
-   from the retriever's scores (films already mentioned are never proposed); the generator ranks each
-   set; the reward is NDCG@K of its ranking against the turn's targets. Rollouts are written batch by
-   batch (``rollouts/part-NNNNN.parquet``); a rerun skips finished batches. Draws are seeded per batch,
-   so a rerun asks the generator the same prompts (answered from its response cache).
-2. **Optimisation** on the stored rollouts: DPO or GRPO (see :mod:`training.alignment`) plus the NLL
-   of the targets, ``L = L_rl + lambda * L_nll``. Only the retriever changes.
-3. **Gate measurement**: pipeline NDCG@10 (retriever top-K -> generator ranking) on held-out turns,
-   before and after, so the promotion gate can compare the round with its parent.
+1. **Gate before**: pipeline NDCG@10 (retriever top-K -> generator ranking) of the round-start
+   retriever on the gate turns.
+2. **Rollout and optimisation, on-policy**: every ``rollout_every`` epochs the *current* retriever draws
+   ``G`` candidate sets of ``K`` films per training turn by Gumbel top-k from its scores (films already
+   mentioned are never proposed); the generator ranks each set; the reward is NDCG@K of its ranking
+   against the turn's targets. Each set is stored with the sampler's per-draw log-probabilities
+   (``pi_old`` of GRPO) and the NDCG@K of the same set in the retriever's own order (the optional
+   baseline: what the generator adds). Then DPO or GRPO (see :mod:`training.alignment`) plus the NLL of
+   the targets, ``L = L_rl + lambda * L_nll``, for ``rollout_every`` epochs; the round-start retriever
+   is the reference (KL of GRPO, DPO's ``pi_ref``). Only the retriever changes.
+3. **Gate after**: the same measurement with the updated retriever, so the promotion gate
+   (:mod:`training.promotion`) can compare the round with its parent turn by turn, plus the reward of
+   fresh draws before and after on held-out turns.
+
+Resume: rollouts are written batch by batch (``rollouts/part-pNNN-NNNNN.parquet``, one phase ``p`` per
+fresh draw) and the retriever and optimiser after each epoch (``epochs/last.pt``); a rerun loads the
+last epoch, skips finished batches, and draws are seeded per (phase, batch), so it asks the generator
+the same prompts (answered from its response cache).
+
+The generator sees each set in a seeded shuffled order that depends on the turn and on which films the
+set holds, not on the order they were drawn in: a generator with a position bias cannot reward the
+retriever's own order, and the same set for the same turn is always the same prompt (cache hits).
+
+The policy runs without dropout throughout the round (as the sampler and the reference do): with
+dropout the policy would be another, noisy function, so GRPO ratios would not start at 1 nor DPO
+margins at 0, and the clipping and the KL would act on noise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,13 +45,18 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from corpus_build.atomic import write_parquet_atomic
+from corpus_build.atomic import atomic_path, write_parquet_atomic
 
 MoviesLookup = Callable[[Sequence[str]], Mapping[str, Mapping]]
+GATE_SHUFFLE_SEED = 0  # every round shows a retriever's gate candidates the same way (cache hits across rounds)
 
 
 class GeneratorUnavailable(RuntimeError):
     """The generator failed during a rollout batch; finished batches are kept and the round resumes."""
+
+
+class OverBudget(ValueError):
+    """A round would ask the generator for more rankings than ``max_generator_requests`` allows."""
 
 
 @dataclass
@@ -52,6 +74,16 @@ class RoundConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     epochs: int = 2
+    # fresh rollouts with the current retriever every this many epochs (1: on-policy, every epoch; >= epochs:
+    # one rollout by the round-start retriever for the whole round). Each rollout costs up to
+    # train turns x G generator calls.
+    rollout_every: int = 1
+    # "retriever": the learning signal is the reward minus NDCG@K of the same set in the retriever's order
+    # (what the generator's ranking adds); "none": the plain reward
+    reward_baseline: Literal["none", "retriever"] = "none"
+    shuffle_candidates: bool = True  # show the generator each set in a seeded order, not the retriever's
+    # refuse to start a round whose generator requests could exceed this (None: no limit)
+    max_generator_requests: int | None = None
     batch_size: int = 32
     rollout_batch: int = 64
     max_len: int = 50
@@ -66,6 +98,20 @@ class RoundConfig:
             raise ValueError("probe_turns must be >= 1 (or None for every gate turn)")
         if self.objective == "nll" and self.nll_weight <= 0:
             raise ValueError("objective 'nll' trains on the NLL term alone: nll_weight must be > 0")
+        if self.rollout_every < 1:
+            raise ValueError("rollout_every must be >= 1 (epochs between fresh rollouts)")
+        if self.reward_baseline not in ("none", "retriever"):
+            raise ValueError(f"reward_baseline must be 'none' or 'retriever', not {self.reward_baseline!r}")
+
+    @property
+    def rollout_phases(self) -> int:
+        """How many times a round draws fresh rollouts."""
+        return math.ceil(self.epochs / self.rollout_every)
+
+    def planned_requests(self, train_turns: int, gate_turns: int, probe_turns: int) -> int:
+        """The most generator requests a round can make (sets holding no target are never sent, so
+        the real count is lower): every rollout, the gate before and after, the probes before and after."""
+        return self.rollout_phases * train_turns * self.num_sets + 2 * gate_turns + 2 * probe_turns * self.num_sets
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,14 +128,18 @@ class AlignmentTurn:
 
 @dataclass
 class RoundResult:
-    rollouts: int
-    rollout_reward_mean: float  # mean reward of the stored rollouts (round-start retriever, train turns)
+    rollouts: int  # candidate sets drawn over the round (every phase)
+    rollouts_sent: int  # of which the generator ranked (the others held no target)
+    rollout_phases: int
+    rollout_reward_mean: float  # mean reward of the first rollout (round-start retriever, train turns)
     reward_mean_before: float
     reward_std_before: float
     reward_mean_after: float
     reward_std_after: float
     gate_ndcg_before: float
     gate_ndcg_after: float
+    gate_per_turn_before: list[float] = field(default_factory=list)
+    gate_per_turn_after: list[float] = field(default_factory=list)
     loss_curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -156,79 +206,126 @@ def _target_ids(turn: AlignmentTurn, item_ids: Sequence[str]) -> set[str]:
     return {item_ids[t] for t in turn.targets}
 
 
-def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup, item_ids: Sequence[str]):
-    """The generator's ranking of every (turn, set) as [turn][set] of (ranking, asked); raises on failure.
+def shown_order(ids: Sequence[str], turn_key: str, seed: int) -> list[str]:
+    """The order the generator sees a set in: a permutation seeded by ``seed``, the turn and the films
+    of the set (not their order), so one set of one turn is always shown the same way."""
+    films = sorted(ids)
+    digest = hashlib.sha256(json.dumps([seed, turn_key, films]).encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return [films[i] for i in rng.permutation(len(films))]
 
-    Sets holding none of the turn's targets are not sent (``asked`` False, retriever order): their
+
+def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup, item_ids: Sequence[str], shuffle_seed: int | None):
+    """The generator's ranking of every (turn, set) as [turn][set] of (ranking, asked, shown); raises on failure.
+
+    ``shown`` is the order the generator saw (shuffled with ``shuffle_seed``; None: as given). Sets
+    holding none of the turn's targets are not sent (``asked`` False, ranking = the set as given): their
     reward is 0 in any order, so asking would only spend LLM calls (see ``Generator.rank_scored``).
     """
     from training.generator.base import RankRequest
 
-    requests, targets = [], []
+    requests, targets, shown = [], [], []
     for turn, sets in zip(turns, sets_ids):
         for ids in sets:
-            requests.append(RankRequest(turn.context, tuple(ids), movies_for(ids)))
+            order = list(ids) if shuffle_seed is None else shown_order(ids, turn.key, shuffle_seed)
+            requests.append(RankRequest(turn.context, tuple(order), movies_for(order)))
             targets.append(_target_ids(turn, item_ids))
+            shown.append(order)
     results = generator.rank_scored(requests, targets)
     failed = [r for r in results if r.source == "fallback"]
     if failed:
         raise GeneratorUnavailable(f"{len(failed)} of {len(results)} rankings failed: {failed[0].error}")
     per_turn = len(sets_ids[0]) if sets_ids else 0
-    answers = [(list(r.ranking), r.source != "skipped") for r in results]
+    given = [list(ids) for sets in sets_ids for ids in sets]
+    answers = [
+        (list(r.ranking) if r.source != "skipped" else ids, r.source != "skipped", order)
+        for r, ids, order in zip(results, given, shown)
+    ]
     return [answers[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
+
+
+def _part_path(rollout_dir: Path, phase: int, batch_index: int) -> Path:
+    return rollout_dir / f"part-p{phase:03d}-{batch_index:05d}.parquet"
 
 
 def collect_rollouts(
     model, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], generator, movies_for: MoviesLookup,
-    config: RoundConfig, rollout_dir: Path, log: Callable[[str], None] = print,
+    config: RoundConfig, rollout_dir: Path, log: Callable[[str], None] = print, phase: int = 0,
 ) -> pl.DataFrame:
-    """Phase 1. Sample G sets per turn, rank them, store rewards; resumable batch by batch."""
+    """Sample G sets per turn with ``model``, rank them, store rewards; resumable batch by batch.
+
+    Each set keeps the sampler's per-draw log-probabilities at the round's temperature (``old_log_probs``,
+    GRPO's ``pi_old``) and ``retriever_order_reward``, NDCG@K of the set sorted by the sampler's scores.
+    """
     import torch
 
-    from training.alignment import gumbel_topk_sets, ndcg_of_ranking
+    from training.alignment import draw_log_probs, gumbel_topk_sets, ndcg_of_ranking
 
     rollout_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     batch_count = math.ceil(len(turns) / config.rollout_batch)
+    shuffle_seed = config.seed if config.shuffle_candidates else None
     for batch_index in range(batch_count):
-        part = rollout_dir / f"part-{batch_index:05d}.parquet"
+        part = _part_path(rollout_dir, phase, batch_index)
         if part.is_file():
             continue
         batch = turns[batch_index * config.rollout_batch:(batch_index + 1) * config.rollout_batch]
         with torch.no_grad():
             logits = turn_logits(model, batch, config.max_len)
-        draws = torch.Generator(device=logits.device).manual_seed(config.seed * 100_003 + batch_index)
-        sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu()
+            draws = torch.Generator(device=logits.device).manual_seed(
+                config.seed * 100_003 + phase * 10_007 + batch_index)
+            sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws)
+            old = draw_log_probs(logits / config.temperature, sets).cpu().tolist()
+            by_score = torch.gather(logits, 1, sets.flatten(1)).view(sets.shape).argsort(-1, descending=True)
+            retriever_order = torch.gather(sets, 2, by_score).cpu().tolist()
+        sets = sets.cpu()
         sets_ids = [[[item_ids[i] for i in s] for s in turn_sets.tolist()] for turn_sets in sets]
-        answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids)
+        answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids, shuffle_seed)
         rows = []
-        for turn, turn_sets, turn_ids, turn_answers in zip(batch, sets.tolist(), sets_ids, answers):
+        for b, (turn, turn_sets, turn_ids, turn_answers) in enumerate(zip(batch, sets.tolist(), sets_ids, answers)):
             target_ids = _target_ids(turn, item_ids)
-            for set_index, (items, ids, (ranking, asked)) in enumerate(zip(turn_sets, turn_ids, turn_answers)):
+            for g, (items, ids, (ranking, asked, shown)) in enumerate(zip(turn_sets, turn_ids, turn_answers)):
                 rows.append({
-                    "turn_key": turn.key, "set_index": set_index, "items": items, "item_ids": ids,
-                    "ranking": ranking, "generator_asked": asked,
+                    "rollout": phase + 1, "turn_key": turn.key, "set_index": g, "items": items, "item_ids": ids,
+                    "shown": shown, "ranking": ranking, "generator_asked": asked,
                     "reward": ndcg_of_ranking(ranking, target_ids, config.set_size),
+                    "retriever_order_reward": ndcg_of_ranking(
+                        [item_ids[i] for i in retriever_order[b][g]], target_ids, config.set_size),
+                    "old_log_probs": old[b][g],
                 })
         write_parquet_atomic(pl.DataFrame(rows), part)
-        log(f"rollout batch {batch_index + 1}/{batch_count} done")
-    return pl.concat([pl.read_parquet(p) for p in sorted(rollout_dir.glob("part-*.parquet"))])
+        log(f"rollout batch {batch_index + 1}/{batch_count} done (rollout {phase + 1}/{config.rollout_phases})")
+    return pl.concat([pl.read_parquet(_part_path(rollout_dir, phase, b)) for b in range(batch_count)])
+
+
+def stored_rollouts(rollout_dir: Path) -> pl.DataFrame | None:
+    """Every rollout written so far (all phases), or None when there is none."""
+    parts = sorted(rollout_dir.glob("part-p*.parquet"))
+    return pl.concat([pl.read_parquet(p) for p in parts]) if parts else None
 
 
 # ----------------------------------------------------------------------------------- optimisation
 
 
-def _rollout_tensors(rollouts: pl.DataFrame, turns: Sequence[AlignmentTurn], num_sets: int):
-    """Sets [T, G, K] and rewards [T, G] aligned with ``turns``."""
+def _rollout_tensors(rollouts: pl.DataFrame, turns: Sequence[AlignmentTurn], config: RoundConfig):
+    """Sets [T, G, K], sampler per-draw log-probs [T, G, K] and learning rewards [T, G], aligned with ``turns``.
+
+    The learning reward is the reward, minus the retriever-order reward when the baseline is on.
+    """
     import torch
 
-    by_turn = rollouts.sort(["turn_key", "set_index"]).group_by("turn_key", maintain_order=True).agg("items", "reward")
+    by_turn = (rollouts.sort(["turn_key", "set_index"]).group_by("turn_key", maintain_order=True)
+               .agg("items", "old_log_probs", "reward", "retriever_order_reward"))
     lookup = {row["turn_key"]: row for row in by_turn.iter_rows(named=True)}
-    sets = torch.tensor([lookup[t.key]["items"] for t in turns], dtype=torch.long)
-    rewards = torch.tensor([lookup[t.key]["reward"] for t in turns], dtype=torch.float32)
-    if sets.shape[1] != num_sets:
-        raise ValueError(f"rollouts hold {sets.shape[1]} sets per turn, config asks for {num_sets}")
-    return sets, rewards
+    rows = [lookup[t.key] for t in turns]
+    sets = torch.tensor([r["items"] for r in rows], dtype=torch.long)
+    old = torch.tensor([r["old_log_probs"] for r in rows], dtype=torch.float32)
+    rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float32)
+    if config.reward_baseline == "retriever":
+        rewards = rewards - torch.tensor([r["retriever_order_reward"] for r in rows], dtype=torch.float32)
+    if sets.shape[1] != config.num_sets:
+        raise ValueError(f"rollouts hold {sets.shape[1]} sets per turn, config asks for {config.num_sets}")
+    return sets, old, rewards
 
 
 def _target_tensors(turns: Sequence[AlignmentTurn]):
@@ -243,82 +340,157 @@ def _target_tensors(turns: Sequence[AlignmentTurn]):
     return targets, mask
 
 
-def batch_loss(model, reference, turns, sets, rewards, config: RoundConfig):
-    """L = L_rl + lambda * L_nll for one batch of turns with their stored rollouts."""
+def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundConfig):
+    """(L = L_rl + lambda * L_nll, statistics) for one batch of turns with their rollouts.
+
+    Statistics (floats): ``rl``, ``nll``; ``kl``, the mean per-draw KL estimate to the reference;
+    ``clip_fraction``, the share of draws whose ratio to the sampler is outside ``1 +- grpo_clip``;
+    ``max_ratio_deviation``, ``max |ratio - 1|``; for DPO ``dpo_margin`` (mean) and
+    ``max_abs_dpo_margin``. All of them measured for every objective except the DPO ones.
+    """
     import torch
 
     from training.alignment import (
-        dpo_loss, dpo_pairs, draw_log_probs, grpo_loss, group_advantages, nll_loss,
+        dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss,
     )
 
     logits = turn_logits(model, turns, config.max_len)
     targets, mask = _target_tensors(turns)
     nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
-    if config.objective == "nll":  # the control run: no RL term, so no reference pass either
-        return config.nll_weight * nll, 0.0, float(nll.detach())
     with torch.no_grad():
-        ref_logits = turn_logits(reference, turns, config.max_len)
-    scaled, ref_scaled = logits / config.temperature, ref_logits / config.temperature
-    if config.objective == "dpo":
+        ref_draws = draw_log_probs(turn_logits(reference, turns, config.max_len) / config.temperature, sets)
+    scaled = logits / config.temperature
+    policy_draws = draw_log_probs(scaled if config.objective != "nll" else scaled.detach(), sets)
+    stats = _drift(policy_draws.detach(), old_draws, ref_draws, config.grpo_clip)
+    if config.objective == "nll":  # the control run: no RL term
+        rl = logits.new_zeros(())
+    elif config.objective == "dpo":
         best, worst, keep = dpo_pairs(rewards)
-        if keep.any():
-            rows = torch.nonzero(keep).squeeze(1)
-            pair_sets = torch.stack([sets[rows, best[rows]], sets[rows, worst[rows]]], dim=1)  # [P, 2, K]
-            policy = draw_log_probs(scaled[rows], pair_sets).sum(-1)
-            ref = draw_log_probs(ref_scaled[rows], pair_sets).sum(-1)
-            rl = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.dpo_beta)
+        rows = torch.nonzero(keep).squeeze(1)
+        if len(rows):
+            policy = policy_draws.sum(-1)[rows]  # [P, G]
+            ref = ref_draws.sum(-1)[rows]
+            pick = torch.stack([best[rows], worst[rows]], dim=1)  # [P, 2]
+            chosen, rejected = policy.gather(1, pick).unbind(1)
+            ref_chosen, ref_rejected = ref.gather(1, pick).unbind(1)
+            rl = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.dpo_beta)
+            margin = ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+            stats |= {"dpo_margin": float(margin.mean()), "max_abs_dpo_margin": float(margin.abs().max())}
         else:
             rl = logits.new_zeros(())
     else:
-        policy_draws = draw_log_probs(scaled, sets)
-        ref_draws = draw_log_probs(ref_scaled, sets)
-        # Rollouts were sampled by the round-start retriever, which is also the reference.
-        rl = grpo_loss(policy_draws, ref_draws, ref_draws, group_advantages(rewards), config.grpo_clip, config.grpo_kl)
-    return rl + config.nll_weight * nll, float(rl.detach()), float(nll.detach())
+        rl = grpo_loss(policy_draws, old_draws, ref_draws, group_advantages(rewards), config.grpo_clip, config.grpo_kl)
+    stats |= {"rl": float(rl.detach()), "nll": float(nll.detach())}
+    return rl + config.nll_weight * nll, stats
 
 
-def optimise(model, reference, turns, rollouts: pl.DataFrame, config: RoundConfig, log=print) -> list[dict]:
-    """Phase 2. Update the retriever on the stored rollouts; returns the loss curve (one row per epoch)."""
+def _drift(policy_draws, old_draws, ref_draws, clip: float) -> dict[str, float]:
+    """How far the policy has moved: from the sampler (ratios, clipping) and from the reference (KL)."""
+    import torch
+
+    ratio = torch.exp(policy_draws - old_draws)
+    q = ref_draws - policy_draws
+    return {
+        "kl": float((torch.exp(q) - q - 1).mean()),
+        "clip_fraction": float(((ratio - 1).abs() > clip).float().mean()),
+        "max_ratio_deviation": float((ratio - 1).abs().max()),
+    }
+
+
+MEAN_STATS = ("loss", "rl", "nll", "kl", "clip_fraction", "dpo_margin")
+MAX_STATS = ("max_ratio_deviation", "max_abs_dpo_margin")
+
+
+def optimise_epoch(
+    model, reference, turns, sets, old_draws, rewards, optimizer, config: RoundConfig, epoch: int,
+) -> dict:
+    """One pass over ``turns`` in a seeded order; returns the epoch's mean (and max) statistics."""
+    import torch
+
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(turns))
+    model.eval()  # no dropout: the policy is the same function as the sampler and the reference
+    sums: dict[str, float] = {}
+    maxima: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    first: dict[str, float] = {}
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start:start + config.batch_size]
+        batch = [turns[i] for i in idx]
+        loss, stats = batch_loss(model, reference, batch, sets[idx], old_draws[idx], rewards[idx], config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        stats["loss"] = float(loss.detach())
+        if not first:
+            first = {f"first_step_{k}": stats[k] for k in MAX_STATS if k in stats}
+        for key, value in stats.items():
+            if key in MAX_STATS:
+                maxima[key] = max(maxima.get(key, 0.0), value)
+            else:
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
+    return {**{k: sums[k] / counts[k] for k in MEAN_STATS if k in sums}, **maxima, **first}
+
+
+def _epoch_checkpoint(round_dir: Path) -> Path:
+    return round_dir / "epochs" / "last.pt"
+
+
+def _save_epoch(round_dir: Path, model, optimizer, curve: list[dict]) -> None:
+    import torch
+
+    with atomic_path(_epoch_checkpoint(round_dir)) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "curve": curve}, tmp)
+
+
+def _resume_epoch(round_dir: Path, model, optimizer) -> list[dict]:
+    """The loss curve of the epochs already done (their weights and optimiser state loaded), else []."""
+    import torch
+
+    path = _epoch_checkpoint(round_dir)
+    if not path.is_file():
+        return []
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["curve"]
+
+
+def train_round(
+    model, reference, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], generator, movies_for: MoviesLookup,
+    config: RoundConfig, round_dir: Path, log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Phase 2: rollouts with the current retriever every ``rollout_every`` epochs, one optimisation epoch
+    at a time; resumes from the last finished epoch. Returns the curve (one row per epoch)."""
     import torch
 
     from training.lrurec import parameter_groups
 
-    sets, rewards = _rollout_tensors(rollouts, turns, config.num_sets)
     device = next(model.parameters()).device
-    sets, rewards = sets.to(device), rewards.to(device)
-    reference.eval()
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-    rng = np.random.default_rng(config.seed)
-    # Dropout draws from torch's global generator: seed a forked copy so a rerun of the round gives the
-    # same retriever, without touching the caller's random state.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        return _optimise_epochs(model, reference, turns, sets, rewards, optimizer, rng, config, log)
-
-
-def _optimise_epochs(model, reference, turns, sets, rewards, optimizer, rng, config: RoundConfig, log) -> list[dict]:
-    import torch
-
-    curve = []
-    for epoch in range(config.epochs):
-        model.train()
-        order = rng.permutation(len(turns))
-        totals = {"loss": 0.0, "rl": 0.0, "nll": 0.0}
-        steps = 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start:start + config.batch_size]
-            loss, rl, nll = batch_loss(model, reference, [turns[i] for i in idx], sets[idx], rewards[idx], config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            totals["loss"] += float(loss.detach())
-            totals["rl"] += rl
-            totals["nll"] += nll
-            steps += 1
-        row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in totals.items()}}
+    curve = _resume_epoch(round_dir, model, optimizer)
+    if curve:
+        log(f"resuming after epoch {len(curve)} of {config.epochs}")
+    rollouts: dict[int, pl.DataFrame] = {}
+    tensors = None
+    for epoch in range(len(curve), config.epochs):
+        phase = epoch // config.rollout_every
+        if phase not in rollouts:
+            rollouts[phase] = collect_rollouts(model, turns, item_ids, generator, movies_for, config,
+                                               round_dir / "rollouts", log, phase)
+            tensors = [t.to(device) for t in _rollout_tensors(rollouts[phase], turns, config)]
+        # Nothing in an epoch draws from torch's global generator today; fork it anyway so a rerun gives
+        # the same retriever whatever a layer does, without touching the caller's random state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed + epoch)
+            row = optimise_epoch(model, reference, turns, *tensors, optimizer, config, epoch)
+        frame = rollouts[phase]
+        row = {"epoch": epoch + 1, "rollout": phase + 1, "rollout_reward": float(frame["reward"].mean()),
+               "rollout_sent": float(frame["generator_asked"].mean()), **row}
         curve.append(row)
-        log(f"epoch {epoch + 1}: loss={row['loss']:.4f} rl={row['rl']:.4f} nll={row['nll']:.4f}")
+        _save_epoch(round_dir, model, optimizer, curve)
+        log(f"epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)))
     model.eval()
     return curve
 
@@ -340,12 +512,16 @@ def retrieve_top_k(model, turns: Sequence[AlignmentTurn], item_ids: Sequence[str
     return out
 
 
-def pipeline_ndcg(model, turns, item_ids, generator, movies_for: MoviesLookup, set_size: int, k: int = 10) -> np.ndarray:
-    """Per-turn NDCG@k of retriever top-``set_size`` candidates re-ranked by the generator."""
+def pipeline_ndcg(
+    model, turns, item_ids, generator, movies_for: MoviesLookup, set_size: int, k: int = 10,
+    shuffle_seed: int | None = GATE_SHUFFLE_SEED,
+) -> np.ndarray:
+    """Per-turn NDCG@k of retriever top-``set_size`` candidates re-ranked by the generator (shown in a
+    seeded shuffled order unless ``shuffle_seed`` is None)."""
     from training.alignment import ndcg_of_ranking
 
     candidates = retrieve_top_k(model, turns, item_ids, set_size)
-    answers = _rank_sets(generator, turns, [[c] for c in candidates], movies_for, item_ids)
+    answers = _rank_sets(generator, turns, [[c] for c in candidates], movies_for, item_ids, shuffle_seed)
     return np.array([ndcg_of_ranking(a[0][0], _target_ids(turn, item_ids), k) for turn, a in zip(turns, answers)])
 
 
@@ -355,15 +531,17 @@ def sampled_rewards(model, turns, item_ids, generator, movies_for, config: Round
 
     from training.alignment import gumbel_topk_sets, ndcg_of_ranking
 
+    model.eval()
     with torch.no_grad():
         logits = turn_logits(model, turns, config.max_len)
     draws = torch.Generator(device=logits.device).manual_seed(seed)
     sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu().tolist()
     sets_ids = [[[item_ids[i] for i in s] for s in turn_sets] for turn_sets in sets]
-    answers = _rank_sets(generator, turns, sets_ids, movies_for, item_ids)
+    shuffle_seed = config.seed if config.shuffle_candidates else None
+    answers = _rank_sets(generator, turns, sets_ids, movies_for, item_ids, shuffle_seed)
     return np.array([
         ndcg_of_ranking(ranking, _target_ids(turn, item_ids), config.set_size)
-        for turn, turn_answers in zip(turns, answers) for ranking, _ in turn_answers
+        for turn, turn_answers in zip(turns, answers) for ranking, _, _ in turn_answers
     ])
 
 
@@ -375,33 +553,46 @@ def run_round(
     generator, movies_for: MoviesLookup, config: RoundConfig, round_dir: Path,
     log: Callable[[str], None] = print,
 ) -> RoundResult:
-    """Run (or resume) one round on ``model`` in place; rollouts are kept under ``round_dir``."""
+    """Run (or resume) one round on ``model`` in place; rollouts and the last epoch are kept under ``round_dir``."""
     import copy
 
     if not train_turns:
         raise ValueError("no training turn has a target in the retriever's item table")
+    probe_turns = (list(gate_turns) or list(train_turns[: config.rollout_batch]))[: config.probe_turns]
+    planned = config.planned_requests(len(train_turns), len(gate_turns), len(probe_turns))
+    if config.max_generator_requests is not None and planned > config.max_generator_requests:
+        raise OverBudget(
+            f"this round could ask the generator for {planned:,} rankings ({config.rollout_phases} rollouts x "
+            f"{len(train_turns)} turns x {config.num_sets} sets, gate and probes), over the limit of "
+            f"{config.max_generator_requests:,}: lower the training turns, the sets per turn or the epochs "
+            "per rollout, or raise the limit")
+    log(f"{config.rollout_phases} rollouts of {len(train_turns)} turns x {config.num_sets} sets: "
+        f"at most {planned:,} generator requests (sets without a target are not sent)")
     started = time.monotonic()
     reference = copy.deepcopy(model).eval()
     for param in reference.parameters():
         param.requires_grad_(False)
+    model.eval()
     log(f"gate before: ranking the top {config.set_size} of {len(gate_turns)} gate turns")
     gate_before = pipeline_ndcg(reference, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
     log(f"gate NDCG@{config.eval_k} before: {gate_before.mean() if len(gate_before) else 0.0:.4f}")
-    rollouts = collect_rollouts(reference, train_turns, item_ids, generator, movies_for, config, round_dir / "rollouts", log)
-    curve = optimise(model, reference, train_turns, rollouts, config, log)
+    curve = train_round(model, reference, train_turns, item_ids, generator, movies_for, config, round_dir, log)
     # Reward before/after: fresh draws on the same held-out turns with the same noise.
-    probe_turns = (list(gate_turns) or list(train_turns[: config.rollout_batch]))[: config.probe_turns]
     probe = (probe_turns, item_ids, generator, movies_for, config, config.seed + 1)
     log(f"rewards before/after on {len(probe_turns)} held-out turns, then the gate after")
     rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)
     gate_after = pipeline_ndcg(model, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
     log(f"gate NDCG@{config.eval_k} after: {gate_after.mean() if len(gate_after) else 0.0:.4f}")
+    rollouts = stored_rollouts(round_dir / "rollouts")
     return RoundResult(
-        rollouts=rollouts.height, rollout_reward_mean=float(rollouts["reward"].mean()),
+        rollouts=rollouts.height, rollouts_sent=int(rollouts["generator_asked"].sum()),
+        rollout_phases=int(rollouts["rollout"].max()),
+        rollout_reward_mean=float(rollouts.filter(pl.col("rollout") == 1)["reward"].mean()),
         reward_mean_before=float(rewards_before.mean()), reward_std_before=float(rewards_before.std()),
         reward_mean_after=float(rewards_after.mean()), reward_std_after=float(rewards_after.std()),
         gate_ndcg_before=float(gate_before.mean()) if len(gate_before) else 0.0,
         gate_ndcg_after=float(gate_after.mean()) if len(gate_after) else 0.0,
+        gate_per_turn_before=gate_before.tolist(), gate_per_turn_after=gate_after.tolist(),
         loss_curve=curve, seconds=time.monotonic() - started,
     )
 
@@ -429,42 +620,48 @@ def finished_round(round_dir: Path) -> dict | None:
 
 def align_from_tables(
     round_dir: Path, parent_checkpoint: Path, parent_round: str, turns_path: Path, corpus_path: Path, generator,
-    config: RoundConfig, datasets: Sequence[str], gate_fraction: float, max_turns: int,
-    gate_min_delta: float = 0.0, device: str = "cpu", log: Callable[[str], None] = print,
+    config: RoundConfig, datasets: Sequence[str], folds, max_turns: int, gate=None, device: str = "cpu",
+    log: Callable[[str], None] = print,
 ) -> dict:
     """One round from the pipeline's tables: parent retriever -> aligned retriever in ``round_dir``.
 
-    A finished round is returned as recorded, without a single generator call. Otherwise the round
-    runs (resuming its rollouts), writes ``retriever.pt``, then ``round.json`` (the finished marker)
-    with its parent, statistics and the gate verdict: pipeline NDCG@10 on the gate turns must not drop
-    (must rise by at least ``gate_min_delta`` when that is positive).
+    Training turns are the RL fold of ``folds`` (:class:`training.turn_pools.Folds`), the gate turns its
+    gate slice. A finished round is returned as recorded, without a single generator call. Otherwise
+    the round runs (resuming its rollouts and epochs), writes ``retriever.pt``, then ``round.json`` (the
+    finished marker) with its parent, statistics and the verdict of ``gate``
+    (:class:`training.promotion.GateRule`; default: its defaults), whose ``gate_reason`` says why.
     """
+    import shutil
+
+    from training.promotion import GateRule, gate_verdict
     from training.retriever import Retriever, export_retriever
     from training.turn_pools import CorpusLookup, alignment_pools
 
     if (record := finished_round(round_dir)) is not None:
         log(f"{round_dir.name} already finished: reusing its record (no generator calls)")
         return record
+    gate = gate or GateRule()
     retriever = Retriever.from_checkpoint(parent_checkpoint, device=device)
     item_ids = ["<pad>", *retriever.movie_ids]
     turns = pl.read_parquet(turns_path)
-    train_frame, gate_frame = alignment_pools(turns, datasets, gate_fraction, max_turns, config.seed)
+    train_frame, gate_frame = alignment_pools(turns, datasets, folds, max_turns, config.seed)
     context_vectors = retriever.context_vectors if retriever.reads_dialogue else None
     train_turns = build_turns(train_frame, retriever.vocab.index, context_vectors)
     gate_turns = build_turns(gate_frame, retriever.vocab.index, context_vectors)
-    log(f"{len(train_turns)} training turns, {len(gate_turns)} gate turns; parent {parent_round}")
+    log(f"{len(train_turns)} training turns (RL fold), {len(gate_turns)} gate turns; parent {parent_round}")
     lookup = CorpusLookup.from_parquet(corpus_path)
     result = run_round(retriever.model, item_ids, train_turns, gate_turns, generator, lookup, config, round_dir, log)
-    # A retriever with non-finite weights ranks arbitrarily; never let a flat gate promote it.
-    passed = weights_finite(retriever.model) and result.gate_ndcg_after - result.gate_ndcg_before >= gate_min_delta
+    finite = weights_finite(retriever.model)
+    verdict = gate_verdict(result.gate_per_turn_before, result.gate_per_turn_after, gate, finite)
+    log(verdict["gate_reason"])
     export_retriever(retriever.model, retriever.movie_ids, round_dir / CHECKPOINT_FILE, retriever.max_len,
                      {"gate_ndcg@10": result.gate_ndcg_after})
     record = {
         "round": round_dir.name, "parent_round": parent_round, "parent_checkpoint": str(parent_checkpoint),
-        "gate_passed": passed, "train_turns": len(train_turns), "gate_turns": len(gate_turns),
-        "config": config.to_dict(), **asdict(result),
+        **verdict, "train_turns": len(train_turns), "gate_turns": len(gate_turns),
+        "folds": asdict(folds), "gate_rule": asdict(gate), "config": config.to_dict(), **asdict(result),
     }
-    tmp = round_dir / f".{ROUND_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(round_dir / ROUND_FILE)
+    with atomic_path(round_dir / ROUND_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    shutil.rmtree(round_dir / "epochs", ignore_errors=True)  # only needed to resume an unfinished round
     return record

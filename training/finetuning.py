@@ -17,20 +17,20 @@ def finetune_from_turns(
     config: TrainConfig,
     log: Callable[[str], None] | None = None,
     datasets: Sequence[str] | None = None,
-    gate_fraction: float = 0.2,
+    folds=None,
 ) -> dict:
     """Continue a retriever on conversation turns: history = films mentioned so far, target = each
     recommended film (loss at the last position).
 
-    With ``datasets`` (the alignment datasets) the SFT retriever learns from exactly the turns the RL
-    rounds learn from: the train/validation turns of those datasets outside the promotion gate's hash
-    slice, validating on the gate slice; so "aligned vs SFT-only" compares like with like. Without,
-    it trains on the ``train`` split and validates on ``validation`` (else ``test``)."""
+    With ``datasets`` (the alignment datasets) the SFT retriever learns from the SFT fold of their
+    learning pool and validates on its SFT validation slice (``folds``, a
+    :class:`training.turn_pools.Folds`, default its defaults): dialogues the RL rounds and the promotion
+    gate never use. Without, it trains on the ``train`` split and validates on ``validation`` (else ``test``)."""
     import polars as pl
 
     from training.retriever import Retriever, export_retriever
     from training.sequences import eval_set, last_item_examples
-    from training.turn_pools import alignment_pools
+    from training.turn_pools import Folds, sft_pools
 
     if not Path(turns_path).is_file():
         raise FileNotFoundError(f"{turns_path} not found: materialise conversation_turns first")
@@ -43,9 +43,10 @@ def finetune_from_turns(
         targets = [vocab.encode(t or []) for t in rows["target_movie_ids"].to_list()]
         return histories, targets
 
+    folds = folds or Folds()
     if datasets:
-        train_rows, val_rows = alignment_pools(frame, datasets, gate_fraction, max_turns=frame.height, seed=config.seed)
-        val_name = f"gate slice of {'/'.join(datasets)}"
+        train_rows, val_rows = sft_pools(frame, datasets, folds)
+        val_name = f"SFT validation slice of {'/'.join(datasets)}"
     else:
         train_rows = frame.filter(pl.col("split") == "train")
         val_name = "validation" if frame.filter(pl.col("split") == "validation").height else "test"
@@ -62,8 +63,8 @@ def finetune_from_turns(
     test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
     key = run_key(
         file_stamp(Path(turns_path)), file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
-        sorted(datasets or []), gate_fraction,
-    )  # other turns or another gate slice: a fresh run, never a resume
+        sorted(datasets or []), sorted(vars(folds).items()),
+    )  # other turns or other folds: a fresh run, never a resume
     checkpoints = Path(out_dir) / f"checkpoints-{key}"
     before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
     result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)

@@ -1,30 +1,80 @@
-"""Which conversation turns each stage uses: alignment training, the promotion gate, evaluation.
+"""Which conversation turns each stage uses: supervised fine-tuning, alignment rounds, the promotion gate, evaluation.
 
 Each dataset has one held-out split (:func:`held_out_split`: its test split, else its validation split)
 that evaluation reads and nothing learns from; the learning pool (:func:`learning_pool`) is the other
 train/validation turns. So INSPIRED, which offline has only its train and dev splits, is learned from
-its train split and evaluated on dev, whatever ``datasets`` a stage is given. Slices of the pool are
-decided by a stable hash of ``dialog_id``, so a dialogue never straddles two slices and the slices do
-not move between runs or library versions.
+its train split and evaluated on dev, whatever ``datasets`` a stage is given.
+
+The learning pool is divided into disjoint folds by a stable hash of ``dialog_id``, so a dialogue never
+straddles two folds and the folds do not move between runs or library versions (:class:`Folds`):
+
+- ``gate``: the promotion gate's own slice (never learned from by SFT or the rounds);
+- ``rl``: the turns the alignment rounds learn from (``rl_share`` of the rest);
+- ``sft_validation`` and ``sft_train``: the supervised retriever's validation and training turns.
+
+SFT and RL learn from different dialogues, so the rounds' candidate sets are drawn on turns the
+supervised retriever has not fitted (on the same turns most sets already held a target, and the reward
+mostly restated what the NLL term had learned).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 LEARNING_SPLITS = ("train", "validation")
+BUCKETS = 10_000
+FOLDS = ("gate", "sft_validation", "sft_train", "rl")
 
 
-def dialog_bucket(dialog_id: str, buckets: int = 10_000) -> int:
+def dialog_bucket(dialog_id: str, buckets: int = BUCKETS) -> int:
     """A stable bucket in [0, buckets) for a dialogue id."""
     return int(hashlib.md5(dialog_id.encode()).hexdigest()[:8], 16) % buckets
 
 
 def in_gate_slice(dialog_id: str, fraction: float) -> bool:
-    return dialog_bucket(dialog_id) < fraction * 10_000
+    return dialog_bucket(dialog_id) < fraction * BUCKETS
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Shares of the learning pool's dialogues: ``gate_fraction`` of all for the gate; of the rest,
+    ``rl_share`` for the rounds and the remainder for SFT, ``sft_validation_fraction`` of which validates it.
+
+    The hash orders the dialogues once: gate first, then SFT validation, SFT training and RL, so changing
+    one share moves only the dialogues at a boundary.
+    """
+
+    gate_fraction: float = 0.2
+    rl_share: float = 0.5
+    sft_validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gate_fraction < 1:
+            raise ValueError(f"gate_fraction must be in (0, 1), got {self.gate_fraction}")
+        if not 0 < self.rl_share <= 1:
+            raise ValueError(f"rl_share must be in (0, 1], got {self.rl_share}")
+        if not 0 <= self.sft_validation_fraction < 1:
+            raise ValueError(f"sft_validation_fraction must be in [0, 1), got {self.sft_validation_fraction}")
+
+    def fold_of(self, dialog_id: str) -> str:
+        position = dialog_bucket(dialog_id) / BUCKETS
+        if position < self.gate_fraction:
+            return "gate"
+        rest = (position - self.gate_fraction) / (1 - self.gate_fraction)  # [0, 1) over the other dialogues
+        sft_share = 1 - self.rl_share
+        if rest >= sft_share:
+            return "rl"
+        return "sft_validation" if rest < sft_share * self.sft_validation_fraction else "sft_train"
+
+    def split(self, turns: pl.DataFrame, datasets: Sequence[str]) -> dict[str, pl.DataFrame]:
+        """Every fold of the learning pool of ``datasets`` (a frame per name in ``FOLDS``)."""
+        pool = learning_pool(turns, datasets)
+        fold = pool["dialog_id"].map_elements(self.fold_of, return_dtype=pl.String)
+        return {name: pool.filter(fold == name) for name in FOLDS}
 
 
 def held_out_split(splits: Collection[str]) -> str | None:
@@ -48,17 +98,19 @@ def learning_pool(turns: pl.DataFrame, datasets: Sequence[str]) -> pl.DataFrame:
 
 
 def alignment_pools(
-    turns: pl.DataFrame, datasets: Sequence[str], gate_fraction: float, max_turns: int, seed: int,
+    turns: pl.DataFrame, datasets: Sequence[str], folds: Folds, max_turns: int, seed: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(training turns, gate turns) from the learning pool of ``datasets`` (:func:`learning_pool`).
+    """(training turns, gate turns) of the rounds: a seeded sample of at most ``max_turns`` of the RL
+    fold, and of the gate slice (capped at a quarter of that)."""
+    split = folds.split(turns, datasets)
+    return _sample(split["rl"], max_turns, seed), _sample(split["gate"], max(1, max_turns // 4), seed + 1)
 
-    The gate turns are the dialogues in the hash slice; the training turns are the others, a seeded
-    sample of at most ``max_turns``. Gate turns are capped at a quarter of that.
-    """
-    pool = learning_pool(turns, datasets)
-    gate_mask = pool["dialog_id"].map_elements(lambda d: in_gate_slice(d, gate_fraction), return_dtype=pl.Boolean)
-    gate, train = pool.filter(gate_mask), pool.filter(~gate_mask)
-    return _sample(train, max_turns, seed), _sample(gate, max(1, max_turns // 4), seed + 1)
+
+def sft_pools(turns: pl.DataFrame, datasets: Sequence[str], folds: Folds) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training turns, validation turns) of the supervised retriever: the SFT fold, disjoint from the
+    rounds' turns and from the gate."""
+    split = folds.split(turns, datasets)
+    return split["sft_train"], split["sft_validation"]
 
 
 def _sample(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:

@@ -1,0 +1,92 @@
+"""The promotion gate: a paired-bootstrap lower bound of the round's gain over its parent on the gate
+slice, a minimum gate size, and a reason the operator can read."""
+
+import numpy as np
+import pytest
+
+from training.promotion import GateRule, gate_verdict, paired_lower_bound
+
+
+def _gate(turns: int, gain: float, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    before = rng.uniform(0, 1, turns)
+    return before, before + gain + rng.normal(0, noise, turns)
+
+
+def test_a_clear_gain_on_enough_turns_is_promoted():
+    before, after = _gate(400, 0.05, 0.1)
+    verdict = gate_verdict(before, after, GateRule(min_delta=0.0, min_turns=100))
+    assert verdict["gate_passed"] and verdict["gate_reason"].startswith("promoted: ")
+    assert 0 < verdict["gate_gain_lower"] < verdict["gate_gain"] == pytest.approx(np.mean(after - before))
+
+
+def test_a_mean_gain_inside_the_noise_is_not_promoted():
+    # the mean rises (the old rule, after >= before, promoted this) but the paired CI reaches below zero
+    before, after = _gate(400, 0.003, 0.3)
+    assert after.mean() > before.mean()
+    verdict = gate_verdict(before, after, GateRule(min_delta=0.0, min_turns=100))
+    assert not verdict["gate_passed"] and verdict["gate_gain_lower"] < 0 < verdict["gate_gain"]
+    assert verdict["gate_reason"].startswith("not promoted: ") and "lower bound" in verdict["gate_reason"]
+
+
+def test_min_delta_applies_to_the_lower_bound():
+    before, after = _gate(400, 0.05, 0.1)
+    lower = gate_verdict(before, after, GateRule())["gate_gain_lower"]
+    assert gate_verdict(before, after, GateRule(min_delta=lower - 1e-6))["gate_passed"]
+    assert not gate_verdict(before, after, GateRule(min_delta=lower + 1e-6))["gate_passed"]
+
+
+def test_a_gate_below_the_minimum_size_is_never_promoted_and_says_why():
+    before, after = _gate(40, 0.5, 0.01)  # a huge, clean gain, but on 40 turns
+    verdict = gate_verdict(before, after, GateRule(min_turns=100))
+    assert not verdict["gate_passed"] and verdict["gate_gain_lower"] is None
+    assert "40 turns, fewer than the 100 needed" in verdict["gate_reason"]
+    assert gate_verdict(before, after, GateRule(min_turns=40))["gate_passed"]
+
+
+def test_non_finite_weights_are_never_promoted():
+    before, after = _gate(400, 0.5, 0.01)
+    verdict = gate_verdict(before, after, GateRule(), weights_finite=False)
+    assert not verdict["gate_passed"] and "non-finite" in verdict["gate_reason"]
+
+
+def test_paired_lower_bound_uses_the_pairing():
+    # Large differences between turns, a constant gain per turn: the paired bound is the gain itself,
+    # where comparing two independent means would be lost in the spread between turns.
+    before = np.linspace(0, 1, 200)
+    assert paired_lower_bound(before, before + 0.01, 0.95, 500, 0) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="gate turns differ"):
+        gate_verdict(before, before[:10], GateRule())
+
+
+def test_a_round_on_a_tiny_gate_slice_is_recorded_as_not_promoted(tmp_path):
+    """Through align_from_tables with the default rule: 12 gate turns are too few, whatever the gain."""
+    import polars as pl
+    import torch
+
+    from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
+    from test_alignment_round import FAVOURITE, PreferOneFilm, _setup
+    from training.alignment_round import RoundConfig, align_from_tables
+    from training.retriever import export_retriever
+    from training.turn_pools import Folds
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup(2)
+    parent = export_retriever(model, item_ids[1:], tmp_path / "parent.pt", max_len=20)
+    rows = [{
+        "dataset": "redial", "split": "train", "dialog_id": f"d{i}", "turn_index": 1,
+        "context": [{"role": "seeker", "text": "something fun"}],
+        "history_movie_ids": [item_ids[h] for h in t.history], "target_movie_ids": [item_ids[FAVOURITE]],
+        "target_mentioned_before": [False],
+    } for i, t in enumerate(turns)]
+    turns_path = tmp_path / "turns.parquet"
+    pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(turns_path)
+    corpus_path = tmp_path / "corpus.parquet"
+    pl.DataFrame({"movie_id": item_ids[1:], "title": item_ids[1:]}).write_parquet(corpus_path)
+    config = RoundConfig(num_sets=4, set_size=5, epochs=3, lr=1e-2, nll_weight=0.0, rollout_batch=16)
+    record = align_from_tables(tmp_path / "round", parent, "sft", turns_path, corpus_path,
+                               PreferOneFilm(item_ids[FAVOURITE]), config, ["redial"],
+                               Folds(gate_fraction=0.25, rl_share=1.0), 100, log=lambda m: None)
+    assert record["gate_ndcg_after"] > record["gate_ndcg_before"]  # the round did improve the gate
+    assert record["gate_passed"] is False and "fewer than the 100 needed" in record["gate_reason"]
+    assert not (tmp_path / "round" / "epochs").exists()  # resume state is dropped once the round is recorded
