@@ -12,7 +12,7 @@ TURNS = dg.AssetKey("conversation_turns")
 # Blocking floors on the share of films/mentions that link to the corpus, per profile and dataset.
 # The sample corpus (17.5k Wikidata films) lacks ~15% of the films MovieLens users rated.
 MIN_LINK_RATE = {
-    "full": {"default": 0.85, "ml-latest-small": 0.95, "ml-100k": 0.95, "ml-1m": 0.95},
+    "full": {"default": 0.85, **dict.fromkeys(("ml-latest-small", "ml-100k", "ml-1m", "ml-25m-head", "ml-32m"), 0.95)},
     "sample": {"default": 0.75},
 }
 
