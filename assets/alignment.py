@@ -102,21 +102,22 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
     makes no generator calls. Outputs $RAR_HOME/alignment/rounds/<round>/ (retriever.pt, round.json,
     rollouts/)."""
     from training.alignment_round import GeneratorUnavailable, align_from_tables
-    from training.promotion import round_parent, rounds_dir
+    from training.layout import round_dir
+    from training.promotion import round_parent
 
     s = get_settings()
     parent_checkpoint, parent_round = round_parent(s.home)
-    round_dir = rounds_dir(s.home) / context.partition_key
+    folder = round_dir(s.home, context.partition_key)
     gen = generator.make_generator()
     try:
         record = align_from_tables(
-            round_dir, parent_checkpoint, parent_round, s.table_path("conversation_turns"),
+            folder, parent_checkpoint, parent_round, s.table_path("conversation_turns"),
             s.table_path("movie_corpus"), gen, _round_config(), s.alignment_datasets,
             s.learning_folds(), s.alignment_max_turns, _gate_rule(), log=context.log.info,
         )
     except GeneratorUnavailable as error:
         raise dg.Failure(
-            f"generator unavailable mid-round: {error}. Finished rollout batches are kept under {round_dir}; "
+            f"generator unavailable mid-round: {error}. Finished rollout batches are kept under {folder}; "
             "re-run this partition to resume.",
             metadata=gen.stats.as_dict(),
         ) from error
@@ -132,7 +133,7 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
                   **_gate_gain(record)},
     )
     return dg.MaterializeResult(
-        metadata={**_round_metadata(record, gen), "round_dir": dg.MetadataValue.path(str(round_dir))},
+        metadata={**_round_metadata(record, gen), "round_dir": dg.MetadataValue.path(str(folder))},
         check_results=[gate],
     )
 
@@ -142,6 +143,7 @@ def aligned_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     """The retriever of the latest round that passed the promotion gate: the round of this run when
     launched with a round (its gate check is blocking, so a rejected round never gets here), else the
     newest passed round. Checkpoint: $RAR_HOME/retriever/aligned/retriever.pt."""
+    from training.layout import checkpoint_path
     from training.promotion import latest_passed_round, promote
 
     s = get_settings()
@@ -155,6 +157,6 @@ def aligned_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult
             "round": round_name, "parent_round": pointer["parent_round"],
             "gate_ndcg_before": float(pointer["gate_ndcg_before"]),
             "gate_ndcg_after": float(pointer["gate_ndcg_after"]),
-            "checkpoint": dg.MetadataValue.path(str(s.home / "retriever" / "aligned" / "retriever.pt")),
+            "checkpoint": dg.MetadataValue.path(str(checkpoint_path(s.home, "aligned"))),
         }
     )

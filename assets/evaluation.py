@@ -11,7 +11,7 @@ REPORT = dg.AssetKey("evaluation_report")
 
 
 def _retrievers(home):
-    from training.promotion import SYSTEMS, checkpoint_path
+    from training.layout import SYSTEMS, checkpoint_path
     from training.retriever import Retriever
 
     return {
@@ -34,8 +34,8 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
 
     import polars as pl
 
-    from corpus_build.atomic import atomic_path, write_parquet_atomic
-    from training.promotion import rounds_dir
+    from corpus_build.atomic import write_bytes_atomic, write_parquet_atomic
+    from training.layout import evaluation_chart_path, rounds_dir
     from training.report import (
         HEADLINE, build_report, evaluate_systems, evaluation_sets, headline, popularity_counts, rounds_curve,
     )
@@ -60,9 +60,7 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
         gen.close()
     turns_path = write_parquet_atomic(per_turn, s.table_path("evaluation_turns"))
     summary, markdown, png = build_report(per_turn, rounds_curve(rounds_dir(s.home)), n_boot=1000, seed=s.seed)
-    chart_path = s.path("evaluation", "report.png")
-    with atomic_path(chart_path) as tmp:
-        tmp.write_bytes(png)
+    chart_path = write_bytes_atomic(png, evaluation_chart_path(s.home))
     top = headline(summary, [e.name for e in sets if e.has_dialogue])
     image = f"![NDCG@10 by system](data:image/png;base64,{base64.b64encode(png).decode()})"
     metrics = {

@@ -54,6 +54,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     through a learned projection. Metadata: users and interactions per dataset, test metrics per
     dataset, and coverage/<dataset>/<split>: the share of conversation targets the histories contain.
     Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
+    from training.layout import system_dir
     from training.pretraining import pretrain_from_tables
 
     s = get_settings()
@@ -61,7 +62,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     if not turns.is_file():
         context.log.warning(f"{turns} not found: no target coverage in the metadata")
     out = pretrain_from_tables(
-        s.table_path("user_sequences"), s.table_path("movie_corpus"), s.path("retriever", "pretrained", "x").parent,
+        s.table_path("user_sequences"), s.table_path("movie_corpus"), system_dir(s.home, "pretrained"),
         _train_config(s.retriever_epochs or EPOCH_CAPS[s.profile][0]), hidden=s.retriever_hidden,
         load_vectors=_vector_loader(context), datasets=s.retriever_pretrain_datasets,
         turns_path=turns if turns.is_file() else None, log=context.log.info,
@@ -93,13 +94,14 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     that fold: the SFT-only retriever the rounds start from.
     Checkpoint: $RAR_HOME/retriever/sft/retriever.pt."""
     from training.finetuning import finetune_from_turns
+    from training.layout import checkpoint_path, system_dir
 
     s = get_settings()
-    pretrained = s.path("retriever", "pretrained", "retriever.pt")
+    pretrained = checkpoint_path(s.home, "pretrained")
     if not pretrained.is_file():
         raise dg.Failure(f"{pretrained} not found: materialise lrurec_pretrained first")
     out = finetune_from_turns(
-        s.table_path("conversation_turns"), pretrained, s.path("retriever", "sft", "x").parent,
+        s.table_path("conversation_turns"), pretrained, system_dir(s.home, "sft"),
         _train_config(s.retriever_sft_epochs or EPOCH_CAPS[s.profile][1]), log=context.log.info,
         datasets=s.alignment_datasets, folds=s.learning_folds(),
     )

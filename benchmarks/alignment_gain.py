@@ -102,8 +102,8 @@ def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_
 def run(args) -> tuple[list[dict], list[dict]]:
     from rar_pipeline.settings import get_settings
     from training.alignment_round import RoundConfig, align_from_tables
+    from training.layout import benchmark_dir, checkpoint_path, exported_checkpoint
     from training.promotion import GateRule
-    from training.promotion import checkpoint_path
     from training.report import evaluation_sets, popularity_counts
     from training.retriever import Retriever
     from training.turn_pools import CorpusLookup
@@ -118,7 +118,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
     item_set = set(lookup.corpus["movie_id"].to_list())
     popularity = popularity_counts(turns, None)
     sft = Retriever.from_checkpoint(sft_path)
-    out_root = s.home / "benchmarks" / "alignment_gain"
+    out_root = benchmark_dir(s.home, "alignment_gain")
     versus_control: list[dict] = []
     # Rounds from another parent get their own folders (a short hash of its path keeps the names short).
     parent_tag = f"from-{hashlib.md5(str(args.parent.resolve()).encode()).hexdigest()[:8]}-" if args.parent else ""
@@ -155,7 +155,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
                             s.learning_folds(), max_turns, GateRule(min_turns=s.alignment_gate_min_turns),
                             log=lambda m, name=round_dir.name: print(f"  [{name}] {m}", flush=True),
                         )
-                        parent, parent_name = round_dir / "retriever.pt", round_dir.name
+                        parent, parent_name = exported_checkpoint(round_dir), round_dir.name
                         print(f"  [{round_dir.name}] gate NDCG@10 {record['gate_ndcg_before']:.4f} -> "
                               f"{record['gate_ndcg_after']:.4f}, held-out reward {record['reward_mean_before']:.4f} -> "
                               f"{record['reward_mean_after']:.4f}", flush=True)

@@ -215,7 +215,7 @@ def _recommend_retriever(settings):
     one has been materialised, else semantic search of movie_vectors; (None, reason) when neither exists."""
     from training.promotion import load_current_retriever
 
-    if (retriever := load_current_retriever(settings)) is not None:
+    if (retriever := load_current_retriever(settings.home)) is not None:
         name = getattr(retriever, "name", "retriever")
         return (lambda history, _text, k: retriever.retrieve(history, k, exclude=history)), name
     from corpus_build.embed import Embedder

@@ -33,6 +33,7 @@ class GeneratorResource(dg.ConfigurableResource):
     def make_generator(self):
         """A fresh generator (close it when done); its response cache lives under RAR_HOME."""
         from training.generator import make_generator
+        from training.layout import generator_cache_path
 
         settings = get_settings()
 
@@ -53,7 +54,7 @@ class GeneratorResource(dg.ConfigurableResource):
             request_budget_s=pick(self.request_budget_s, settings.generator_request_budget_s),
             batch_budget_s=pick(self.batch_budget_s, settings.generator_batch_budget_s),
             prompt_tokens=pick(self.prompt_tokens, settings.generator_prompt_tokens),
-            cache_path=settings.path("generator_cache", "responses.sqlite"),
+            cache_path=generator_cache_path(settings.home),
             **embedding,
         )
 

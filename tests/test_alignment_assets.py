@@ -45,8 +45,8 @@ def _turns(corpus: pl.DataFrame) -> pl.DataFrame:
 
 @pytest.fixture
 def tiny_pipeline(rar_home, monkeypatch):
+    from training.layout import checkpoint_path
     from training.lrurec import LRURec, LRURecConfig
-    from training.promotion import checkpoint_path
     from training.retriever import export_retriever
 
     torch.set_num_threads(1)
@@ -87,7 +87,7 @@ def _metadata(result, key):
 
 
 def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
-    from training.promotion import promoted_record
+    from training.layout import promoted_record
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("alignment_rounds", ["round-1"])

@@ -45,7 +45,15 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from corpus_build.atomic import atomic_path, write_parquet_atomic
+from corpus_build.atomic import torch_save_atomic, write_json_atomic, write_parquet_atomic
+from training.layout import (
+    exported_checkpoint,
+    finished_round,
+    last_checkpoint,
+    rollouts_dir,
+    round_epochs_dir,
+    round_record_path,
+)
 
 MoviesLookup = Callable[[Sequence[str]], Mapping[str, Mapping]]
 GATE_SHUFFLE_SEED = 0  # every round shows a retriever's gate candidates the same way (cache hits across rounds)
@@ -433,22 +441,18 @@ def optimise_epoch(
     return {**{k: sums[k] / counts[k] for k in MEAN_STATS if k in sums}, **maxima, **first}
 
 
-def _epoch_checkpoint(round_dir: Path) -> Path:
-    return round_dir / "epochs" / "last.pt"
-
-
 def _save_epoch(round_dir: Path, model, optimizer, curve: list[dict]) -> None:
     import torch
 
-    with atomic_path(_epoch_checkpoint(round_dir)) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "curve": curve}, tmp)
+    torch_save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "curve": curve},
+                      last_checkpoint(round_epochs_dir(round_dir)))
 
 
 def _resume_epoch(round_dir: Path, model, optimizer) -> list[dict]:
     """The loss curve of the epochs already done (their weights and optimiser state loaded), else []."""
     import torch
 
-    path = _epoch_checkpoint(round_dir)
+    path = last_checkpoint(round_epochs_dir(round_dir))
     if not path.is_file():
         return []
     state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
@@ -478,7 +482,7 @@ def train_round(
         phase = epoch // config.rollout_every
         if phase not in rollouts:
             rollouts[phase] = collect_rollouts(model, turns, item_ids, generator, movies_for, config,
-                                               round_dir / "rollouts", log, phase)
+                                               rollouts_dir(round_dir), log, phase)
             tensors = [t.to(device) for t in _rollout_tensors(rollouts[phase], turns, config)]
         # Nothing in an epoch draws from torch's global generator today; fork it anyway so a rerun gives
         # the same retriever whatever a layer does, without touching the caller's random state.
@@ -583,7 +587,7 @@ def run_round(
     rewards_before, rewards_after = sampled_rewards(reference, *probe), sampled_rewards(model, *probe)
     gate_after = pipeline_ndcg(model, gate_turns, item_ids, generator, movies_for, config.set_size, config.eval_k)
     log(f"gate NDCG@{config.eval_k} after: {gate_after.mean() if len(gate_after) else 0.0:.4f}")
-    rollouts = stored_rollouts(round_dir / "rollouts")
+    rollouts = stored_rollouts(rollouts_dir(round_dir))
     return RoundResult(
         rollouts=rollouts.height, rollouts_sent=int(rollouts["generator_asked"].sum()),
         rollout_phases=int(rollouts["rollout"].max()),
@@ -599,23 +603,11 @@ def run_round(
 
 # ----------------------------------------------------------------------------------- from the tables
 
-ROUND_FILE = "round.json"
-CHECKPOINT_FILE = "retriever.pt"
-
-
 def weights_finite(model) -> bool:
     """True when every parameter of ``model`` is finite (no nan/inf from a diverged update)."""
     import torch
 
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def finished_round(round_dir: Path) -> dict | None:
-    """The record of a finished round (its checkpoint and ``round.json`` exist), else None."""
-    record = round_dir / ROUND_FILE
-    if record.is_file() and (round_dir / CHECKPOINT_FILE).is_file():
-        return json.loads(record.read_text())
-    return None
 
 
 def align_from_tables(
@@ -654,14 +646,13 @@ def align_from_tables(
     finite = weights_finite(retriever.model)
     verdict = gate_verdict(result.gate_per_turn_before, result.gate_per_turn_after, gate, finite)
     log(verdict["gate_reason"])
-    export_retriever(retriever.model, retriever.movie_ids, round_dir / CHECKPOINT_FILE, retriever.max_len,
+    export_retriever(retriever.model, retriever.movie_ids, exported_checkpoint(round_dir), retriever.max_len,
                      {"gate_ndcg@10": result.gate_ndcg_after})
     record = {
         "round": round_dir.name, "parent_round": parent_round, "parent_checkpoint": str(parent_checkpoint),
         **verdict, "train_turns": len(train_turns), "gate_turns": len(gate_turns),
         "folds": asdict(folds), "gate_rule": asdict(gate), "config": config.to_dict(), **asdict(result),
     }
-    with atomic_path(round_dir / ROUND_FILE) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
-    shutil.rmtree(round_dir / "epochs", ignore_errors=True)  # only needed to resume an unfinished round
+    write_json_atomic(record, round_record_path(round_dir))
+    shutil.rmtree(round_epochs_dir(round_dir), ignore_errors=True)  # only needed to resume an unfinished round
     return record

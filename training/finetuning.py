@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
+from training.layout import exported_checkpoint, run_dir
 
 
 def finetune_from_turns(
@@ -65,12 +66,12 @@ def finetune_from_turns(
         file_stamp(Path(turns_path)), file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
         sorted(datasets or []), sorted(vars(folds).items()),
     )  # other turns or other folds: a fresh run, never a resume
-    checkpoints = Path(out_dir) / f"checkpoints-{key}"
+    checkpoints = run_dir(out_dir, key)
     before = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
     result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
     load_best(model, checkpoints)
     test_metrics = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
-    path = export_retriever(model.cpu(), vocab.movie_ids, Path(out_dir) / "retriever.pt", config.max_len, test_metrics)
+    path = export_retriever(model.cpu(), vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, test_metrics)
     return {
         "checkpoint": path, "checkpoint_dir": checkpoints, "training_examples": len(examples),
         "skipped_turns_without_history": sum(1 for h in train_h if not h), "validation_split": val_name,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus_build.atomic import torch_save_atomic
+from training.layout import best_checkpoint, last_checkpoint
 from training.sequences import EvalSet, Examples, NegativeSampler, batches, item_counts
 
 
@@ -187,7 +189,7 @@ def evaluate(model, data: EvalSet, batch_size: int = 128, device=None, amp: bool
     """Mean full-ranking metrics over ``data`` (history = the input window, masked)."""
     import torch
 
-    from training.metrics import mean_metrics, ranking_metrics
+    from training.metrics import ranking_metrics
     from training.sequences import trim_left_padding
 
     device = device or next(model.parameters()).device
@@ -207,14 +209,6 @@ def evaluate(model, data: EvalSet, batch_size: int = 128, device=None, amp: bool
                 sums[name] = sums.get(name, 0.0) + float(values.sum())
     model.train(was_training)
     return {name: total / max(len(data), 1) for name, total in sums.items()}
-
-
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def fit(
@@ -239,7 +233,7 @@ def fit(
     device = resolve_device(config.device)
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    last_path, best_path = last_checkpoint(checkpoint_dir), best_checkpoint(checkpoint_dir)
     set_seed(config.seed)
     model.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, eps=config.adam_eps)
@@ -273,7 +267,7 @@ def fit(
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_metrics=metrics, bad=0)
-            _save_atomic({"model": model.state_dict(), "config": model.config.to_dict(), "metrics": metrics}, best_path)
+            torch_save_atomic({"model": model.state_dict(), "config": model.config.to_dict(), "metrics": metrics}, best_path)
         else:
             state["bad"] += 1
         log(
@@ -325,7 +319,7 @@ def fit(
         elif stop and (not state["curve"] or state["curve"][-1]["iteration"] != state["iteration"]):
             validate()  # stopped by the time budget: the weights trained since the last validation compete too
         state["train_seconds"] = time.monotonic() - started
-        _save_atomic(
+        torch_save_atomic(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -358,7 +352,7 @@ def load_best(model, checkpoint_dir: str | Path):
     """Load ``best.pt`` weights into ``model`` (text buffers are not stored; they come with the model)."""
     import torch
 
-    saved = torch.load(Path(checkpoint_dir) / "best.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(best_checkpoint(checkpoint_dir), map_location="cpu", weights_only=False)
     model.load_state_dict(saved["model"])
     return model
 

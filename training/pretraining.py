@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
+from training.layout import exported_checkpoint, run_dir
 
 
 def pretrain_from_tables(
@@ -66,14 +67,14 @@ def pretrain_from_tables(
     text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
     key = run_key(file_stamp(Path(sequences_path)), file_stamp(Path(corpus_path)), config.to_dict(), hidden,
                   text is not None, chosen)
-    checkpoints = Path(out_dir) / f"checkpoints-{key}"
+    checkpoints = run_dir(out_dir, key)
     torch.manual_seed(config.seed)
     model = LRURec(LRURecConfig(num_items=len(vocab), hidden=hidden, text_dim=None if text is None else text.shape[1]), text)
     result = fit(model, examples, val_set, config, checkpoints, resume=True, log=log)
     load_best(model, checkpoints)
     test_by_dataset = {d: evaluate(model, data, config.eval_batch_size, ks=config.ks) for d, data in test_sets.items()}
     test_metrics = _pooled(test_by_dataset, {d: len(data) for d, data in test_sets.items()})
-    path = export_retriever(model.cpu(), vocab.movie_ids, Path(out_dir) / "retriever.pt", config.max_len, test_metrics)
+    path = export_retriever(model.cpu(), vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, test_metrics)
     sizes = frame.group_by("dataset").agg(users=pl.len(), interactions=pl.col("movie_ids").list.len().sum())
     coverage = None
     if turns_path is not None:

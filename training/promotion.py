@@ -1,19 +1,12 @@
-"""Where retriever checkpoints live, which round is promoted, and the current retriever.
+"""The promotion gate (rule and verdict), which alignment round is promoted, the parent of the next
+round, and the current retriever.
 
-Layout under ``RAR_HOME``::
-
-    retriever/pretrained/retriever.pt    lrurec_pretrained
-    retriever/sft/retriever.pt           lrurec_sft (the SFT-only baseline; the first round's parent)
-    alignment/rounds/<round>/            one alignment round: rollouts/, retriever.pt, round.json
-    retriever/aligned/retriever.pt       the promoted round's checkpoint (aligned_retriever)
-    retriever/aligned/promoted.json      which round it is, its parent and gate figures
+Paths come from :mod:`training.layout`; writes are atomic (checkpoint first, then the pointer).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-SYSTEMS = ("aligned", "sft", "pretrained")  # most to least trained
+from corpus_build.atomic import copy_file_atomic, write_json_atomic
+from training.layout import (
+    SYSTEMS,
+    checkpoint_path,
+    exported_checkpoint,
+    promoted_pointer,
+    promoted_record,
+    round_dir,
+    round_record_path,
+    round_records,
+    rounds_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,6 @@ def gate_verdict(before: Sequence[float], after: Sequence[float], rule: GateRule
                       "gate_reason": ("promoted: " if passed else "not promoted: ") + figures}
 
 
-def checkpoint_path(home: Path, system: str) -> Path:
-    return Path(home) / "retriever" / system / "retriever.pt"
-
-
-def rounds_dir(home: Path) -> Path:
-    return Path(home) / "alignment" / "rounds"
-
-
-def promoted_record(home: Path) -> dict | None:
-    pointer = Path(home) / "retriever" / "aligned" / "promoted.json"
-    return json.loads(pointer.read_text()) if pointer.is_file() else None
 
 
 def round_parent(home: Path) -> tuple[Path, str]:
@@ -100,40 +93,33 @@ def round_parent(home: Path) -> tuple[Path, str]:
 
 def latest_passed_round(home: Path) -> str | None:
     """The newest finished round whose gate passed (round names sort by time)."""
-    for round_dir in sorted(rounds_dir(home).glob("*"), reverse=True):
-        record_file = round_dir / "round.json"
-        if record_file.is_file() and json.loads(record_file.read_text()).get("gate_passed"):
-            return round_dir.name
+    for name, record in reversed(list(round_records(rounds_dir(home)))):
+        if record.get("gate_passed"):
+            return name
     return None
 
 
 def promote(home: Path, round_name: str) -> dict:
     """Make ``round_name`` the aligned retriever (checkpoint copied atomically, then the pointer)."""
-    round_dir = rounds_dir(home) / round_name
-    record = json.loads((round_dir / "round.json").read_text())
+    folder = round_dir(home, round_name)
+    record = json.loads(round_record_path(folder).read_text())
     if not record.get("gate_passed"):
         raise ValueError(f"{round_name} did not pass the promotion gate; it cannot be promoted")
-    target = checkpoint_path(home, "aligned")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(round_dir / "retriever.pt", tmp)
-    os.replace(tmp, target)
+    copy_file_atomic(exported_checkpoint(folder), checkpoint_path(home, "aligned"))
     pointer = {
         "round": round_name, "parent_round": record["parent_round"], "promoted_at": datetime.now(timezone.utc).isoformat(),
         "gate_ndcg_before": record["gate_ndcg_before"], "gate_ndcg_after": record["gate_ndcg_after"],
     }
-    pointer_tmp = target.with_name(".promoted.json.tmp")
-    pointer_tmp.write_text(json.dumps(pointer, indent=2))
-    os.replace(pointer_tmp, target.with_name("promoted.json"))
+    write_json_atomic(pointer, promoted_pointer(home))
     return pointer
 
 
-def load_current_retriever(settings, device: str = "cpu"):
-    """The most trained retriever that exists (aligned > sft > pretrained), named, or None."""
+def load_current_retriever(home: Path, device: str = "cpu"):
+    """The most trained retriever that exists under ``home`` (aligned > sft > pretrained), named, or None."""
     from training.retriever import Retriever
 
     for system in SYSTEMS:
-        path = checkpoint_path(settings.home, system)
+        path = checkpoint_path(home, system)
         if path.is_file():
             retriever = Retriever.from_checkpoint(path, device=device)
             retriever.name = f"LRURec ({system})"

@@ -10,7 +10,6 @@ next-item prediction on ``user_sequences`` (retrievers and popularity only: ther
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from training.evaluation import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
+from training.layout import round_records
 from training.turn_pools import held_out_split
 
 HEADLINE = "ndcg@10"
@@ -132,11 +132,7 @@ def evaluate_systems(
 
 def rounds_curve(rounds_dir: Path) -> dict[str, float]:
     """Gate NDCG@10 after each finished alignment round, in round order."""
-    curve = {}
-    for record_file in sorted(Path(rounds_dir).glob("*/round.json")):
-        record = json.loads(record_file.read_text())
-        curve[record["round"]] = float(record["gate_ndcg_after"])
-    return curve
+    return {record["round"]: float(record["gate_ndcg_after"]) for _, record in round_records(rounds_dir)}
 
 
 def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, seed: int):

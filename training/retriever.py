@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corpus_build.atomic import atomic_path
+from corpus_build.atomic import torch_save_atomic
 from training.lrurec import LRURec, LRURecConfig
 from training.sequences import ItemVocab, left_pad
 
@@ -63,9 +63,7 @@ def export_retriever(model, movie_ids: Sequence[str], path: str | Path, max_len:
         "max_len": max_len,
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(saved, tmp)
-    return Path(path)
+    return torch_save_atomic(saved, path)
 
 
 def load_model(saved: Mapping):

@@ -49,12 +49,12 @@ class EmbeddingGenerator(Generator):
         A speed aid for repeated experiments: the file does not record the embedding model, so keep
         one file per model. Texts are stored as UTF-8 JSON bytes (a fixed-width string array would pad
         every film text to the longest dialogue)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from corpus_build.atomic import atomic_path
+
         texts = list(self._texts)
         vectors = np.stack([self._texts[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, texts=np.frombuffer(json.dumps(texts).encode(), dtype=np.uint8), vectors=vectors)
-        tmp.replace(path)
+        with atomic_path(path) as tmp, tmp.open("wb") as out:  # a file object: np.savez adds no suffix
+            np.savez(out, texts=np.frombuffer(json.dumps(texts).encode(), dtype=np.uint8), vectors=vectors)
         return len(texts)
 
     def load_cache(self, path: Path) -> int:

@@ -1,0 +1,56 @@
+"""The artefact layout (training.layout), promotion on top of it, and the atomic writers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corpus_build.atomic import atomic_path, copy_file_atomic, write_bytes_atomic, write_json_atomic
+from training import layout
+from training.promotion import latest_passed_round, promote, round_parent
+
+
+def _finish_round(home, name: str, passed: bool, parent: str = "sft") -> None:
+    folder = layout.round_dir(home, name)
+    write_bytes_atomic(f"weights of {name}".encode(), layout.exported_checkpoint(folder))
+    write_json_atomic({"round": name, "parent_round": parent, "gate_passed": passed, "gate_ndcg_before": 0.1,
+                       "gate_ndcg_after": 0.2 if passed else 0.05}, layout.round_record_path(folder))
+
+
+def test_rounds_promotion_and_parent(tmp_path):
+    home = tmp_path / "home"
+    write_bytes_atomic(b"sft weights", layout.checkpoint_path(home, "sft"))
+    assert round_parent(home) == (layout.checkpoint_path(home, "sft"), "sft")
+    assert latest_passed_round(home) is None
+    _finish_round(home, "round-20250101-000000", passed=True)
+    _finish_round(home, "round-20250102-000000", passed=True)
+    _finish_round(home, "round-20250103-000000", passed=False)
+    layout.round_dir(home, "round-20250104-000000").mkdir()  # started, never finished
+    assert [name for name, _ in layout.round_records(layout.rounds_dir(home))] == [
+        "round-20250101-000000", "round-20250102-000000", "round-20250103-000000"]
+    assert layout.finished_round(layout.round_dir(home, "round-20250104-000000")) is None
+    assert layout.finished_round(layout.round_dir(home, "round-20250102-000000"))["gate_passed"] is True
+    assert latest_passed_round(home) == "round-20250102-000000"
+    with pytest.raises(ValueError, match="did not pass"):
+        promote(home, "round-20250103-000000")
+    pointer = promote(home, "round-20250102-000000")
+    assert layout.promoted_record(home) == pointer
+    assert layout.checkpoint_path(home, "aligned").read_bytes() == b"weights of round-20250102-000000"
+    assert round_parent(home) == (layout.checkpoint_path(home, "aligned"), "round-20250102-000000")
+    assert not list(home.rglob("*.tmp"))
+
+
+def test_atomic_writers_leave_the_old_file_on_failure(tmp_path):
+    target = write_json_atomic({"a": 1}, tmp_path / "sub" / "record.json")
+    assert json.loads(target.read_text()) == {"a": 1}
+    with pytest.raises(TypeError):
+        write_json_atomic({"a": object()}, target)  # not JSON: the old record stays whole
+    assert json.loads(target.read_text()) == {"a": 1}
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    copy = copy_file_atomic(target, tmp_path / "copy.json")
+    assert copy.read_bytes() == target.read_bytes()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["copy.json", "record.json", "sub"]
