@@ -2,12 +2,12 @@
 
 import dagster as dg
 
+from assets.keys import ALIGNED, ALIGNMENT_ROUND, CORPUS, OWNERS, SFT, TURNS, VECTORS
 from rar_pipeline.partitions import ALIGNMENT_ROUNDS
 from rar_pipeline.resources import GeneratorResource
 from rar_pipeline.settings import get_settings
 
 GROUP = "alignment"
-OWNERS = ["team:rar"]
 GATE_CHECK = "promotion_gate"
 
 
@@ -79,14 +79,15 @@ def _round_metadata(record: dict, generator) -> dict:
 
 
 @dg.asset(
+    key=ALIGNMENT_ROUND,
     partitions_def=ALIGNMENT_ROUNDS,
     group_name=GROUP,
     kinds={"pytorch"},
     owners=OWNERS,
-    deps=["lrurec_sft", "conversation_turns", "movie_corpus", "movie_vectors"],
+    deps=[SFT, TURNS, CORPUS, VECTORS],
     check_specs=[
         dg.AssetCheckSpec(
-            GATE_CHECK, asset="alignment_round", blocking=True,
+            GATE_CHECK, asset=ALIGNMENT_ROUND, blocking=True,
             description="Pipeline NDCG@10 (retriever top-K re-ranked by the generator) on the gate slice rises "
             "over the round's parent: the paired-bootstrap lower bound of the gain is at least "
             "RAR_ALIGNMENT_GATE_MIN_DELTA, on at least RAR_ALIGNMENT_GATE_MIN_TURNS turns; a failing round is "
@@ -138,7 +139,7 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[alignment_round])
+@dg.asset(key=ALIGNED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[ALIGNMENT_ROUND])
 def aligned_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The retriever of the latest round that passed the promotion gate: the round of this run when
     launched with a round (its gate check is blocking, so a rejected round never gets here), else the

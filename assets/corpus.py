@@ -9,13 +9,12 @@ import json
 
 import dagster as dg
 
+from assets.keys import CORPUS, CORPUS_QUARANTINE, OWNERS, raw_key
+from assets.metadata import latest_metadata, recent_metadata, table_schema
 from corpus_build.sources.registry import SOURCES, source_files_present, sources_for_profile
 from rar_pipeline.settings import get_settings
 
 GROUP = "corpus"
-OWNERS = ["team:rar"]
-CORPUS = dg.AssetKey("movie_corpus")
-QUARANTINE = dg.AssetKey("movie_corpus_quarantine")
 
 
 # --- raw_<source> -------------------------------------------------------------------------------
@@ -25,7 +24,7 @@ def why_skipped(spec, settings) -> str | None:
     """Why ``spec`` does no work under the current settings (None: it should be fetched)."""
     if settings.profile not in spec.profiles:
         return f"not in profile {settings.profile!r} (used by: {', '.join(spec.profiles)})"
-    if not source_files_present(spec, settings):
+    if not source_files_present(spec, settings.source_mirror):
         return f"RAR_SOURCE_MIRROR={settings.source_mirror} holds none of its files"
     return None
 
@@ -34,7 +33,7 @@ def raw_source_asset(spec) -> dg.AssetsDefinition:
     """The asset that brings one upstream's files to ``$RAR_HOME/raw/<source>/``."""
 
     @dg.asset(
-        name=f"raw_{spec.name}",
+        key=raw_key(spec.name),
         group_name=GROUP,
         kinds={"python", "file"},
         owners=OWNERS,
@@ -48,7 +47,7 @@ def raw_source_asset(spec) -> dg.AssetsDefinition:
         if reason is not None:
             context.log.info(f"raw_{spec.name} skipped: {reason}")
             return dg.MaterializeResult(metadata={"status": "skipped", "skipped_because": reason, "files": 0})
-        files = fetch_source(spec, settings, progress=False)
+        files = fetch_source(spec, settings.upstream, progress=False)
         meta = fetched_metadata(files)
         return dg.MaterializeResult(
             metadata={
@@ -59,7 +58,7 @@ def raw_source_asset(spec) -> dg.AssetsDefinition:
                 "origin": ", ".join(sorted({f.origin for f in files})),
                 "fetched_at": max((f.fetched_at for f in files), default=""),
                 "sha256": {f.name: f.sha256 for f in files},
-                "path": dg.MetadataValue.path(str(settings.home / "raw" / spec.name)),
+                "path": dg.MetadataValue.path(str(settings.raw_dir / spec.name)),
                 "file_details": dg.MetadataValue.json(json.loads(json.dumps(meta, default=str))),
             }
         )
@@ -68,7 +67,7 @@ def raw_source_asset(spec) -> dg.AssetsDefinition:
 
 
 RAW_ASSETS = [raw_source_asset(spec) for spec in SOURCES.values()]
-RAW_KEYS = [dg.AssetKey(f"raw_{name}") for name in SOURCES]
+RAW_KEYS = [raw_key(name) for name in SOURCES]
 
 
 # --- movie_corpus + movie_corpus_quarantine ------------------------------------------------------
@@ -89,7 +88,7 @@ RAW_KEYS = [dg.AssetKey(f"raw_{name}") for name in SOURCES]
             ),
         ),
         dg.AssetSpec(
-            QUARANTINE,
+            CORPUS_QUARANTINE,
             group_name=GROUP,
             kinds={"polars", "parquet"},
             owners=OWNERS,
@@ -105,7 +104,7 @@ def movie_corpus_build(context: dg.AssetExecutionContext):
 
     settings = get_settings()
     specs = sources_for_profile(settings.profile, settings.source_mirror)
-    results, skipped = read_fetched_sources(specs, settings.home / "raw")
+    results, skipped = read_fetched_sources(specs, settings.raw_dir)
     for name, reason in skipped.items():
         context.log.warning(f"source {name} not merged: {reason}")
     if not results:
@@ -117,29 +116,25 @@ def movie_corpus_build(context: dg.AssetExecutionContext):
     previous = previous_row_count(context.instance)
     yield dg.MaterializeResult(asset_key=CORPUS, metadata=_corpus_metadata(merged, corpus_path, previous, skipped, split))
     yield dg.MaterializeResult(
-        asset_key=QUARANTINE,
+        asset_key=CORPUS_QUARANTINE,
         metadata={
             "dagster/row_count": merged.quarantine.height,
             "path": dg.MetadataValue.path(str(quarantine_path)),
             "by_reason": dg.MetadataValue.json(merged.quarantine_reasons()),
-            "dagster/column_schema": _table_schema(merged.quarantine),
+            "dagster/column_schema": table_schema(merged.quarantine),
         },
     )
 
 
 def previous_row_count(instance: dg.DagsterInstance) -> int | None:
     """Row count of the latest recorded movie_corpus materialisation (None: there was none)."""
-    event = instance.get_latest_materialization_event(CORPUS)
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get("dagster/row_count")
-    return int(value.value) if value is not None else None
+    return _row_count(latest_metadata(instance, CORPUS))
 
 
 def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str], split) -> dict:
     metadata: dict = {
         "dagster/row_count": merged.corpus.height,
-        "dagster/column_schema": _table_schema(merged.corpus),
+        "dagster/column_schema": table_schema(merged.corpus),
         "path": dg.MetadataValue.path(str(path)),
         "films_from_several_sources": float(merged.stats["films_from_several_sources"]),
         "rows_merged": float(merged.stats["rows_merged"]),
@@ -168,10 +163,6 @@ def _stats_table(stats: dict[str, dict[str, int]]) -> str:
     for source, counts in sorted(stats.items()):
         lines.append(f"| {source} | " + " | ".join(f"{counts.get(c, 0):,}" for c in counters) + " |")
     return "\n".join(lines)
-
-
-def _table_schema(frame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
 
 
 # --- checks on movie_corpus (blocking: a failing corpus stops everything downstream) --------------
@@ -230,8 +221,7 @@ def year_in_range() -> dg.AssetCheckResult:
 def row_count_not_shrinking(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     from corpus_build.quality import row_count_ok
 
-    records = context.instance.fetch_materializations(CORPUS, limit=2).records
-    counts = [_row_count(r) for r in records]
+    counts = [_row_count(metadata) for metadata in recent_metadata(context.instance, CORPUS, limit=2)]
     current = counts[0] if counts else None
     previous = counts[1] if len(counts) > 1 else None
     if current is None:
@@ -242,9 +232,9 @@ def row_count_not_shrinking(context: dg.AssetCheckExecutionContext) -> dg.AssetC
     )
 
 
-def _row_count(record) -> int | None:
-    value = record.asset_materialization.metadata.get("dagster/row_count") if record.asset_materialization else None
-    return int(value.value) if value is not None else None
+def _row_count(metadata: dict) -> int | None:
+    value = metadata.get("dagster/row_count")
+    return int(value) if value is not None else None
 
 
 @dg.asset_check(
@@ -282,17 +272,15 @@ def no_films_split_from_previous(context: dg.AssetCheckExecutionContext) -> dg.A
         split_films_ok,
     )
 
-    event = context.instance.get_latest_materialization_event(CORPUS)
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    metadata = latest_metadata(context.instance, CORPUS)
     split, films = metadata.get("new_films_matching_previous"), metadata.get("dagster/row_count")
     if split is None or films is None:
         return dg.AssetCheckResult(passed=True, metadata={"compared": "no previous materialisation of the same sources"})
-    examples = metadata.get("split_film_examples")
     return dg.AssetCheckResult(
-        passed=split_films_ok(int(split.value), int(films.value)),
-        metadata={"new_films_matching_previous": int(split.value),
-                  "max": max(SPLIT_FILMS_MAX, int(SPLIT_FILMS_MAX_SHARE * films.value)),
-                  "examples": examples.value if examples is not None else []},
+        passed=split_films_ok(int(split), int(films)),
+        metadata={"new_films_matching_previous": int(split),
+                  "max": max(SPLIT_FILMS_MAX, int(SPLIT_FILMS_MAX_SHARE * films)),
+                  "examples": metadata.get("split_film_examples", [])},
     )
 
 

@@ -2,19 +2,11 @@
 
 import dagster as dg
 
+from assets.keys import CORPUS, OWNERS, SEQUENCES, TURNS
+from assets.metadata import latest_metadata, table_schema
 from rar_pipeline.settings import get_settings
 
 GROUP = "interactions"
-OWNERS = ["team:rar"]
-CORPUS = dg.AssetKey("movie_corpus")
-SEQUENCES = dg.AssetKey("user_sequences")
-TURNS = dg.AssetKey("conversation_turns")
-# Blocking floors on the share of films/mentions that link to the corpus, per profile and dataset.
-# The sample corpus (17.5k Wikidata films) lacks ~15% of the films MovieLens users rated.
-MIN_LINK_RATE = {
-    "full": {"default": 0.85, **dict.fromkeys(("ml-latest-small", "ml-100k", "ml-1m", "ml-25m-head", "ml-32m"), 0.95)},
-    "sample": {"default": 0.75},
-}
 
 
 def _linker():
@@ -32,8 +24,7 @@ def _write(frame, name: str):
 def _metadata(built, path) -> dict:
     metadata = {
         "dagster/row_count": built.frame.height,
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(n, str(t)) for n, t in built.frame.schema.items()]),
+        "dagster/column_schema": table_schema(built.frame),
         "path": dg.MetadataValue.path(str(path)),
         "link_rates": dg.MetadataValue.json(built.log.rates()),
         "unresolved_distinct": float(built.log.unresolved().height),
@@ -55,13 +46,14 @@ def _save_unresolved(built) -> None:
     _write(fresh, "unresolved_mentions")
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=[CORPUS])
+@dg.asset(key=SEQUENCES, group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=[CORPUS])
 def user_sequences() -> dg.MaterializeResult:
     """MovieLens histories as chronological movie_id sequences, one row per (dataset, user), with the
     LRURec leave-one-out split (last film = test, second to last = validation; 5-core)."""
     from corpus_build.interactions.build import build_user_sequences
 
-    built = build_user_sequences(get_settings(), _linker())
+    settings = get_settings()
+    built = build_user_sequences(settings.profile, settings.upstream, _linker())
     path = _write(built.frame, "user_sequences")
     _save_unresolved(built)
     metadata = _metadata(built, path)
@@ -71,7 +63,7 @@ def user_sequences() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=[CORPUS, SEQUENCES])
+@dg.asset(key=TURNS, group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=[CORPUS, SEQUENCES])
 def conversation_turns() -> dg.MaterializeResult:
     """One row per recommender turn that recommends a film (ReDial, INSPIRED, Reddit-Movie; in the sample
     profile dialogues synthesised from MovieLens histories): context, mentioned and target movie_ids, split."""
@@ -82,7 +74,7 @@ def conversation_turns() -> dg.MaterializeResult:
     settings = get_settings()
     sequences_path = settings.table_path("user_sequences")
     sequences = pl.read_parquet(sequences_path) if sequences_path.exists() else None
-    built = build_conversation_turns(settings, _linker(), sequences)
+    built = build_conversation_turns(settings.profile, settings.upstream, _linker(), settings.seed, sequences)
     path = _write(built.frame, "conversation_turns")
     _write(built.quarantine, "conversation_turns_quarantine")
     _save_unresolved(built)
@@ -96,13 +88,12 @@ def conversation_turns() -> dg.MaterializeResult:
 
 
 def _latest_link_rates(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dict[str, float]:
-    event = context.instance.get_latest_materialization_event(key)
-    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    return {k.split("/", 1)[1]: float(v.value) for k, v in metadata.items() if k.startswith("link_rate/")}
+    metadata = latest_metadata(context.instance, key)
+    return {k.split("/", 1)[1]: float(v) for k, v in metadata.items() if k.startswith("link_rate/")}
 
 
 def _link_rate_result(rates: dict[str, float]) -> dg.AssetCheckResult:
-    floors = MIN_LINK_RATE[get_settings().profile]
+    floors = get_settings().limits.min_link_rate
     failing = {d: r for d, r in rates.items() if r < floors.get(d, floors["default"])}
     return dg.AssetCheckResult(passed=not failing,
                                metadata={"link_rates": rates, "below_threshold": failing, "floors": floors})

@@ -2,18 +2,11 @@
 
 import dagster as dg
 
+from assets.keys import CORPUS, OWNERS, PRETRAINED, SEQUENCES, SFT, TURNS, VECTORS
 from rar_pipeline.settings import get_settings
 
 GROUP = "retriever"
-OWNERS = ["team:rar"]
-SEQUENCES = dg.AssetKey("user_sequences")
-TURNS = dg.AssetKey("conversation_turns")
-CORPUS = dg.AssetKey("movie_corpus")
-VECTORS = dg.AssetKey("movie_vectors")
-PRETRAINED = dg.AssetKey("lrurec_pretrained")
-EPOCH_CAPS = {"sample": (4, 3), "full": (200, 50)}  # (pretraining, fine-tuning) when not set
 PER_DATASET_METRICS = ("NDCG@10", "Recall@10")  # per MovieLens dataset in lrurec_pretrained's metadata
-SAMPLE_MAX_MINUTES = 3.0  # per asset on the sample profile unless RAR_RETRIEVER_MAX_MINUTES is set
 
 
 def _train_config(epochs: int):
@@ -24,7 +17,7 @@ def _train_config(epochs: int):
         max_len=s.retriever_max_len, batch_size=s.retriever_batch_size, epochs=epochs,
         patience=s.retriever_patience, seed=s.seed, device=s.retriever_device, negatives=s.retriever_negatives,
         sampler=s.retriever_sampler, threads=s.retriever_threads, progress=False,
-        max_minutes=s.retriever_max_minutes or (SAMPLE_MAX_MINUTES if s.profile == "sample" else None),
+        max_minutes=s.retriever_minutes,
     )
 
 
@@ -46,7 +39,7 @@ def _metrics(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{name}": float(value) for name, value in metrics.items()}
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS])
+@dg.asset(key=PRETRAINED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS])
 def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on every MovieLens history
     of user_sequences (RAR_RETRIEVER_PRETRAIN_DATASETS narrows them; users kept apart per dataset) with
@@ -63,7 +56,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         context.log.warning(f"{turns} not found: no target coverage in the metadata")
     out = pretrain_from_tables(
         s.table_path("user_sequences"), s.table_path("movie_corpus"), system_dir(s.home, "pretrained"),
-        _train_config(s.retriever_epochs or EPOCH_CAPS[s.profile][0]), hidden=s.retriever_hidden,
+        _train_config(s.pretraining_epochs), hidden=s.retriever_hidden,
         load_vectors=_vector_loader(context), datasets=s.retriever_pretrain_datasets,
         turns_path=turns if turns.is_file() else None, log=context.log.info,
     )
@@ -86,7 +79,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS])
+@dg.asset(key=SFT, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS])
 def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """lrurec_pretrained fine-tuned on the SFT fold of the learning dialogues (train/validation turns of
     RAR_ALIGNMENT_DATASETS outside the gate slice and the rounds' RL fold, RAR_ALIGNMENT_RL_SHARE;
@@ -102,7 +95,7 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         raise dg.Failure(f"{pretrained} not found: materialise lrurec_pretrained first")
     out = finetune_from_turns(
         s.table_path("conversation_turns"), pretrained, system_dir(s.home, "sft"),
-        _train_config(s.retriever_sft_epochs or EPOCH_CAPS[s.profile][1]), log=context.log.info,
+        _train_config(s.sft_epochs), log=context.log.info,
         datasets=s.alignment_datasets, folds=s.learning_folds(),
     )
     return dg.MaterializeResult(

@@ -2,10 +2,8 @@
 
 import dagster as dg
 
+from assets.keys import CORPUS, OWNERS, VECTORS
 from rar_pipeline.settings import get_settings
-
-VECTORS = dg.AssetKey("movie_vectors")
-CORPUS = dg.AssetKey("movie_corpus")
 
 
 @dg.asset(
@@ -13,7 +11,7 @@ CORPUS = dg.AssetKey("movie_corpus")
     deps=[CORPUS],
     group_name="corpus",
     kinds={"lancedb", "python"},
-    owners=["team:rar"],
+    owners=OWNERS,
 )
 def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One normalised embedding per film of movie_corpus in the LanceDB table `movie_vectors`
@@ -21,14 +19,14 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     Incremental: only films whose content_hash is new or changed are embedded; films gone from the
     corpus are deleted; an interrupted run resumes from its last committed chunk."""
     from corpus_build.catalog import file_fingerprint
-    from corpus_build.vector_store import VectorStore, read_corpus, sync_vectors
+    from corpus_build.vector_store import read_corpus, sync_vectors
 
     settings = get_settings()
     corpus_path = settings.table_path("movie_corpus")
     if not corpus_path.exists():
         raise dg.Failure(f"movie_corpus not found at {corpus_path}: materialise movie_corpus first")
     fingerprint = file_fingerprint(corpus_path)  # before reading: a rewrite during the run shows as a change
-    store = VectorStore.from_settings(settings)
+    store = settings.vector_store()
     stats = sync_vectors(read_corpus(corpus_path), store, store.embedder)
     context.log.info(f"movie_vectors: {stats.embedded} embedded, {stats.reused} reused, {stats.deleted} deleted")
     return dg.MaterializeResult(
@@ -52,11 +50,9 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 def _store_and_corpus_ids():
     import polars as pl
 
-    from corpus_build.vector_store import VectorStore
-
     settings = get_settings()
     corpus_ids = pl.read_parquet(settings.table_path("movie_corpus"), columns=["movie_id"])
-    return VectorStore.from_settings(settings), corpus_ids
+    return settings.vector_store(), corpus_ids
 
 
 @dg.asset_check(asset=VECTORS, blocking=True, description="One vector per corpus film: row counts match.")
@@ -80,11 +76,9 @@ def vectors_ids_in_corpus() -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=VECTORS, blocking=True, description="Vector dimension equals the embedding model's.")
 def vectors_dimension() -> dg.AssetCheckResult:
-    from corpus_build.embed import Embedder
-
     settings = get_settings()
     store, _ = _store_and_corpus_ids()
-    expected = Embedder.from_settings(settings).dimension
+    expected = settings.embedder().dimension
     return dg.AssetCheckResult(
         passed=store.dimension() == expected,
         metadata={"table_dimension": store.dimension(), "model_dimension": expected, "model": settings.embedding_model},
@@ -93,7 +87,7 @@ def vectors_dimension() -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=VECTORS, blocking=True, description="No vector has NaN/inf values or a zero norm.")
 def vectors_finite_nonzero() -> dg.AssetCheckResult:
-    from corpus_build.vector_store import VectorStore, bad_vectors
+    from corpus_build.vector_store import bad_vectors
 
-    bad = bad_vectors(VectorStore.from_settings(get_settings()))
+    bad = bad_vectors(get_settings().vector_store())
     return dg.AssetCheckResult(passed=not bad, metadata={"bad_vectors": len(bad), "examples": bad[:10]})

@@ -57,7 +57,7 @@ def build(mirror: Path, home: Path) -> dict[str, float]:
     times: dict[str, float] = {}
     started = time.perf_counter()
     for spec in specs:
-        fetch_source(spec, settings, progress=False)
+        fetch_source(spec, settings.upstream, progress=False)
     times["fetch"] = time.perf_counter() - started
     step = time.perf_counter()
     results, skipped = read_fetched_sources(specs, settings.home / "raw")

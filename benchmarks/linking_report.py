@@ -101,8 +101,8 @@ def main() -> None:
         linker = Linker.from_parquet(corpus)
         print(f"corpus: {corpus} ({len(linker):,} films; linker built in {time.perf_counter() - start:.1f} s)")
         start = time.perf_counter()
-        sequences = build_user_sequences(settings, linker)
-        turns = build_conversation_turns(settings, linker)
+        sequences = build_user_sequences(settings.profile, settings.upstream, linker)
+        turns = build_conversation_turns(settings.profile, settings.upstream, linker, settings.seed)
         print(f"built user_sequences + conversation_turns in {time.perf_counter() - start:.1f} s\n")
         print("link rates (MovieLens: distinct films; dialogues: distinct mentions per dialogue)")
         for dataset, rate in {**sequences.log.rates(), **turns.log.rates()}.items():

@@ -95,15 +95,6 @@ class Embedder:
         self.batch_size = batch_size
         self.precision = precision
 
-    @classmethod
-    def from_settings(cls, settings) -> Embedder:
-        return cls(
-            model=settings.embedding_model,
-            device=settings.embedding_device,
-            batch_size=settings.embedding_batch_size,
-            precision=settings.embedding_precision,
-        )
-
     @cached_property
     def model(self):
         """The loaded SentenceTransformer (loaded on first use, never downloaded)."""

@@ -59,6 +59,15 @@ class FetchedFile:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """Where fetched files land and where they come from: ``raw_root/<source>/<file>``, copied from the
+    ``mirror`` folder when one is set (laid out like ``../shared/data``), else downloaded."""
+
+    raw_root: Path
+    mirror: Path | None = None
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff: initial_wait, doubled per try up to max_wait, at most ``attempts`` tries."""
 
@@ -69,15 +78,16 @@ class RetryPolicy:
 
 
 def fetch_source(
-    spec: SourceSpec, settings, progress: bool = True, retry: RetryPolicy | None = None
+    spec: SourceSpec, upstream: Upstream, progress: bool = True, retry: RetryPolicy | None = None
 ) -> list[FetchedFile]:
-    """Fetch every file of ``spec``; return what is on disk (a missing optional mirror file is left out)."""
+    """Fetch every file of ``spec`` into ``upstream.raw_root/<source>/``; return what is on disk (a missing
+    optional mirror file is left out)."""
     retry = retry or RetryPolicy()
     fetched: list[FetchedFile] = []
     with httpx.Client(timeout=retry.timeout, follow_redirects=True) as client:
         for remote in spec.files:
-            target = settings.path("raw", spec.name, remote.name)
-            result = _fetch_one(remote, target, settings, client, retry, progress)
+            target = Path(upstream.raw_root) / spec.name / remote.name
+            result = _fetch_one(remote, target, upstream.mirror, client, retry, progress)
             if result is not None:
                 fetched.append(result)
     return fetched
@@ -91,18 +101,18 @@ def mirror_file(remote: RemoteFile, mirror: Path | str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def _fetch_one(remote, target, settings, client, retry, progress) -> FetchedFile | None:
+def _fetch_one(remote, target, mirror, client, retry, progress) -> FetchedFile | None:
     if remote.package_resource is not None:
         package, relative = remote.package_resource
         with resources.as_file(resources.files(package).joinpath(relative)) as source:
             if not source.is_file():
                 raise FetchError(f"{remote.name}: package resource {package}/{relative} not found")
             return _copy_local(remote, source, target, "package")
-    if settings.source_mirror is not None:
-        source = mirror_file(remote, settings.source_mirror)
+    if mirror is not None:
+        source = mirror_file(remote, mirror)
         if source is not None:
             return _copy_local(remote, source, target, "mirror")
-        expected = Path(settings.source_mirror) / (remote.mirror_path or f"<no mirror path for {remote.name}>")
+        expected = Path(mirror) / (remote.mirror_path or f"<no mirror path for {remote.name}>")
         if remote.optional:
             log.warning("mirror lacks optional file %s (%s): skipped", remote.name, expected)
             return None

@@ -87,12 +87,6 @@ class VectorStore:
         self._async_seen = 0
         self._loops = threading.local()  # one event loop per calling thread
 
-    @classmethod
-    def from_settings(cls, settings) -> VectorStore:
-        from corpus_build.embed import Embedder
-
-        return cls(settings.vector_db_uri, embedder=Embedder.from_settings(settings))
-
     # --- table life cycle -------------------------------------------------------------------
     def exists(self) -> bool:
         return self._table is not None or self.table_name in self.db.list_tables().tables

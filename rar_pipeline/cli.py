@@ -188,12 +188,11 @@ def vectors_coverage_note(store, corpus_path: Path) -> str | None:
 def search(text: str, k: int, year_min: int | None, year_max: int | None, exclude: tuple[str, ...]) -> None:
     """Films of movie_vectors closest in meaning to TEXT, e.g. rar search "space opera with a twist"."""
     from corpus_build.embed import ModelUnavailableError
-    from corpus_build.vector_store import VectorStore
 
     if not text.strip():
         raise click.ClickException('nothing to search for: give a description, e.g. rar search "space opera with a twist"')
     settings = get_settings()
-    store = VectorStore.from_settings(settings)
+    store = settings.vector_store()
     if not store.exists():
         raise click.ClickException(f"no movie_vectors table at {settings.vector_db_uri}: run `rar materialize` first")
     if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
@@ -218,15 +217,12 @@ def _recommend_retriever(settings):
     if (retriever := load_current_retriever(settings.home)) is not None:
         name = getattr(retriever, "name", "retriever")
         return (lambda history, _text, k: retriever.retrieve(history, k, exclude=history)), name
-    from corpus_build.embed import Embedder
-    from corpus_build.vector_store import VectorStore
-
-    store = VectorStore.from_settings(settings)
+    store = settings.vector_store()
     if not store.exists():
         return None, f"neither a trained retriever nor a movie_vectors table at {settings.vector_db_uri}"
     if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
         click.echo(f"warning: {note}", err=True)
-    embedder = Embedder.from_settings(settings)
+    embedder = store.embedder
 
     def retrieve(history, text, k):
         hits = store.search(embedder.encode([text])[0], k=k, exclude_ids=list(history))

@@ -12,7 +12,7 @@ main_job = dg.define_asset_job(
     "partition). `rar materialize` adds the round and runs it (the README's main job).",
 )
 
-# Nightly alignment (issue 7): a new round, the promotion gate (a blocking check), then the report.
+# Nightly alignment: a new round, the promotion gate (a blocking check), then the report.
 nightly_alignment_job = dg.define_asset_job(
     "nightly_alignment",
     selection=dg.AssetSelection.assets("alignment_round", "aligned_retriever", "evaluation_report"),
@@ -25,7 +25,7 @@ evaluation_job = dg.define_asset_job(
     description="Rebuild the evaluation report over every system that exists.",
 )
 
-# Corpus refresh (issue 3): the raw sources, movie_corpus (with the outputs built alongside it) and
+# Corpus refresh: the raw sources, movie_corpus (with the outputs built alongside it) and
 # movie_vectors; incremental, so an unchanged upstream costs little. Run by the new-release sensor and
 # the weekly schedule.
 corpus_refresh_job = dg.define_asset_job(

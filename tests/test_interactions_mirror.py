@@ -27,13 +27,13 @@ def linker(tmp_path_factory):
 
 def test_mirror_link_rates_and_turn_counts(mirror_home, linker):
     settings = get_settings()
-    sequences = build_user_sequences(settings, linker)
+    sequences = build_user_sequences(settings.profile, settings.upstream, linker)
     rates = sequences.log.rates()
     assert rates["ml-latest-small"] >= 0.98 and rates["ml-1m"] >= 0.98 and rates["ml-100k"] >= 0.95
     users = dict(sequences.frame.group_by("dataset").len().iter_rows())
     assert users["ml-latest-small"] == 610 and users["ml-100k"] == 943 and users["ml-1m"] >= 6030
     assert users["ml-25m-head"] == 756 and rates["ml-25m-head"] >= 0.98  # 757 users, the cut-off last one left out
-    turns = build_conversation_turns(settings, linker)
+    turns = build_conversation_turns(settings.profile, settings.upstream, linker, settings.seed)
     rates = turns.log.rates()
     assert rates["redial_test"] >= 0.95 and rates["redial_validation"] >= 0.95 and rates["redial_train"] >= 0.95
     assert rates["inspired_validation"] >= 0.85 and rates["inspired_train"] >= 0.83  # UniCRS's DBpedia film links

@@ -14,7 +14,8 @@ import pytest
 from corpus_build.catalog import catalog_fingerprint, file_fingerprint
 from corpus_build.sources import RemoteFile, SourceResult, SourceSpec
 from rar_pipeline.settings import get_settings
-from rar_pipeline.sensors import VECTORS_KEY, build_new_release_sensor
+from assets.keys import VECTORS as VECTORS_KEY
+from rar_pipeline.sensors import build_new_release_sensor
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

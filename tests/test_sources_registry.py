@@ -24,8 +24,8 @@ def test_profiles():
 def test_sample_profile_fetches_from_the_package(rar_home):
     settings = get_settings()
     spec = SOURCES["wikidata_sample"]
-    assert source_files_present(spec, settings)
-    [fetched] = fetch_source(spec, settings, progress=False)
+    assert source_files_present(spec, settings.source_mirror)
+    [fetched] = fetch_source(spec, settings.upstream, progress=False)
     result = spec.reader({fetched.name: fetched.path})
     assert result.rows.height >= 15_000
 
@@ -33,8 +33,8 @@ def test_sample_profile_fetches_from_the_package(rar_home):
 @pytest.mark.mirror
 def test_mirror_skips_imdb_and_lists_the_rest(mirror_home, shared_data):
     settings = get_settings()
-    assert not source_files_present(SOURCES["imdb"], settings)
-    assert fetch_source(SOURCES["imdb"], settings, progress=False) == []  # optional files: skipped
+    assert not source_files_present(SOURCES["imdb"], settings.source_mirror)
+    assert fetch_source(SOURCES["imdb"], settings.upstream, progress=False) == []  # optional files: skipped
     assert [s.name for s in sources_for_profile("full", shared_data)] == [
         "wikipedia", "movielens", "movielens_small", "movielens_1m"]
 
@@ -46,8 +46,8 @@ def test_a_mirror_with_imdb_dumps_serves_them(rar_home, tmp_path, monkeypatch):
     monkeypatch.setenv("RAR_SOURCE_MIRROR", str(tmp_path / "mirror"))
     get_settings.cache_clear()
     spec = SOURCES["imdb"]
-    assert source_files_present(spec, get_settings())
-    fetched = fetch_source(spec, get_settings(), progress=False)
+    assert source_files_present(spec, get_settings().source_mirror)
+    fetched = fetch_source(spec, get_settings().upstream, progress=False)
     assert len(fetched) == 5 and {f.origin for f in fetched} == {"mirror"}
     assert spec.reader({f.name: f.path for f in fetched}).rows.height == len(MOVIE_TCONSTS)
 
@@ -62,8 +62,8 @@ def test_a_mirror_with_imdb_dumps_serves_them(rar_home, tmp_path, monkeypatch):
 def test_mirror_sources_read_with_sane_counts(mirror_home, name, films, with_imdb):
     settings = get_settings()
     spec = SOURCES[name]
-    assert source_files_present(spec, settings)
-    fetched = fetch_source(spec, settings, progress=False)
+    assert source_files_present(spec, settings.source_mirror)
+    fetched = fetch_source(spec, settings.upstream, progress=False)
     assert {f.origin for f in fetched} == {"mirror"} and len(fetched) == len(spec.files)
     result = spec.reader({f.name: f.path for f in fetched})
     assert result.rows.height == films and result.quarantine.height == 0

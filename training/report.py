@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from training.evaluation import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
-from training.layout import round_records
+from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir
 from training.turn_pools import held_out_split
 
 HEADLINE = "ndcg@10"
@@ -159,3 +159,62 @@ def headline(summary: pl.DataFrame, dialogue_sets: Sequence[str]) -> dict:
             return {"dataset": first, "system": row["system"], "value": row[HEADLINE],
                     "lo": row[f"{HEADLINE}_lo"], "hi": row[f"{HEADLINE}_hi"]}
     raise ValueError("empty summary")
+
+
+class NoRetrieverError(FileNotFoundError):
+    """No retriever checkpoint exists yet: there is nothing to evaluate."""
+
+
+@dataclass
+class EvaluationReport:
+    per_turn: pl.DataFrame  # one row per (evaluation set, system, turn)
+    summary: pl.DataFrame  # per (evaluation set, system): metrics with bootstrap CIs
+    markdown: str
+    png: bytes  # the chart
+    headline: dict  # see :func:`headline`
+    turns_path: Path  # where per_turn was written
+    chart_path: Path
+    generator_name: str
+
+
+def current_retrievers(home: Path) -> dict:
+    """Every retriever checkpoint under ``home``, least to most trained (pretrained, sft, aligned)."""
+    from training.retriever import Retriever
+
+    return {
+        system: Retriever.from_checkpoint(checkpoint_path(home, system))
+        for system in reversed(SYSTEMS) if checkpoint_path(home, system).is_file()
+    }
+
+
+def report_from_tables(
+    home: Path, turns_path: Path, sequences_path: Path, corpus_path: Path, make_generator: Callable[[], object],
+    out_turns_path: Path, *, max_turns: int, seed: int, candidates: int, n_boot: int = 1000,
+    log: Callable[[str], None] = print,
+) -> EvaluationReport:
+    """The evaluation report of every retriever under ``home`` (alone and re-ranked by the generator that
+    ``make_generator`` opens; it is closed here) on every evaluation set of the tables (``sequences_path``
+    may be missing). Writes the per-turn results to ``out_turns_path`` and the chart under ``home``."""
+    from corpus_build.atomic import write_bytes_atomic, write_parquet_atomic
+    from training.turn_pools import CorpusLookup
+
+    turns = pl.read_parquet(turns_path)
+    sequences = pl.read_parquet(sequences_path) if Path(sequences_path).is_file() else None
+    lookup = CorpusLookup.from_parquet(corpus_path)
+    sets = evaluation_sets(turns, sequences, max_turns, seed)
+    retrievers = current_retrievers(home)
+    if not retrievers:
+        raise NoRetrieverError("no retriever checkpoint found: materialise lrurec_pretrained first")
+    generator = make_generator()
+    try:
+        per_turn = evaluate_systems(
+            sets, retrievers, generator, lookup, popularity_counts(turns, sequences),
+            set(lookup.corpus["movie_id"].to_list()), candidates=candidates, log=log,
+        )
+    finally:
+        generator.close()
+    written = write_parquet_atomic(per_turn, out_turns_path)
+    summary, markdown, png = build_report(per_turn, rounds_curve(rounds_dir(home)), n_boot=n_boot, seed=seed)
+    chart_path = write_bytes_atomic(png, evaluation_chart_path(home))
+    top = headline(summary, [e.name for e in sets if e.has_dialogue])
+    return EvaluationReport(per_turn, summary, markdown, png, top, written, chart_path, generator.name)

