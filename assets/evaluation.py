@@ -21,7 +21,7 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
     targets outside the corpus excluded). Per-turn results: the evaluation_turns table."""
     import base64
 
-    from training.report import HEADLINE, NoRetrieverError, report_from_tables
+    from training.evaluation_report import HEADLINE, NoRetrieverError, report_from_tables
 
     s = get_settings()
     try:

@@ -16,7 +16,7 @@ For each generator, seed and objective: ``--rounds`` alignment rounds in a row f
 (:func:`training.alignment_round.align_from_tables`, ReDial validation turns, the hashed gate slice kept
 apart), each in its own folder under ``$RAR_HOME/benchmarks/alignment_gain/``, then both retrievers'
 top-20 re-ranked by the same generator on a seeded sample of ReDial test turns and of INSPIRED dev
-turns (never learned from), scored under the zero-shot CRS protocol with :mod:`training.report`.
+turns (never learned from), scored under the zero-shot CRS protocol with :mod:`training.evaluation_report`.
 Bootstrap 95% CIs per system; the relative gain's CI is a paired bootstrap over the same turns.
 
 Objective ``nll`` is the control: the same round with the RL term switched off (continued supervised
@@ -91,8 +91,8 @@ def make_backend(name: str, prompt_tokens: int) -> Generator:
 
 def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_boot: int, seed: int):
     """Per-turn and summary frames of '<retriever>+<generator>' for each retriever on each set."""
-    from training.evaluation import summarise
-    from training.report import evaluate_systems
+    from training.evaluation_protocol import summarise
+    from training.evaluation_report import evaluate_systems
 
     per_turn = evaluate_systems(sets, retrievers, generator, lookup, popularity, item_set, candidates=20, log=lambda m: None)
     per_turn = per_turn.filter(pl.col("system").str.ends_with(f"+{generator.name}"))
@@ -104,7 +104,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
     from training.alignment_round import RoundConfig, align_from_tables
     from training.layout import benchmark_dir, checkpoint_path, exported_checkpoint
     from training.promotion import GateRule
-    from training.report import evaluation_sets, popularity_counts
+    from training.evaluation_report import evaluation_sets, popularity_counts
     from training.retriever import Retriever
     from training.turn_pools import CorpusLookup
 

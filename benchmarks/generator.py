@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from corpus_build.linking import split_title_year  # noqa: E402
 from corpus_build.movie_text import title_key  # noqa: E402
-from training.evaluation import turn_metrics  # noqa: E402
+from training.evaluation_protocol import turn_metrics  # noqa: E402
 from training.generator.base import RankRequest  # noqa: E402
 from training.generator.prompt import LABELS  # noqa: E402
 

@@ -34,8 +34,8 @@ def main() -> None:
     import torch
 
     from rar_pipeline.settings import get_settings
-    from training.evaluation import Protocol, per_turn_results
-    from training.report import evaluation_sets, retriever_rankings
+    from training.evaluation_protocol import Protocol, per_turn_results
+    from training.evaluation_report import evaluation_sets, retriever_rankings
     from training.retriever import Retriever
 
     torch.set_num_threads(args.threads)

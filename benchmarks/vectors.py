@@ -29,14 +29,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-# `python benchmarks/vectors.py` puts benchmarks/ first on sys.path, where benchmarks/corpus_build.py
-# would shadow the corpus_build package: drop that entry.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from corpus_build.embed import Embedder, resolve_model  # noqa: E402
-from corpus_build.movie_text import content_hash, movie_text  # noqa: E402
-from corpus_build.schema import CORPUS_SCHEMA  # noqa: E402
-from corpus_build.vector_store import (  # noqa: E402
+from corpus_build.embed import Embedder, resolve_model
+from corpus_build.movie_text import content_hash, movie_text
+from corpus_build.schema import CORPUS_SCHEMA
+from corpus_build.vector_store import (
     HNSW_EF,
     INDEX_MIN_ROWS,
     NPROBES,

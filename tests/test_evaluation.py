@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training.evaluation import (
+from training.evaluation_protocol import (
     Protocol, bootstrap_ci, chart_png, effective_targets, markdown_table, per_turn_results, summarise,
     turn_metrics,
 )
@@ -109,7 +109,7 @@ def test_headline_check_warns_only_below_the_previous_ci():
 
 
 def test_headline_prefers_the_largest_dialogue_set():
-    from training.report import headline
+    from training.evaluation_report import headline
 
     summary = pl.DataFrame({
         "dataset": ["inspired/validation", "redial/test", "redial/test"], "system": ["sft+embedding", "sft", "sft+embedding"],

@@ -84,7 +84,7 @@ def masked_logits(model, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tens
 
 
 def evaluate(model, data: TurnExamples, batch_size: int = 256, ks=(10, 20, 50)) -> dict[str, float]:
-    from training.metrics import metrics_from_ranks, target_ranks
+    from training.ranking_metrics import metrics_from_ranks, target_ranks
 
     was_training = model.training
     model.eval()

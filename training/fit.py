@@ -189,7 +189,7 @@ def evaluate(model, data: EvalSet, batch_size: int = 128, device=None, amp: bool
     """Mean full-ranking metrics over ``data`` (history = the input window, masked)."""
     import torch
 
-    from training.metrics import ranking_metrics
+    from training.ranking_metrics import ranking_metrics
     from training.sequences import trim_left_padding
 
     device = device or next(model.parameters()).device

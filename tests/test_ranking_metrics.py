@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from training.metrics import mask_history, mean_metrics, ranking_metrics, target_ranks
+from training.ranking_metrics import mask_history, mean_metrics, ranking_metrics, target_ranks
 
 
 def test_single_target_metrics_match_hand_computed_values():

@@ -7,7 +7,7 @@ Wikipedia and MovieLens files, i.e. the whole full profile), then runs the corpu
 ``build_corpus`` (merge) -> ``write_corpus`` (zstd Parquet). Prints wall time per step, rows/s and the
 peak RSS of this process. Target on the 2-core dev machine: <= 60 s and <= 4 GB.
 
-    python benchmarks/corpus_build.py [--movies 345000] [--keep DIR] [--with-shared ../shared/data]
+    python benchmarks/movie_corpus.py [--movies 345000] [--keep DIR] [--with-shared ../shared/data]
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# corpus_build package: drop that folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def generate_dumps(mirror: Path, movies: int, seed: int) -> float:
@@ -60,7 +57,7 @@ def build(mirror: Path, home: Path) -> dict[str, float]:
         fetch_source(spec, settings.upstream, progress=False)
     times["fetch"] = time.perf_counter() - started
     step = time.perf_counter()
-    results, skipped = read_fetched_sources(specs, settings.home / "raw")
+    results, skipped = read_fetched_sources(specs, settings.raw_dir)
     if skipped:
         raise SystemExit(f"files not fetched: {skipped}")
     times["read"] = time.perf_counter() - step

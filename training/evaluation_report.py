@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from training.evaluation import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
+from training.evaluation_protocol import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
 from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir
 from training.turn_pools import held_out_split
 
