@@ -73,27 +73,23 @@ RAW_KEYS = [raw_key(name) for name in SOURCES]
 # --- movie_corpus + movie_corpus_quarantine ------------------------------------------------------
 
 
+def _table_spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
+    """A Parquet table the corpus build writes from the raw sources."""
+    return dg.AssetSpec(key, group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=RAW_KEYS,
+                        description=description)
+
+
 @dg.multi_asset(
     name="movie_corpus_build",
     specs=[
-        dg.AssetSpec(
+        _table_spec(
             CORPUS,
-            group_name=GROUP,
-            kinds={"polars", "parquet"},
-            owners=OWNERS,
-            deps=RAW_KEYS,
-            description=(
-                "Merged, normalised, deduplicated movies, one row per film (zstd Parquet at "
-                "$RAR_HOME/tables/movie_corpus.parquet): IMDb-id, title+year and fuzzy matching across sources."
-            ),
+            "Merged, normalised, deduplicated movies, one row per film (zstd Parquet at "
+            "$RAR_HOME/tables/movie_corpus.parquet): IMDb-id, title+year and fuzzy matching across sources.",
         ),
-        dg.AssetSpec(
+        _table_spec(
             CORPUS_QUARANTINE,
-            group_name=GROUP,
-            kinds={"polars", "parquet"},
-            owners=OWNERS,
-            deps=RAW_KEYS,
-            description="Every source record rejected while building movie_corpus, with its source, file, line and reason.",
+            "Every source record rejected while building movie_corpus, with its source, file, line and reason.",
         ),
     ],
 )

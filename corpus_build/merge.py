@@ -26,7 +26,7 @@ IMDb id but no year in any source (announced, or a MovieLens "(no year)" title) 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,6 +403,17 @@ def _exact_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame) -> pl.Dat
     )
 
 
+def adjacent_year_blocks(queries: pl.DataFrame, choices: pl.DataFrame, query_year: str = "year",
+                         choice_year: str = "year") -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """(queries of one year, choices of that year or an adjacent one) for every year that has both: the
+    blocking that keeps fuzzy title matching near linear in the number of films."""
+    by_year = {y: part for (y,), part in choices.partition_by(choice_year, as_dict=True).items()}
+    for (year,), block in queries.partition_by(query_year, as_dict=True).items():
+        near = [by_year[y] for y in (year - 1, year, year + 1) if y in by_year]
+        if near:
+            yield block, pl.concat(near, how="vertical")
+
+
 def _fuzzy_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame, threshold: float) -> pl.DataFrame:
     """(group, entity) pairs whose title keys are near-identical, blocked by same/adjacent year."""
     import numpy as np
@@ -410,12 +421,7 @@ def _fuzzy_candidates(groups: pl.DataFrame, entity_keys: pl.DataFrame, threshold
 
     out: dict[str, list] = {"_group": [], "_entity": [], "_score": [], "_votes": []}
     groups = groups.filter(pl.col("_key").str.len_chars() >= 4)
-    by_year = {y: part for (y,), part in entity_keys.partition_by("_year", as_dict=True).items()}
-    for (year,), block in groups.partition_by("year", as_dict=True).items():
-        near = [by_year[y] for y in (year - 1, year, year + 1) if y in by_year]
-        if not near:
-            continue
-        choices = pl.concat(near, how="vertical")
+    for block, choices in adjacent_year_blocks(groups, entity_keys, choice_year="_year"):
         choice_keys = choices["_key"].to_list()
         query_keys = block["_key"].to_list()
         scores = process.cdist(query_keys, choice_keys, scorer=fuzz.ratio, score_cutoff=threshold, dtype=np.uint8, workers=1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from corpus_build.merge import FIRST_FILM_YEAR
+from corpus_build.merge import FIRST_FILM_YEAR, adjacent_year_blocks
 from corpus_build.normalise import title_keys
 
 # UTF-8 text decoded as latin-1 or cp1252 ("LumiÃ¨re", "â€™", "Â "), and U+FFFD, which a lossy decoder
@@ -146,12 +146,7 @@ def films_split_from(previous: pl.DataFrame | None, current: pl.DataFrame) -> pl
     import numpy as np
 
     found = []
-    by_year = {y: part for (y,), part in old.partition_by("year", as_dict=True).items()}
-    for (year,), block in new.partition_by("year", as_dict=True).items():
-        near = [by_year[y] for y in (year - 1, year, year + 1) if y in by_year]
-        if not near:
-            continue
-        choices = pl.concat(near, how="vertical")
+    for block, choices in adjacent_year_blocks(new, old):
         scores = process.cdist(block["_key"].to_list(), choices["_old_key"].to_list(), scorer=fuzz.ratio,
                                score_cutoff=SPLIT_MATCH_SCORE, dtype=np.uint8)
         for qi in np.flatnonzero(scores.max(axis=1) > 0):

@@ -24,6 +24,7 @@ from corpus_build.interactions.turns import (
     dialog_rows,
     merge_consecutive,
     quarantine_row,
+    titled_utterance,
 )
 
 _REQUIRED = ("dialog_id", "utt_id", "speaker", "text", "movies")
@@ -59,12 +60,4 @@ def read_inspired(
 
 def _utterance(role: str, row: dict, linker: Linker, log: LinkLog, dataset: str) -> Utterance:
     text = nfc((row.get("text") or "").replace("QUOTATION_MARK", '"'))
-    linked = []
-    for title in (t.strip() for t in (row.get("movies") or "").split(";")):
-        if not title:
-            continue
-        link = linker.link(title)
-        log.record(dataset, title, link)
-        if link.movie_id:
-            linked.append(link.movie_id)
-    return Utterance(role, text, linked, linked if role == RECOMMENDER else [])
+    return titled_utterance(role, text, (row.get("movies") or "").split(";"), linker, log, dataset)

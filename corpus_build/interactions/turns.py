@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from corpus_build.linking import Linker, LinkLog
 from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, QUARANTINE_SCHEMA
 
 SEEKER, RECOMMENDER = "seeker", "recommender"
@@ -24,6 +25,21 @@ class Utterance:
     text: str  # mentions already rendered as "Title (Year)"
     movie_ids: list[str] = field(default_factory=list)  # linked films mentioned, in order
     target_ids: list[str] = field(default_factory=list)  # films this turn recommends (recommender only)
+
+
+def titled_utterance(role: str, text: str, titles: Iterable[str], linker: Linker, log: LinkLog,
+                     dataset: str) -> Utterance:
+    """An utterance whose films are named by title: each non-empty title is linked and logged; a
+    recommender's linked films are also its targets."""
+    linked = []
+    for title in (t.strip() for t in titles):
+        if not title:
+            continue
+        link = linker.link(title)
+        log.record(dataset, title, link)
+        if link.movie_id:
+            linked.append(link.movie_id)
+    return Utterance(role, text, linked, linked if role == RECOMMENDER else [])
 
 
 def merge_consecutive(utterances: list[Utterance]) -> list[Utterance]:

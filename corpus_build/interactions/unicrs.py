@@ -32,6 +32,7 @@ from corpus_build.interactions.turns import (
     dialog_rows,
     merge_consecutive,
     read_jsonl,
+    titled_utterance,
 )
 
 ROLES = {"SEEKER": SEEKER, "USER": SEEKER, "RECOMMENDER": RECOMMENDER, "SYSTEM": RECOMMENDER}
@@ -67,12 +68,4 @@ def _utterance(number: int, turn, linker: Linker, log: LinkLog, dataset: str) ->
     movies = turn.get("movie") or []
     if not isinstance(movies, list):
         raise ValueError(f"turn {number}: 'movie' is not a list")
-    linked = []
-    for title in (str(m).strip() for m in movies):
-        if not title:
-            continue
-        link = linker.link(title)
-        log.record(dataset, title, link)
-        if link.movie_id:
-            linked.append(link.movie_id)
-    return Utterance(role, nfc(str(turn.get("text") or "")), linked, linked if role == RECOMMENDER else [])
+    return titled_utterance(role, nfc(str(turn.get("text") or "")), (str(m) for m in movies), linker, log, dataset)
