@@ -442,8 +442,6 @@ def optimise_epoch(
 
 
 def _save_epoch(round_dir: Path, model, optimizer, curve: list[dict]) -> None:
-    import torch
-
     torch_save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "curve": curve},
                       last_checkpoint(round_epochs_dir(round_dir)))
 
