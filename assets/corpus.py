@@ -240,11 +240,7 @@ def _row_count(metadata: dict) -> int | None:
     "file decoded with the wrong encoding.",
 )
 def titles_decoded_cleanly() -> dg.AssetCheckResult:
-    from corpus_build.quality import (
-        GARBLED_TITLES_MAX_SHARE,
-        garbled_titles,
-        garbled_titles_ok,
-    )
+    from corpus_build.quality import GARBLED_TITLES_MAX_SHARE, garbled_titles, garbled_titles_ok
 
     corpus = _load_corpus()
     garbled = garbled_titles(corpus)
@@ -262,11 +258,7 @@ def titles_decoded_cleanly() -> dg.AssetCheckResult:
     "means rows that used to join a film no longer do (split films).",
 )
 def no_films_split_from_previous(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from corpus_build.quality import (
-        SPLIT_FILMS_MAX,
-        SPLIT_FILMS_MAX_SHARE,
-        split_films_ok,
-    )
+    from corpus_build.quality import SPLIT_FILMS_MAX, SPLIT_FILMS_MAX_SHARE, split_films_ok
 
     metadata = latest_metadata(context.instance, CORPUS)
     split, films = metadata.get("new_films_matching_previous"), metadata.get("dagster/row_count")

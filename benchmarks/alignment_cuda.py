@@ -23,7 +23,13 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from training.alignment_round import (  # noqa: E402
-    AlignmentTurn, RoundConfig, _rollout_tensors, optimise_epoch, run_round, stored_rollouts, turn_logits,
+    AlignmentTurn,
+    RoundConfig,
+    _rollout_tensors,
+    optimise_epoch,
+    run_round,
+    stored_rollouts,
+    turn_logits,
 )
 from training.generator.base import Generator, RankResult  # noqa: E402
 from training.lrurec import LRURec, LRURecConfig  # noqa: E402

@@ -43,7 +43,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.generator.base import Generator, RankResult  # noqa: E402
+from training.generator.base import Generator  # noqa: E402
 
 EVAL_SETS = ("redial/test", "inspired/validation")
 METRIC = "ndcg@10"
@@ -102,9 +102,9 @@ def evaluate(retrievers: dict, generator, lookup, sets, popularity, item_set, n_
 def run(args) -> tuple[list[dict], list[dict]]:
     from rar_pipeline.settings import get_settings
     from training.alignment_round import RoundConfig, align_from_tables
+    from training.evaluation_report import evaluation_sets, popularity_counts
     from training.layout import benchmark_dir, checkpoint_path, exported_checkpoint
     from training.promotion import GateRule
-    from training.evaluation_report import evaluation_sets, popularity_counts
     from training.retriever import Retriever
     from training.turn_pools import CorpusLookup
 

@@ -72,7 +72,7 @@ def load_turns(data: Path, movies: dict[str, dict]) -> list[dict]:
                 if role == "assistant" and new and context:
                     turns.append({"dialog": dialog["conversationId"], "context": list(context),
                                   "history": list(seen), "targets": new})
-                text = MENTION.sub(lambda m: (names.get(m.group(1)) or movies.get(m.group(1), {}).get("title")
+                text = MENTION.sub(lambda m, names=names: (names.get(m.group(1)) or movies.get(m.group(1), {}).get("title")
                                               or "a movie").strip(), message["text"])
                 context.append({"role": role, "text": text})
                 seen += [i for i in ids if i not in seen]
@@ -118,7 +118,7 @@ def run_llama_cpp(requests, n_ctx: int, threads: int):
 
     generator = LlamaCppGenerator(n_ctx=n_ctx, n_threads=threads)
     generator.label_prior(len(requests[0].candidate_ids))  # loads the model; the prior is reused
-    rankings, calibrated, seconds, tokens = [], [], 0.0, 0
+    rankings, calibrated, seconds = [], [], 0.0
     for i, request in enumerate(requests):
         started = time.perf_counter()
         [result] = generator.rank_batch([request])

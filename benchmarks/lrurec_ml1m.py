@@ -22,6 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # transparent huge pages for torch's CPU allocator
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +62,7 @@ def movie_texts(movies_dat: Path, items_parquet: Path) -> list[str]:
     return texts
 
 
-def text_vectors(args) -> "np.ndarray":  # noqa: F821
+def text_vectors(args) -> np.ndarray:
     """[N + 1, 384] MiniLM vectors of the item texts (row 0 = padding, zeros); cached at --text-vectors."""
     import numpy as np
 
@@ -104,8 +108,8 @@ def main() -> None:
 
     import torch
 
-    from training.lrurec import LRURec, LRURecConfig
     from training.fit import TrainConfig, evaluate, fit, load_best, resolve_device
+    from training.lrurec import LRURec, LRURecConfig
     from training.sequences import eval_set, load_leave_one_out, next_item_examples
 
     started = time.monotonic()

@@ -35,12 +35,7 @@ import polars as pl
 from corpus_build import movie_text
 from corpus_build.atomic import write_parquet_atomic
 from corpus_build.movie_text import UNSAFE_CHARACTERS
-from corpus_build.normalise import (
-    CANONICAL_GENRES,
-    canonical_genre,
-    sequel_markers,
-    title_keys,
-)
+from corpus_build.normalise import CANONICAL_GENRES, canonical_genre, sequel_markers, title_keys
 from corpus_build.schema import (
     CAST_LIMIT,
     CORPUS_SCHEMA,

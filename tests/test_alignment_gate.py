@@ -63,9 +63,9 @@ def test_a_round_on_a_tiny_gate_slice_is_recorded_as_not_promoted(tmp_path):
     """Through align_from_tables with the default rule: 12 gate turns are too few, whatever the gain."""
     import polars as pl
     import torch
+    from test_alignment_round import FAVOURITE, PreferOneFilm, _setup
 
     from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
-    from test_alignment_round import FAVOURITE, PreferOneFilm, _setup
     from training.alignment_round import RoundConfig, align_from_tables
     from training.retriever import export_retriever
     from training.turn_pools import Folds

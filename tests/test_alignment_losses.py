@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from training.alignment import (
-    draw_log_probs, dpo_loss, dpo_pairs, grpo_loss, group_advantages, gumbel_topk_sets,
-    ndcg_of_ranking, nll_loss, set_log_probs,
+    dpo_loss,
+    dpo_pairs,
+    draw_log_probs,
+    group_advantages,
+    grpo_loss,
+    gumbel_topk_sets,
+    ndcg_of_ranking,
+    nll_loss,
+    set_log_probs,
 )
 
 

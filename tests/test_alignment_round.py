@@ -5,9 +5,7 @@ import math
 import pytest
 import torch
 
-from training.alignment_round import (
-    AlignmentTurn, GeneratorUnavailable, RoundConfig, run_round, turn_logits,
-)
+from training.alignment_round import AlignmentTurn, GeneratorUnavailable, RoundConfig, run_round, turn_logits
 from training.generator.base import Generator, RankResult, fallback
 from training.lrurec import LRURec, LRURecConfig
 

@@ -7,7 +7,13 @@ import polars as pl
 import pytest
 
 from training.evaluation_protocol import (
-    Protocol, bootstrap_ci, chart_png, effective_targets, markdown_table, per_turn_results, summarise,
+    Protocol,
+    bootstrap_ci,
+    chart_png,
+    effective_targets,
+    markdown_table,
+    per_turn_results,
+    summarise,
     turn_metrics,
 )
 
@@ -79,8 +85,9 @@ def test_summary_markdown_and_png():
     assert "| redial | good | 2 |" in table and "| redial | bad | 2 | 0.0000" in table
     png = chart_png(summary, "ndcg@10", rounds={"r1": 0.1, "r2": 0.2})
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(png)).size[0] > 500
 

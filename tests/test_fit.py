@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.lrurec import LRURec, LRURecConfig
 from training.fit import TrainConfig, fit, next_item_loss
+from training.lrurec import LRURec, LRURecConfig
 from training.sequences import (
     NegativeSampler,
     batches,

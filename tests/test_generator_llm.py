@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason='needs the local-llm extra: pip install -e ".[local-llm]"')
 
 from llm_server import llama_cpp_server  # noqa: E402
+
 from training.generator.base import RankRequest  # noqa: E402
 from training.generator.llama_cpp_backend import LlamaCppGenerator, packaged_gguf_path  # noqa: E402
 from training.generator.openai_backend import OpenAIConfig, OpenAIGenerator  # noqa: E402

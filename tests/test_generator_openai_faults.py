@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from llm_server import ScriptedEndpoint
+
 from training.generator.base import RankRequest
 from training.generator.openai_backend import OpenAIConfig, OpenAIGenerator
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from llm_server import MisbehavingServer
 
 from corpus_build.movie_text import content_hash
 from corpus_build.schema import CORPUS_SCHEMA
-from llm_server import MisbehavingServer
 from rar_pipeline.cli import main
 from rar_pipeline.settings import get_settings
 

@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits, unicrs
+from corpus_build.interactions import inspired, reddit, redial, splits, unicrs
+from corpus_build.interactions import movielens_ratings as ml
 from corpus_build.interactions.synthetic_conversations import synthesise
 from corpus_build.interactions.turns import JsonlFormatError, turns_frame
 from corpus_build.linking import Linker, LinkLog

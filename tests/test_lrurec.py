@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.lrurec import Dropout, LRURec, LRURecConfig, last_state, linear_recurrence, sequential_recurrence
 from training.fit import TrainConfig, evaluate, fit, fused_linear_cross_entropy
+from training.lrurec import Dropout, LRURec, LRURecConfig, last_state, linear_recurrence, sequential_recurrence
 from training.sequences import eval_set, next_item_examples
 
 torch.set_num_threads(1)

@@ -108,9 +108,9 @@ def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_
 def test_sft_uses_the_full_softmax_above_the_pretraining_cap(rar_home, tmp_path, negatives):
     """SFT scores one position per example, so it keeps the full softmax where pretraining would sample."""
     from rar_pipeline.settings import get_settings
-    from training.lrurec import LRURec, LRURecConfig
     from training.finetuning import finetune_from_turns
     from training.fit import TrainConfig
+    from training.lrurec import LRURec, LRURecConfig
     from training.retriever import export_retriever
 
     settings = get_settings()

@@ -11,11 +11,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
+from assets.keys import VECTORS as VECTORS_KEY
 from corpus_build.catalog import catalog_fingerprint, file_fingerprint
 from corpus_build.sources import RemoteFile, SourceResult, SourceSpec
-from rar_pipeline.settings import get_settings
-from assets.keys import VECTORS as VECTORS_KEY
 from rar_pipeline.sensors import build_new_release_sensor
+from rar_pipeline.settings import get_settings
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

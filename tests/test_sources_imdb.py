@@ -7,13 +7,21 @@ import unicodedata
 
 import polars as pl
 import pytest
+from imdb_fixtures import (
+    BAD_LINE_COUNT,
+    BASICS_ROWS,
+    MOVIE_TCONSTS,
+    ROWS,
+    bad_line_number,
+    imdb_lines,
+    write_gzip_lines,
+    write_imdb_fixtures,
+)
 
 from corpus_build.movie_text import normalise_imdb_id
 from corpus_build.schema import CAST_LIMIT, QUARANTINE_SCHEMA, SOURCE_ROW_SCHEMA
 from corpus_build.sources import SourceFormatError
 from corpus_build.sources.imdb import BASICS, NAMES, PRINCIPALS, RATINGS, read_imdb
-from imdb_fixtures import (BAD_LINE_COUNT, BASICS_ROWS, MOVIE_TCONSTS, ROWS, bad_line_number,
-                           imdb_lines, write_gzip_lines, write_imdb_fixtures)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import pytest
 
 from corpus_build.interactions.turns import turns_frame
 from training.evaluation_report import evaluation_sets
-from training.turn_pools import (
-    FOLDS, Folds, alignment_pools, held_out_split, in_gate_slice, learning_pool, sft_pools,
-)
+from training.turn_pools import FOLDS, Folds, alignment_pools, held_out_split, in_gate_slice, learning_pool, sft_pools
 
 
 def _turns(dataset: str, split: str, dialogs: int) -> list[dict]:

@@ -11,12 +11,7 @@ import pytest
 from corpus_build.embed import Embedder
 from corpus_build.movie_text import content_hash
 from corpus_build.schema import CORPUS_SCHEMA
-from corpus_build.vector_store import (
-    VectorStore,
-    index_partitions,
-    plan_sync,
-    sync_vectors,
-)
+from corpus_build.vector_store import VectorStore, index_partitions, plan_sync, sync_vectors
 
 FILMS = [
     ("tt0133093", "The Matrix", 1999, ["Science Fiction", "Action"], ["Lana Wachowski"], ["Keanu Reeves", "Laurence Fishburne"],

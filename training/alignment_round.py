@@ -358,9 +358,7 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
     """
     import torch
 
-    from training.alignment import (
-        dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss,
-    )
+    from training.alignment import dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss
 
     logits = turn_logits(model, turns, config.max_len)
     targets, mask = _target_tensors(turns)

@@ -23,12 +23,13 @@ from pathlib import Path
 import polars as pl
 
 from corpus_build.fetch import Upstream
+from corpus_build.interactions import inspired, reddit, redial, splits, unicrs
+from corpus_build.interactions import movielens_ratings as ml
+from corpus_build.interactions.synthetic_conversations import synthesise
+from corpus_build.interactions.turns import quarantine_frame, turns_frame
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.schema import USER_SEQUENCES_SCHEMA
 from corpus_build.sources import RemoteFile, SourceSpec
-from corpus_build.interactions import inspired, movielens_ratings as ml, reddit, redial, splits, unicrs
-from corpus_build.interactions.synthetic_conversations import synthesise
-from corpus_build.interactions.turns import quarantine_frame, turns_frame
 
 log = logging.getLogger(__name__)
 

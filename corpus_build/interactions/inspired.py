@@ -15,8 +15,6 @@ import sys
 from itertools import groupby
 from pathlib import Path
 
-from corpus_build.linking import Linker, LinkLog
-from corpus_build.movie_text import nfc
 from corpus_build.interactions.turns import (
     RECOMMENDER,
     SEEKER,
@@ -26,6 +24,8 @@ from corpus_build.interactions.turns import (
     quarantine_row,
     titled_utterance,
 )
+from corpus_build.linking import Linker, LinkLog
+from corpus_build.movie_text import nfc
 
 _REQUIRED = ("dialog_id", "utt_id", "speaker", "text", "movies")
 _ROLES = {"RECOMMENDER": RECOMMENDER, "SEEKER": SEEKER}

@@ -28,9 +28,9 @@ import re
 import sys
 from pathlib import Path
 
+from corpus_build.interactions.turns import RECOMMENDER, SEEKER, quarantine_row, read_jsonl
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.movie_text import nfc, normalise_imdb_id
-from corpus_build.interactions.turns import RECOMMENDER, SEEKER, quarantine_row, read_jsonl
 
 
 def load_entity_names(path: str | Path | None) -> dict[str, str]:

@@ -30,16 +30,9 @@ import html
 import re
 from pathlib import Path
 
+from corpus_build.interactions.turns import RECOMMENDER, SEEKER, Utterance, dialog_rows, merge_consecutive, read_jsonl
 from corpus_build.linking import Linker, LinkLog
 from corpus_build.movie_text import nfc
-from corpus_build.interactions.turns import (
-    RECOMMENDER,
-    SEEKER,
-    Utterance,
-    dialog_rows,
-    merge_consecutive,
-    read_jsonl,
-)
 
 _PLACEHOLDER = re.compile(r"@(\d+)")
 RULES = ("suggested", "suggested_any", "mentioned")

@@ -13,9 +13,9 @@ import random
 
 import polars as pl
 
-from corpus_build.linking import Linker
 from corpus_build.interactions.splits import hash_split
 from corpus_build.interactions.turns import RECOMMENDER, SEEKER, Utterance, dialog_rows
+from corpus_build.linking import Linker
 
 DATASET = "movielens_synthetic"
 FILMS_PER_DIALOG = 6

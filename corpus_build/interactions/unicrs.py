@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from corpus_build.linking import Linker, LinkLog
-from corpus_build.movie_text import nfc
 from corpus_build.interactions.turns import (
     RECOMMENDER,
     SEEKER,
@@ -34,6 +32,8 @@ from corpus_build.interactions.turns import (
     read_jsonl,
     titled_utterance,
 )
+from corpus_build.linking import Linker, LinkLog
+from corpus_build.movie_text import nfc
 
 ROLES = {"SEEKER": SEEKER, "USER": SEEKER, "RECOMMENDER": RECOMMENDER, "SYSTEM": RECOMMENDER}
 ID_PREFIX = "unicrs-"

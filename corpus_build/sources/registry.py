@@ -15,8 +15,7 @@ from corpus_build.fetch import mirror_file
 from corpus_build.sources import RemoteFile, SourceSpec
 from corpus_build.sources.imdb import COLUMNS as IMDB_COLUMNS
 from corpus_build.sources.imdb import read_imdb
-from corpus_build.sources.movielens import (LINKS_CSV, MOVIES_CSV, MOVIES_DAT, read_movielens_csv,
-                                            read_movielens_dat)
+from corpus_build.sources.movielens import LINKS_CSV, MOVIES_CSV, MOVIES_DAT, read_movielens_csv, read_movielens_dat
 from corpus_build.sources.wikidata_sample import FILE_NAME as WIKIDATA_FILE
 from corpus_build.sources.wikidata_sample import PACKAGE_RESOURCE, read_wikidata_sample
 from corpus_build.sources.wikipedia import FILE_NAMES as WIKIPEDIA_FILES

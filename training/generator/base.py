@@ -132,7 +132,7 @@ class Generator(abc.ABC):
     def rank(self, request: RankRequest) -> RankResult:
         return self.rank_batch([request])[0]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: backends that hold nothing keep this no-op)
         """Release models, clients and connections."""
 
     def __enter__(self):
