@@ -152,3 +152,11 @@ def test_pretraining_datasets_are_selected_by_name():
     assert select_datasets(sequences, ["ml-1m"])["user_id"].to_list() == ["1", "2"]
     with pytest.raises(ValueError, match=r"no rows of \['ml-32m'\].*'ml-100k', 'ml-1m'"):
         select_datasets(sequences, ["ml-1m", "ml-32m"])
+
+
+def test_pooled_test_metrics_weight_each_dataset_by_its_users():
+    from training.pretraining import _pooled
+
+    pooled = _pooled({"ml-1m": {"NDCG@10": 0.2}, "ml-100k": {"NDCG@10": 0.5}, "empty": {}},
+                     {"ml-1m": 3, "ml-100k": 1, "empty": 0})
+    assert pooled == {"NDCG@10": pytest.approx(0.275)}

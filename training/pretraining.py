@@ -61,7 +61,8 @@ def pretrain_from_tables(
     if len(examples) == 0:
         raise ValueError(f"{sequences_path}: no user has two or more films known to the corpus")
     val_set = eval_set(train, val, config.max_len)
-    rows_of = {d: [i for i, name in enumerate(frame["dataset"].to_list()) if name == d] for d in chosen}
+    dataset_of_row = frame["dataset"].to_list()
+    rows_of = {d: [i for i, name in enumerate(dataset_of_row) if name == d] for d in chosen}
     test_sets = {d: eval_set([train[i] + val[i] for i in rows], [test[i] for i in rows], config.max_len)
                  for d, rows in rows_of.items()}
     text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
@@ -103,10 +104,12 @@ def select_datasets(sequences, datasets: Sequence[str] | None, source: str | Pat
 
 
 def _pooled(metrics_by_part: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, float]:
-    """Means over every row from per-part means (each part weighted by its number of rows)."""
-    total = sum(sizes.values())
-    names = next(iter(metrics_by_part.values()), {}).keys()
-    return {name: sum(m[name] * sizes[part] for part, m in metrics_by_part.items()) / max(total, 1) for name in names}
+    """Means over every row from per-part means (each part weighted by its number of rows; an empty part,
+    whose metrics are empty, counts for nothing)."""
+    parts = {part: m for part, m in metrics_by_part.items() if sizes[part]}
+    total = sum(sizes[part] for part in parts)
+    names = next(iter(parts.values()), {}).keys()
+    return {name: sum(m[name] * sizes[part] for part, m in parts.items()) / total for name in names}
 
 
 def target_coverage(turns, histories: Iterable[Sequence[str]]) -> dict[str, float]:
