@@ -138,3 +138,24 @@ def test_draw_log_probs_of_a_set_holding_every_drawable_film_have_finite_gradien
     assert torch.allclose(got.double(), expected, atol=1e-6) and got[0, 0, -1].item() == 0.0
     got.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_turn_kl_is_exact_and_finite_with_masked_items():
+    from training.alignment import turn_kl
+
+    logits = torch.tensor([[-math.inf, 0.0, 1.0, 2.0]], requires_grad=True)
+    ref = torch.tensor([[-math.inf, 1.0, 1.0, 0.0]])
+    p, q = torch.softmax(logits.detach()[0, 1:], -1), torch.softmax(ref[0, 1:], -1)
+    kl = turn_kl(logits, ref)
+    assert kl.item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
+    kl.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 0] == 0
+    assert turn_kl(ref, ref).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_grpo_loss_can_penalise_a_per_turn_kl_instead_of_the_per_draw_estimator():
+    old = torch.zeros(1, 2, 1)
+    policy = torch.tensor([[[math.log(1.5)], [math.log(0.5)]]])
+    adv = torch.tensor([[1.0, -1.0]])
+    got = grpo_loss(policy, old, old, adv, clip_eps=0.2, kl_beta=0.1, kl=torch.tensor([0.3]))
+    assert got.item() == pytest.approx(-0.2 + 0.1 * 0.3, abs=1e-6)

@@ -27,7 +27,10 @@ set's log-probability is a sum over its ``K`` draws; ``pi_old`` = the policy tha
     rho_gj = exp(log pi(s_gj | s_g<j) - log pi_old(s_gj | s_g<j))
     L_grpo = -mean_gj min(rho_gj A_g, clip(rho_gj, 1 - eps_clip, 1 + eps_clip) A_g) + beta_kl * KL
 
-with ``KL`` the non-negative estimator ``exp(q) - q - 1``, ``q = log pi_ref - log pi`` per draw.
+with ``KL`` either the non-negative per-draw estimator ``exp(q) - q - 1``, ``q = log pi_ref - log pi``,
+or (what a round uses, :func:`turn_kl`) the exact KL between the policy's and the reference's item
+distributions ``softmax(z / tau)`` of the turn, i.e. of the first draw: the estimator is unbounded when
+a draw the reference liked becomes unlikely (``exp(q)`` of tens of nats), and then outweighs the rest.
 
 Both are combined with the supervised term on the turn's targets: ``L = L_rl + lambda * L_nll``,
 ``L_nll = -mean_t log softmax(z)[t]``.
@@ -132,19 +135,33 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def grpo_loss(
     policy_draws: torch.Tensor, old_draws: torch.Tensor, ref_draws: torch.Tensor,
-    advantages: torch.Tensor, clip_eps: float = 0.2, kl_beta: float = 0.04,
+    advantages: torch.Tensor, clip_eps: float = 0.2, kl_beta: float = 0.04, kl: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clipped GRPO objective with a KL penalty, per draw position.
 
     ``*_draws``: [B, G, K] per-draw log-probabilities (policy, sampling policy, frozen reference);
-    ``advantages``: [B, G].
+    ``advantages``: [B, G]; ``kl``: [B] per-turn KL to the reference (:func:`turn_kl`) to penalise
+    instead of the per-draw estimator.
     """
     ratio = torch.exp(policy_draws - old_draws)
     adv = advantages.unsqueeze(-1)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    if kl is not None:
+        return -surrogate.mean() + kl_beta * kl.mean()
     q = ref_draws - policy_draws
-    kl = torch.exp(q) - q - 1
-    return (-surrogate + kl_beta * kl).mean()
+    return (-surrogate + kl_beta * (torch.exp(q) - q - 1)).mean()
+
+
+def turn_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits) || softmax(ref_logits)) per row, exact over the item table ([B, N] -> [B]).
+
+    Items masked (``-inf``) in both carry no mass and no gradient.
+    """
+    log_p, log_q = torch.log_softmax(logits, dim=-1), torch.log_softmax(ref_logits, dim=-1)
+    p = log_p.exp()
+    # where() before the product: a masked item's (-inf) - (-inf) = nan must not reach the gradient
+    gap = torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))
+    return (p * gap).sum(-1)
 
 
 def nll_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:

@@ -351,24 +351,29 @@ def _target_tensors(turns: Sequence[AlignmentTurn]):
 def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundConfig):
     """(L = L_rl + lambda * L_nll, statistics) for one batch of turns with their rollouts.
 
-    Statistics (floats): ``rl``, ``nll``; ``kl``, the mean per-draw KL estimate to the reference;
+    Statistics (floats): ``rl``, ``nll``; ``kl``, the mean KL of the turns' item distributions at the
+    draw temperature to the reference's (:func:`training.alignment.turn_kl`, also GRPO's penalty);
     ``clip_fraction``, the share of draws whose ratio to the sampler is outside ``1 +- grpo_clip``;
     ``max_ratio_deviation``, ``max |ratio - 1|``; for DPO ``dpo_margin`` (mean) and
     ``max_abs_dpo_margin``. All of them measured for every objective except the DPO ones.
     """
     import torch
 
-    from training.alignment import dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss
+    from training.alignment import dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss, turn_kl
 
     logits = turn_logits(model, turns, config.max_len)
     targets, mask = _target_tensors(turns)
     nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
     with torch.no_grad():
-        ref_draws = draw_log_probs(turn_logits(reference, turns, config.max_len) / config.temperature, sets)
+        ref_scaled = turn_logits(reference, turns, config.max_len) / config.temperature
+        ref_draws = draw_log_probs(ref_scaled, sets)
     scaled = logits / config.temperature
-    policy_draws = draw_log_probs(scaled if config.objective != "nll" else scaled.detach(), sets)
-    stats = _drift(policy_draws.detach(), old_draws, ref_draws, config.grpo_clip)
-    if config.objective == "nll":  # the control run: no RL term
+    if config.objective == "nll":  # the control run: no RL term (its drift is still measured)
+        scaled = scaled.detach()
+    policy_draws = draw_log_probs(scaled, sets)
+    kl = turn_kl(scaled, ref_scaled)
+    stats = {"kl": float(kl.detach().mean()), **_drift(policy_draws.detach(), old_draws, config.grpo_clip)}
+    if config.objective == "nll":
         rl = logits.new_zeros(())
     elif config.objective == "dpo":
         best, worst, keep = dpo_pairs(rewards)
@@ -385,19 +390,18 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
         else:
             rl = logits.new_zeros(())
     else:
-        rl = grpo_loss(policy_draws, old_draws, ref_draws, group_advantages(rewards), config.grpo_clip, config.grpo_kl)
+        advantages = group_advantages(rewards)
+        rl = grpo_loss(policy_draws, old_draws, ref_draws, advantages, config.grpo_clip, config.grpo_kl, kl=kl)
     stats |= {"rl": float(rl.detach()), "nll": float(nll.detach())}
     return rl + config.nll_weight * nll, stats
 
 
-def _drift(policy_draws, old_draws, ref_draws, clip: float) -> dict[str, float]:
-    """How far the policy has moved: from the sampler (ratios, clipping) and from the reference (KL)."""
+def _drift(policy_draws, old_draws, clip: float) -> dict[str, float]:
+    """How far the policy has moved from the sampler of the rollouts: clipped share and largest ratio."""
     import torch
 
     ratio = torch.exp(policy_draws - old_draws)
-    q = ref_draws - policy_draws
     return {
-        "kl": float((torch.exp(q) - q - 1).mean()),
         "clip_fraction": float(((ratio - 1).abs() > clip).float().mean()),
         "max_ratio_deviation": float((ratio - 1).abs().max()),
     }
