@@ -58,7 +58,7 @@ def raw_source_asset(spec) -> dg.AssetsDefinition:
                 "origin": ", ".join(sorted({f.origin for f in files})),
                 "fetched_at": max((f.fetched_at for f in files), default=""),
                 "sha256": {f.name: f.sha256 for f in files},
-                "path": dg.MetadataValue.path(str(settings.raw_dir / spec.name)),
+                "path": dg.MetadataValue.path(str(settings.upstream.source_dir(spec.name))),
                 "file_details": dg.MetadataValue.json(json.loads(json.dumps(meta, default=str))),
             }
         )

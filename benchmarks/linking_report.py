@@ -125,7 +125,7 @@ def main() -> None:
         for name, shares in coverage.items():
             print(f"  {name:16s}" + "".join(f"{shares.get(c, 0.0):22.1%}" for c in columns))
         title_precision(args.mirror, linker)
-        raw = settings.path("raw", "interactions_redial", "test_data.jsonl")
+        raw = settings.upstream.source_dir("interactions_redial") / "test_data.jsonl"
         by_rule = {rule: pl.DataFrame(redial.read_redial(raw, "test", linker, LinkLog(), rule=rule)[0],
                                       schema=turns.frame.schema) for rule in redial.RULES}
         for rule, frame in by_rule.items():

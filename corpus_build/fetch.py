@@ -23,7 +23,7 @@ import tenacity
 from tqdm.auto import tqdm
 
 from corpus_build.atomic import atomic_path
-from corpus_build.sources import RemoteFile, SourceSpec
+from corpus_build.sources import RemoteFile, SourceSpec, source_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class Upstream:
     raw_root: Path
     mirror: Path | None = None
 
+    def source_dir(self, source: str) -> Path:
+        return source_dir(self.raw_root, source)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -86,7 +89,7 @@ def fetch_source(
     fetched: list[FetchedFile] = []
     with httpx.Client(timeout=retry.timeout, follow_redirects=True) as client:
         for remote in spec.files:
-            target = Path(upstream.raw_root) / spec.name / remote.name
+            target = upstream.source_dir(spec.name) / remote.name
             result = _fetch_one(remote, target, upstream.mirror, client, retry, progress)
             if result is not None:
                 fetched.append(result)

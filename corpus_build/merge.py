@@ -46,7 +46,7 @@ from corpus_build.schema import (
     SOURCE_ROW_SCHEMA,
     TITLE_MAX_CHARS,
 )
-from corpus_build.sources import SourceResult, SourceSpec
+from corpus_build.sources import SourceResult, SourceSpec, source_dir
 
 FIRST_FILM_YEAR = 1874  # Janssen's "Passage de Vénus"
 
@@ -120,9 +120,9 @@ def read_fetched_sources(specs: Iterable[SourceSpec], raw_root: Path) -> tuple[d
     results: dict[str, SourceResult] = {}
     skipped: dict[str, str] = {}
     for spec in specs:
-        files = local_files(spec, Path(raw_root) / spec.name)
+        files = local_files(spec, source_dir(raw_root, spec.name))
         if files is None:
-            skipped[spec.name] = f"files not fetched under {Path(raw_root) / spec.name}"
+            skipped[spec.name] = f"files not fetched under {source_dir(raw_root, spec.name)}"
             continue
         results[spec.name] = read_source(spec, files)
     return results, skipped

@@ -195,7 +195,7 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
     store = settings.vector_store()
     if not store.exists():
         raise click.ClickException(f"no movie_vectors table at {settings.vector_db_uri}: run `rar materialize` first")
-    if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
+    if note := vectors_coverage_note(store, settings.table_file("movie_corpus")):
         click.echo(f"warning: {note}", err=True)
     try:
         hits = store.search(text, k=k, year_min=year_min, year_max=year_max, exclude_ids=exclude)
@@ -220,7 +220,7 @@ def _recommend_retriever(settings):
     store = settings.vector_store()
     if not store.exists():
         return None, f"neither a trained retriever nor a movie_vectors table at {settings.vector_db_uri}"
-    if note := vectors_coverage_note(store, settings.tables_dir / "movie_corpus.parquet"):
+    if note := vectors_coverage_note(store, settings.table_file("movie_corpus")):
         click.echo(f"warning: {note}", err=True)
     embedder = store.embedder
 

@@ -235,9 +235,15 @@ class Settings(BaseSettings):
         """Folder of the pipeline's Parquet tables, one ``<name>.parquet`` per table (``rar sql``)."""
         return self.home / "tables"
 
+    def table_file(self, name: str) -> Path:
+        """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``), creating nothing (readers)."""
+        return self.tables_dir / f"{name}.parquet"
+
     def table_path(self, name: str) -> Path:
-        """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``); its folder exists."""
-        return self.path("tables", f"{name}.parquet")
+        """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``); its folder exists (writers)."""
+        path = self.table_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def vector_db_uri(self) -> str:

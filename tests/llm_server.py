@@ -25,6 +25,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    """Answer ``handler``'s request with ``status`` and a JSON ``body`` of known length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def completion_body(top_logprobs: dict[str, float]) -> dict:
     """An OpenAI /v1/completions body with one generated token and its top alternatives."""
     best = max(top_logprobs, key=top_logprobs.get)
@@ -85,27 +94,19 @@ class ScriptedEndpoint:
 
     def _answer(self, handler: BaseHTTPRequestHandler, behaviour: str) -> None:
         if behaviour in ("400", "429", "500"):
-            self._send(handler, int(behaviour), json.dumps({"error": {"message": f"scripted {behaviour}"}}).encode())
+            send_json(handler, int(behaviour), json.dumps({"error": {"message": f"scripted {behaviour}"}}).encode())
         elif behaviour == "slow":
             time.sleep(self.slow_s)
             with contextlib.suppress(OSError):
-                self._send(handler, 200, json.dumps(completion_body(self.ok_completion)).encode())
+                send_json(handler, 200, json.dumps(completion_body(self.ok_completion)).encode())
         elif behaviour == "malformed":
-            self._send(handler, 200, b'{"choices": [{"index": 0, "text": "B"')  # truncated JSON
+            send_json(handler, 200, b'{"choices": [{"index": 0, "text": "B"')  # truncated JSON
         elif behaviour == "empty":
-            self._send(handler, 200, b'{"id": "x", "object": "text_completion", "choices": []}')
+            send_json(handler, 200, b'{"id": "x", "object": "text_completion", "choices": []}')
         elif handler.path.endswith("/chat/completions"):
-            self._send(handler, 200, json.dumps(chat_body(self.ok_chat)).encode())
+            send_json(handler, 200, json.dumps(chat_body(self.ok_chat)).encode())
         else:
-            self._send(handler, 200, json.dumps(completion_body(self.ok_completion)).encode())
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+            send_json(handler, 200, json.dumps(completion_body(self.ok_completion)).encode())
 
     def __enter__(self) -> ScriptedEndpoint:
         self._thread.start()
@@ -154,19 +155,19 @@ class MisbehavingServer:
     def _answer(self, handler: BaseHTTPRequestHandler, behaviour: str) -> None:
         auth = handler.headers.get("Authorization", "")
         if behaviour.startswith("ok:"):
-            self._send(handler, 200, json.dumps(chat_body(behaviour[3:])).encode())
+            send_json(handler, 200, json.dumps(chat_body(behaviour[3:])).encode())
         elif behaviour == "null":
             body = chat_body("")
             body["choices"][0]["message"]["content"] = None
-            self._send(handler, 200, json.dumps(body).encode())
+            send_json(handler, 200, json.dumps(body).encode())
         elif behaviour == "slow":
             time.sleep(self.slow_s)
-            self._send(handler, 200, json.dumps(chat_body("B, A, C")).encode())
+            send_json(handler, 200, json.dumps(chat_body("B, A, C")).encode())
         elif behaviour == "echo_error":
             message = f"invalid request; you sent Authorization: {auth} (header {{'authorization': '{auth}'}})"
-            self._send(handler, 400, json.dumps({"error": {"message": message, "type": "invalid_request"}}).encode())
+            send_json(handler, 400, json.dumps({"error": {"message": message, "type": "invalid_request"}}).encode())
         elif behaviour == "echo_ok":
-            self._send(handler, 200, json.dumps(chat_body(f"C, A, B. Your header was {auth}")).encode())
+            send_json(handler, 200, json.dumps(chat_body(f"C, A, B. Your header was {auth}")).encode())
         elif behaviour == "drip":
             body = json.dumps(chat_body("C, A, B")).encode()
             handler.send_response(200)
@@ -185,14 +186,6 @@ class MisbehavingServer:
             head = json.dumps(chat_body("C, A, B" + "#" * 50_000_000)).encode()
             for start in range(0, len(head), 1 << 20):
                 handler.wfile.write(head[start:start + (1 << 20)])
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
 
     def close(self) -> None:
         self._server.shutdown()

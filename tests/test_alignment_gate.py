@@ -61,28 +61,14 @@ def test_paired_lower_bound_uses_the_pairing():
 
 def test_a_round_on_a_tiny_gate_slice_is_recorded_as_not_promoted(tmp_path):
     """Through align_from_tables with the default rule: 12 gate turns are too few, whatever the gain."""
-    import polars as pl
     import torch
-    from test_alignment_round import FAVOURITE, PreferOneFilm, _setup
+    from test_alignment_round import FAVOURITE, PreferOneFilm, round_tables
 
-    from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
     from training.alignment_round import RoundConfig, align_from_tables
-    from training.retriever import export_retriever
     from training.turn_pools import Folds
 
     torch.set_num_threads(1)
-    model, item_ids, turns = _setup(2)
-    parent = export_retriever(model, item_ids[1:], tmp_path / "parent.pt", max_len=20)
-    rows = [{
-        "dataset": "redial", "split": "train", "dialog_id": f"d{i}", "turn_index": 1,
-        "context": [{"role": "seeker", "text": "something fun"}],
-        "history_movie_ids": [item_ids[h] for h in t.history], "target_movie_ids": [item_ids[FAVOURITE]],
-        "target_mentioned_before": [False],
-    } for i, t in enumerate(turns)]
-    turns_path = tmp_path / "turns.parquet"
-    pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(turns_path)
-    corpus_path = tmp_path / "corpus.parquet"
-    pl.DataFrame({"movie_id": item_ids[1:], "title": item_ids[1:]}).write_parquet(corpus_path)
+    item_ids, parent, turns_path, corpus_path = round_tables(tmp_path)
     config = RoundConfig(num_sets=4, set_size=5, epochs=3, lr=1e-2, nll_weight=0.0, rollout_batch=16)
     record = align_from_tables(tmp_path / "round", parent, "sft", turns_path, corpus_path,
                                PreferOneFilm(item_ids[FAVOURITE]), config, ["redial"],

@@ -104,16 +104,13 @@ def test_outage_keeps_finished_batches_and_rerun_makes_no_new_rollout_calls(tmp_
     assert len(sorted((tmp_path / "rollouts").glob("part-*.parquet"))) == 5
 
 
-def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_path):
+def round_tables(tmp_path):
+    """The files a round reads, for the tiny fixture: (item ids, parent checkpoint, turns, corpus)."""
     import polars as pl
 
     from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
-    from training.alignment_round import align_from_tables
-    from training.promotion import GateRule
-    from training.retriever import Retriever, export_retriever
-    from training.turn_pools import Folds
+    from training.retriever import export_retriever
 
-    torch.set_num_threads(1)
     model, item_ids, turns = _setup(2)
     parent = export_retriever(model, item_ids[1:], tmp_path / "parent.pt", max_len=20)
     rows = [{
@@ -126,6 +123,17 @@ def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_
     pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(turns_path)
     corpus_path = tmp_path / "corpus.parquet"
     pl.DataFrame({"movie_id": item_ids[1:], "title": item_ids[1:]}).write_parquet(corpus_path)
+    return item_ids, parent, turns_path, corpus_path
+
+
+def test_round_from_tables_records_gate_and_a_finished_round_costs_no_calls(tmp_path):
+    from training.alignment_round import align_from_tables
+    from training.promotion import GateRule
+    from training.retriever import Retriever
+    from training.turn_pools import Folds
+
+    torch.set_num_threads(1)
+    item_ids, parent, turns_path, corpus_path = round_tables(tmp_path)
     config = RoundConfig(num_sets=2, set_size=4, epochs=1, rollout_batch=16)
     args = (tmp_path / "round-1", parent, "sft", turns_path, corpus_path)
     generator = PreferOneFilm(item_ids[FAVOURITE])

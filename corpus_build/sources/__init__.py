@@ -60,6 +60,11 @@ class SourceSpec:
     profiles: tuple[str, ...]  # profiles that use this source ("sample", "full")
 
 
+def source_dir(raw_root: Path, source: str) -> Path:
+    """Where the fetched files of ``source`` live: ``raw_root/<source>/`` (``raw_root`` is $RAR_HOME/raw)."""
+    return Path(raw_root) / source
+
+
 _UNIT_SEPARATOR = "\x1f"
 
 
