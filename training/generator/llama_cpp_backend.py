@@ -9,6 +9,7 @@ Needs the ``local-llm`` extra (llama-cpp-python; the Gemma-3-270M GGUF package i
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 from training.generator.base import Generator, RankRequest, RankResult, fallback
 from training.generator.parse import ranking_from_scores
 from training.generator.prompt import LABELS, build_prompt
+
+# Instruction sets a portable build leaves out: they trap in some VMs (AMX) or are missing elsewhere.
+UNPORTABLE_FEATURE_PREFIXES = ("AVX512", "AMX")
 
 
 def packaged_gguf_path(target_dir: str | Path | None = None) -> Path:
@@ -133,3 +137,40 @@ class LlamaCppGenerator(Generator):
             if self._llm is not None:
                 self._llm.close()
                 self._llm = None
+
+
+def compiled_cpu_features() -> dict[str, bool]:
+    """The CPU features llama.cpp was compiled for, as its system info reports them ({"AVX2": True, ...})."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return {name: flag == "1" for name, flag in re.findall(r"([A-Z][A-Z0-9_]*) = ([01])\b", info)}
+
+
+def unportable_features(features: dict[str, bool]) -> list[str]:
+    """Compiled-in features that make a build unsafe to move between machines (AVX-512, AMX)."""
+    return sorted(name for name, on in features.items() if on and name.startswith(UNPORTABLE_FEATURE_PREFIXES))
+
+
+def check_build() -> int:
+    """Rank one request with the packaged Gemma; print the build's CPU features. Exit status for scripts."""
+    features = compiled_cpu_features()
+    print("llama.cpp CPU features: " + " ".join(sorted(name for name, on in features.items() if on)))
+    if unportable := unportable_features(features):
+        print(f"warning: built with {', '.join(unportable)}: this build may crash on other machines")
+    request = RankRequest.from_text(
+        "I loved Alien. Any other scary space horror?", ["a", "b"],
+        {"a": {"title": "Alien", "year": 1979}, "b": {"title": "Toy Story", "year": 1995}},
+    )
+    with LlamaCppGenerator(n_ctx=512, n_threads=2) as generator:
+        [result] = generator.rank_batch([request])
+    print(f"llama.cpp check: ranked {len(result.ranking)} candidates ({result.source})")
+    return 0 if result.source == "model" else 1
+
+
+if __name__ == "__main__":  # python -m training.generator.llama_cpp_backend --check (install.sh)
+    import sys
+
+    if sys.argv[1:] != ["--check"]:
+        sys.exit("usage: python -m training.generator.llama_cpp_backend --check")
+    sys.exit(check_build())
