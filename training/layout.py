@@ -12,7 +12,7 @@ promoted pointer, so moving the artefacts (another folder, an object store) chan
     generator_cache/responses.sqlite            the generator's response cache
     benchmarks/<name>/                          what a benchmark script keeps between runs
 
-Parquet tables live in ``tables/<name>.parquet`` (``Settings.table_path``); movie vectors in LanceDB.
+Parquet tables live in ``tables/<name>.parquet`` (the code location names them); movie vectors in LanceDB.
 The functions compose paths only: writers create folders as they write (``corpus_build.atomic``).
 """
 
