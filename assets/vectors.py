@@ -35,6 +35,7 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "embedded": float(stats.embedded),
             "reused": float(stats.reused),
             "deleted": float(stats.deleted),
+            "repaired_duplicates": float(stats.repaired),
             "seconds": float(stats.seconds),
             "texts_per_second": float(stats.texts_per_second),
             "dimension": stats.dimension,

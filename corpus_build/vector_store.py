@@ -6,17 +6,23 @@
   ``content_hash`` (or model) changed are embedded; films gone from the corpus are deleted.
   Every committed chunk carries its rows' ``content_hash``, so an interrupted run resumes where it
   stopped, and no row ever holds a vector that does not match its stored hash.
+- Writers take turns: a sync holds a file lock beside a local table from its plan to its last commit
+  (two concurrent syncs that both planned against the same state would insert every film twice).
+  Object stores have no such lock; there, and for tables damaged before, a sync first removes every
+  film stored more than once and embeds it again, so a re-run repairs duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -88,6 +94,23 @@ class VectorStore:
         self._loops = threading.local()  # one event loop per calling thread
 
     # --- table life cycle -------------------------------------------------------------------
+    def write_lock(self):
+        """A lock that serialises this table's writers across processes: a file lock beside a local
+        table, nothing for an object-store URI (see :func:`sync_vectors`)."""
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return contextlib.nullcontext()
+        from filelock import FileLock
+
+        folder = Path(self.uri.removeprefix("file://"))
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(folder / f".{self.table_name}.lock")
+
+    def reopen(self) -> None:
+        """Forget the open handle: the next access sees what other processes committed meanwhile."""
+        self._table = None
+        self._index = False
+        self._writes += 1
+
     def exists(self) -> bool:
         return self._table is not None or self.table_name in self.db.list_tables().tables
 
@@ -331,6 +354,7 @@ class SyncStats:
     embedded: int  # rows whose vector was computed in this run
     reused: int  # rows whose stored vector was up to date
     deleted: int  # films gone from the corpus, removed from the table
+    repaired: int  # films that were stored more than once (removed, then embedded again)
     seconds: float
     embed_seconds: float
     index: str
@@ -400,8 +424,15 @@ def sync_vectors(
 
     Rows are embedded and committed ``commit_rows`` at a time (one LanceDB version each), with
     their content_hash, so an interrupted run loses at most one chunk of work. Deletions come
-    after all embedding. ``on_commit(rows_done)`` is called after each commit.
+    after all embedding. ``on_commit(rows_done)`` is called after each commit. The whole sync holds
+    the store's write lock; films stored more than once are removed first and embedded again.
     """
+    with store.write_lock():
+        store.reopen()  # what a writer that held the lock before committed
+        return _sync_locked(corpus, store, embedder, commit_rows, index_min_rows, progress, on_commit)
+
+
+def _sync_locked(corpus, store, embedder, commit_rows, index_min_rows, progress, on_commit) -> SyncStats:
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -409,7 +440,12 @@ def sync_vectors(
     model = embedder.model_name
     if store.exists() and corpus.height and store.count() and _model_changed(store, embedder):
         store.create(embedder.dimension, replace=True)  # another vector space: start over
-    to_embed, gone = plan_sync(corpus, store.content_hashes(), model)
+    stored = store.content_hashes()
+    repeated = stored.filter(pl.col("movie_id").is_duplicated())["movie_id"].unique().to_list()
+    if repeated:  # left by an unlocked concurrent writer: drop every copy, embed once again below
+        store.delete(repeated)
+        stored = stored.filter(~pl.col("movie_id").is_in(repeated))
+    to_embed, gone = plan_sync(corpus, stored, model)
     if not store.exists():
         store.create(embedder.dimension)
     dimension = store.dimension()
@@ -431,6 +467,7 @@ def sync_vectors(
         embedded=done,
         reused=corpus.height - to_embed.height,
         deleted=deleted,
+        repaired=len(repeated),
         seconds=time.perf_counter() - started,
         embed_seconds=embed_seconds,
         index=index,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -66,6 +68,55 @@ def ensure_dagster_home() -> str:
     return home
 
 
+@contextlib.contextmanager
+def dagster_storage_lock() -> Iterator[str]:
+    """DAGSTER_HOME (:func:`ensure_dagster_home`), held by this process alone: two commands starting
+    together on a fresh home would both create and stamp its SQLite storage (two ``alembic_version``
+    rows fail every later run) and could add the same round."""
+    from filelock import FileLock
+
+    home = ensure_dagster_home()
+    with FileLock(os.path.join(home, ".rar-storage.lock")):
+        yield home
+
+
+def open_instance():
+    """The Dagster instance of DAGSTER_HOME with every storage created (or migrated) under the lock."""
+    import dagster as dg
+
+    with dagster_storage_lock():
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions("alignment_rounds")
+        instance.all_instigator_state()
+    return instance
+
+
+def add_round(instance) -> str:
+    """A new alignment round partition whose key no other round has (several commands may start in one second)."""
+    from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key
+
+    with dagster_storage_lock():
+        taken = set(instance.get_dynamic_partitions(ALIGNMENT_ROUNDS.name))
+        key = new_round_key()
+        while key in taken:
+            key = new_round_key()
+        instance.add_dynamic_partitions(ALIGNMENT_ROUNDS.name, [key])
+    return key
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP stop the job the way Ctrl-C does, so Dagster records the run as failed rather than
+    leaving it STARTED (a ``kill -9`` cannot be caught: :func:`run_owner.fail_orphaned_runs` handles that)."""
+    import signal
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+
 def rejected_by_gate(result) -> bool:
     """True when a run failed only because the alignment round's promotion gate rejected it."""
     from assets.alignment import GATE_CHECK
@@ -85,22 +136,24 @@ def materialize(job_name: str) -> None:
 
     A round that the promotion gate rejects is kept for inspection and is not an error here: the
     aligned retriever stays where it was and the evaluation report is rebuilt without it."""
-    import dagster as dg
-
     from rar_pipeline.definitions import defs
-    from rar_pipeline.partitions import ALIGNMENT_ROUNDS, new_round_key
+    from rar_pipeline.jobs import JOBS
+    from rar_pipeline.run_owner import fail_orphaned_runs, owner_tags
 
     settings = get_settings()
     require_writable(settings.home)
-    home = ensure_dagster_home()
-    instance = dg.DagsterInstance.get()
+    if job_name not in {job.name for job in JOBS}:
+        raise click.ClickException(f"no job {job_name!r}; jobs: {', '.join(job.name for job in JOBS)}")
     job = defs.resolve_job_def(job_name)
-    round_key = None
-    if job.partitions_def is not None:
-        round_key = new_round_key()
-        instance.add_dynamic_partitions(ALIGNMENT_ROUNDS.name, [round_key])
-    click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={home} round={round_key}")
-    result = job.execute_in_process(instance=instance, partition_key=round_key, raise_on_error=False)
+    instance = open_instance()
+    for run_id in fail_orphaned_runs(instance):
+        click.echo(f"run {run_id} was left in flight by a process that is gone: marked failed", err=True)
+    round_key = add_round(instance) if job.partitions_def is not None else None
+    click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+               f"round={round_key}")
+    interrupt_on_termination()
+    result = job.execute_in_process(instance=instance, partition_key=round_key, raise_on_error=False,
+                                    tags=owner_tags())
     if result.success:
         sys.exit(0)
     if round_key and rejected_by_gate(result):

@@ -10,6 +10,9 @@ ALIGNMENT_ROUNDS = dg.DynamicPartitionsDefinition(name="alignment_rounds")
 
 
 def new_round_key(now: datetime | None = None) -> str:
-    """A sortable round name: ``round-YYYYmmdd-HHMMSS`` (UTC)."""
-    now = now or datetime.now(timezone.utc)
-    return now.strftime("round-%Y%m%d-%H%M%S")
+    """A round name that sorts by time: ``round-YYYYmmdd-HHMMSS`` (UTC) for a given time (a schedule's
+    tick: one round per tick), ``round-YYYYmmdd-HHMMSS-ffffff`` for now (commands started in the same
+    second get different rounds)."""
+    if now is not None:
+        return now.strftime("round-%Y%m%d-%H%M%S")
+    return datetime.now(timezone.utc).strftime("round-%Y%m%d-%H%M%S-%f")

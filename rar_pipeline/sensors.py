@@ -7,15 +7,8 @@ import dagster as dg
 from assets.keys import VECTORS
 from assets.metadata import latest_metadata
 from rar_pipeline.jobs import corpus_refresh_job
+from rar_pipeline.run_owner import IN_FLIGHT, fail_orphaned_runs
 from rar_pipeline.settings import get_settings
-
-_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 
 
 def profile_sources(settings):
@@ -25,10 +18,24 @@ def profile_sources(settings):
     return sources_for_profile(settings.profile, settings.source_mirror)
 
 
+def may_write_vectors(run: dg.DagsterRun) -> bool:
+    """Whether ``run`` may materialise movie_vectors: its asset selection says so, or, when it records
+    none (a whole-job run; ``execute_in_process`` records an empty one), its job holds the asset. A job
+    these definitions do not know counts as writing it."""
+    if run.asset_selection:
+        return VECTORS in run.asset_selection
+    from rar_pipeline.definitions import defs
+
+    try:
+        return VECTORS in defs.resolve_job_def(run.job_name).asset_layer.executable_asset_keys
+    except Exception:  # noqa: BLE001 - an unknown or renamed job: assume the worst
+        return True
+
+
 def vectors_run_in_flight(instance: dg.DagsterInstance) -> bool:
-    """A run that may write movie_vectors is queued or running (a whole-job run counts)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT), limit=100)
-    return any(run.asset_selection is None or VECTORS in run.asset_selection for run in runs)
+    """A run that may write movie_vectors is queued or running."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT), limit=100)
+    return any(may_write_vectors(run) for run in runs)
 
 
 def vectors_built_from(instance: dg.DagsterInstance) -> str | None:
@@ -45,7 +52,8 @@ def build_new_release_sensor(sources_for=profile_sources, name: str = "new_relea
     - else movie_corpus's file differs from the one movie_vectors was last built from: run
       movie_vectors only.
     Nothing is requested while a run that may write movie_vectors is in flight, or when an upstream
-    file cannot be reached (a network blip is not a new release).
+    file cannot be reached (a network blip is not a new release). Runs left in flight by a ``rar
+    materialize`` process that is gone are marked failed first, so a killed command never blocks it.
     """
 
     @dg.sensor(
@@ -59,6 +67,8 @@ def build_new_release_sensor(sources_for=profile_sources, name: str = "new_relea
         from corpus_build.catalog import catalog_fingerprint, file_fingerprint
 
         settings = get_settings()
+        for run_id in fail_orphaned_runs(context.instance):
+            context.log.warning(f"run {run_id} was left in flight by a process that is gone: marked failed")
         if vectors_run_in_flight(context.instance):
             return dg.SkipReason("a run that writes movie_vectors is in flight")
         try:
