@@ -76,15 +76,14 @@ def draw_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
     """
     batch, groups, k = sets.shape
     chosen = torch.gather(logits, 1, sets.reshape(batch, groups * k)).view(batch, groups, k)
-    outside = logits.unsqueeze(1).expand(batch, groups, logits.shape[1]).scatter(-1, sets, -math.inf)
-    # A set holding every drawable film leaves no mass outside; keep that row finite so no nan gradient
-    # reaches the logits through an all -inf log-sum-exp.
-    empty = torch.isneginf(outside).all(-1, keepdim=True)
-    rest = torch.logsumexp(outside.masked_fill(empty, 0.0), dim=-1).masked_fill(empty.squeeze(-1), -math.inf)
+    # Masked films (-inf) and the set's own films sit at the lowest finite value instead of -inf: they add
+    # nothing to the sum, and a set holding every drawable film leaves a finite log-sum-exp (no nan gradient).
+    floor = torch.finfo(logits.dtype).min
+    outside = logits.clamp(min=floor).unsqueeze(1).expand(batch, groups, logits.shape[1]).scatter(-1, sets, floor)
+    rest = torch.logsumexp(outside, dim=-1)
     # log-sum-exp of s_j..s_K for every j (a reversed cumulative log-sum-exp)
     still_in_set = torch.logcumsumexp(chosen.flip(-1), dim=-1).flip(-1)
-    remaining = torch.logaddexp(rest.unsqueeze(-1), still_in_set)
-    return chosen - remaining
+    return chosen - torch.logaddexp(rest.unsqueeze(-1), still_in_set)
 
 
 def set_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:

@@ -353,9 +353,11 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
 
     Statistics (floats): ``rl``, ``nll``; ``kl``, the mean KL of the turns' item distributions at the
     draw temperature to the reference's (:func:`training.alignment.turn_kl`, also GRPO's penalty);
-    ``clip_fraction``, the share of draws whose ratio to the sampler is outside ``1 +- grpo_clip``;
-    ``max_ratio_deviation``, ``max |ratio - 1|``; for DPO ``dpo_margin`` (mean) and
-    ``max_abs_dpo_margin``. All of them measured for every objective except the DPO ones.
+    ``clip_fraction``, the share of draws whose ratio to the sampler is outside ``1 +- grpo_clip``, and
+    ``max_ratio_deviation``, ``max |ratio - 1|``, over the sets in the loss (GRPO: all; DPO: each turn's
+    pair; the nll control: the first set of each turn); for DPO ``dpo_margin`` (mean) and
+    ``max_abs_dpo_margin``. Only the sets the loss needs are scored against the whole item table (it is
+    the costly part of a step).
     """
     import torch
 
@@ -366,32 +368,35 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
     nll = nll_loss(logits, targets.to(logits.device), mask.to(logits.device))
     with torch.no_grad():
         ref_scaled = turn_logits(reference, turns, config.max_len) / config.temperature
-        ref_draws = draw_log_probs(ref_scaled, sets)
     scaled = logits / config.temperature
-    if config.objective == "nll":  # the control run: no RL term (its drift is still measured)
-        scaled = scaled.detach()
-    policy_draws = draw_log_probs(scaled, sets)
     kl = turn_kl(scaled, ref_scaled)
-    stats = {"kl": float(kl.detach().mean()), **_drift(policy_draws.detach(), old_draws, config.grpo_clip)}
-    if config.objective == "nll":
+    stats = {"kl": float(kl.detach().mean())}
+    if config.objective == "nll":  # the control run: no RL term; its drift measured on one set per turn
+        with torch.no_grad():
+            stats |= _drift(draw_log_probs(scaled, sets[:, :1]), old_draws[:, :1], config.grpo_clip)
         rl = logits.new_zeros(())
     elif config.objective == "dpo":
         best, worst, keep = dpo_pairs(rewards)
         rows = torch.nonzero(keep).squeeze(1)
         if len(rows):
-            policy = policy_draws.sum(-1)[rows]  # [P, G]
-            ref = ref_draws.sum(-1)[rows]
             pick = torch.stack([best[rows], worst[rows]], dim=1)  # [P, 2]
-            chosen, rejected = policy.gather(1, pick).unbind(1)
-            ref_chosen, ref_rejected = ref.gather(1, pick).unbind(1)
-            rl = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.dpo_beta)
-            margin = ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+            pair_sets = sets[rows.unsqueeze(1), pick]  # [P, 2, K]
+            policy_draws = draw_log_probs(scaled[rows], pair_sets)
+            with torch.no_grad():
+                ref = draw_log_probs(ref_scaled[rows], pair_sets).sum(-1)
+            policy = policy_draws.sum(-1)
+            rl = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.dpo_beta)
+            margin = ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])).detach()
+            stats |= _drift(policy_draws.detach(), old_draws[rows.unsqueeze(1), pick], config.grpo_clip)
             stats |= {"dpo_margin": float(margin.mean()), "max_abs_dpo_margin": float(margin.abs().max())}
         else:
             rl = logits.new_zeros(())
     else:
-        advantages = group_advantages(rewards)
-        rl = grpo_loss(policy_draws, old_draws, ref_draws, advantages, config.grpo_clip, config.grpo_kl, kl=kl)
+        policy_draws = draw_log_probs(scaled, sets)
+        stats |= _drift(policy_draws.detach(), old_draws, config.grpo_clip)
+        # the per-turn KL is the penalty, so the reference's per-draw log-probabilities are not needed
+        rl = grpo_loss(policy_draws, old_draws, policy_draws.detach(), group_advantages(rewards),
+                       config.grpo_clip, config.grpo_kl, kl=kl)
     stats |= {"rl": float(rl.detach()), "nll": float(nll.detach())}
     return rl + config.nll_weight * nll, stats
 
