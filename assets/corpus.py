@@ -165,9 +165,8 @@ def _stats_table(stats: dict[str, dict[str, int]]) -> str:
 
 
 def _load_corpus():
-    import polars as pl
 
-    return pl.read_parquet(get_settings().table_path("movie_corpus"))
+    return get_settings().read_table("movie_corpus")
 
 
 @dg.asset_check(asset=CORPUS, blocking=True, description="movie_id is unique.")

@@ -38,10 +38,10 @@ def _save_unresolved(built) -> None:
     """This asset's unresolved mentions replace its datasets' rows in the unresolved_mentions table."""
     import polars as pl
 
-    path = get_settings().table_path("unresolved_mentions")
+    settings = get_settings()
     fresh = built.log.unresolved()
-    if path.exists():
-        old = pl.read_parquet(path).filter(~pl.col("dataset").is_in(list(built.log.rates())))
+    if settings.table_file("unresolved_mentions").exists():
+        old = settings.read_table("unresolved_mentions").filter(~pl.col("dataset").is_in(list(built.log.rates())))
         fresh = pl.concat([old, fresh], how="vertical_relaxed")
     _write(fresh, "unresolved_mentions")
 
@@ -67,13 +67,12 @@ def user_sequences() -> dg.MaterializeResult:
 def conversation_turns() -> dg.MaterializeResult:
     """One row per recommender turn that recommends a film (ReDial, INSPIRED, Reddit-Movie; in the sample
     profile dialogues synthesised from MovieLens histories): context, mentioned and target movie_ids, split."""
-    import polars as pl
 
     from corpus_build.interactions.build import build_conversation_turns, turn_counts
 
     settings = get_settings()
     sequences_path = settings.table_path("user_sequences")
-    sequences = pl.read_parquet(sequences_path) if sequences_path.exists() else None
+    sequences = settings.read_table("user_sequences") if sequences_path.exists() else None
     built = build_conversation_turns(settings.profile, settings.upstream, _linker(), settings.seed, sequences)
     path = _write(built.frame, "conversation_turns")
     _write(built.quarantine, "conversation_turns_quarantine")
@@ -114,8 +113,8 @@ def targets_in_corpus() -> dg.AssetCheckResult:
     import polars as pl
 
     settings = get_settings()
-    turns = pl.read_parquet(settings.table_path("conversation_turns"))
-    corpus_ids = pl.read_parquet(settings.table_path("movie_corpus"), columns=["movie_id"])["movie_id"]
+    turns = settings.read_table("conversation_turns")
+    corpus_ids = settings.read_table("movie_corpus", columns=["movie_id"])["movie_id"]
     targets = turns.select("target_movie_ids").explode("target_movie_ids")["target_movie_ids"]
     no_target = turns.filter(pl.col("target_movie_ids").list.len() == 0).height
     unknown = targets.filter(targets.is_null() | ~targets.is_in(corpus_ids.implode())).len()
@@ -125,11 +124,10 @@ def targets_in_corpus() -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=TURNS, blocking=True, description="Splits are disjoint: no dialogue appears in two splits.")
 def splits_disjoint() -> dg.AssetCheckResult:
-    import polars as pl
 
     from corpus_build.interactions.splits import overlapping_dialogs
 
-    overlap = overlapping_dialogs(pl.read_parquet(get_settings().table_path("conversation_turns")))
+    overlap = overlapping_dialogs(get_settings().read_table("conversation_turns"))
     return dg.AssetCheckResult(passed=overlap.is_empty(),
                                metadata={"dialogs_in_several_splits": overlap.height,
                                          "examples": overlap.head(10)["dialog_id"].to_list()})

@@ -49,10 +49,8 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 
 def _store_and_corpus_ids():
-    import polars as pl
-
     settings = get_settings()
-    corpus_ids = pl.read_parquet(settings.table_path("movie_corpus"), columns=["movie_id"])
+    corpus_ids = settings.read_table("movie_corpus", columns=["movie_id"])
     return settings.vector_store(), corpus_ids
 
 

@@ -38,12 +38,10 @@ class CatalogFingerprint:
 
 
 def file_fingerprint(path: str | Path) -> str | None:
-    """``size:mtime_ns`` of a local file, or None when it does not exist."""
-    try:
-        stat = Path(path).stat()
-    except FileNotFoundError:
-        return None
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """``size:mtime_ns`` of a local file (``size:etag`` of an object), or None when it does not exist."""
+    from corpus_build.storage import fingerprint
+
+    return fingerprint(path)
 
 
 def _local_state(path: Path) -> dict[str, str] | None:

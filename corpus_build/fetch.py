@@ -1,5 +1,7 @@
 """Fetching upstream files into ``$RAR_HOME/raw/<source>/``: HTTP, a local mirror, or package data.
 
+``raw_root`` may be an object-store prefix (``corpus_build.storage``): files then land as objects.
+
 Every file lands atomically (downloaded or copied into a temporary sibling, renamed only when complete),
 so a failed or truncated transfer never leaves a file where the reader looks. Each file gets a sidecar
 ``<file>.meta.json`` with its size, sha256 and the validators (ETag, Last-Modified, Content-Length) used
@@ -23,6 +25,7 @@ import tenacity
 from tqdm.auto import tqdm
 
 from corpus_build.atomic import atomic_path
+from corpus_build.storage import local_copy
 from corpus_build.sources import RemoteFile, SourceSpec, source_dir
 
 log = logging.getLogger(__name__)
@@ -172,7 +175,7 @@ def _fetch_http(remote, target, client, retry, progress) -> FetchedFile:
 
 def _extract_member(archive: Path, member: str, target: Path, validators: dict) -> dict:
     try:
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, atomic_path(target) as tmp:
+        with zipfile.ZipFile(local_copy(archive)) as zf, zf.open(member) as src, atomic_path(target) as tmp:
             with open(tmp, "wb") as dst:
                 digest, size = _copy_hashing(src, dst)
     except KeyError as exc:

@@ -152,12 +152,13 @@ class Linker:
 
     @classmethod
     def from_parquet(cls, path: str | Path, **kwargs) -> Linker:
-        path = Path(path)
+        from corpus_build.storage import as_path, parquet_schema, read_parquet
+
+        path = as_path(path)
         if not path.exists():
             raise FileNotFoundError(f"movie corpus not found at {path}: materialise movie_corpus first")
-        columns = [c for c in ("movie_id", "title", "year", "aliases", "imdb_votes")
-                   if c in pl.read_parquet_schema(path)]
-        return cls(pl.read_parquet(path, columns=columns), **kwargs)
+        columns = [c for c in ("movie_id", "title", "year", "aliases", "imdb_votes") if c in parquet_schema(path)]
+        return cls(read_parquet(path, columns=columns), **kwargs)
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -47,6 +47,7 @@ from corpus_build.schema import (
     TITLE_MAX_CHARS,
 )
 from corpus_build.sources import SourceResult, SourceSpec, source_dir
+from corpus_build.storage import local_folder
 
 FIRST_FILM_YEAR = 1874  # Janssen's "Passage de Vénus"
 
@@ -120,7 +121,9 @@ def read_fetched_sources(specs: Iterable[SourceSpec], raw_root: Path) -> tuple[d
     results: dict[str, SourceResult] = {}
     skipped: dict[str, str] = {}
     for spec in specs:
-        files = local_files(spec, source_dir(raw_root, spec.name))
+        # The readers open files from disk: an object-store source folder is read from local copies.
+        folder = local_folder(source_dir(raw_root, spec.name), [f.name for f in spec.files])
+        files = local_files(spec, folder)
         if files is None:
             skipped[spec.name] = f"files not fetched under {source_dir(raw_root, spec.name)}"
             continue

@@ -162,11 +162,11 @@ def films_split_since(previous_path, corpus: pl.DataFrame) -> pl.DataFrame | Non
     """:func:`films_split_from` against the corpus file at ``previous_path`` (read before it is replaced);
     None when there is nothing comparable: no file, or one built from another set of sources (a profile
     switch legitimately turns IMDb films into ``rar:`` ones)."""
-    from pathlib import Path
+    from corpus_build.storage import as_path, read_parquet
 
-    if not Path(previous_path).is_file():
+    if not as_path(previous_path).is_file():
         return None
-    previous = pl.read_parquet(previous_path, columns=["movie_id", "title", "year", "sources"])
+    previous = read_parquet(previous_path, columns=["movie_id", "title", "year", "sources"])
     sources = [set(frame["sources"].explode().drop_nulls().unique().to_list()) for frame in (previous, corpus)]
     if sources[0] != sources[1]:
         return None

@@ -82,10 +82,14 @@ class VectorStore:
     def __init__(self, uri: str, table_name: str = TABLE_NAME, embedder=None) -> None:
         import lancedb
 
+        from corpus_build.storage import object_store_options
+
         self.uri = str(uri)
         self.table_name = table_name
         self.embedder = embedder  # turns text queries into vectors (an Embedder; loads lazily)
-        self.db = lancedb.connect(self.uri)
+        # An object-store URI's credentials and endpoint (corpus_build.storage); none for a local folder.
+        self._connect = {"storage_options": options} if (options := object_store_options(self.uri)) else {}
+        self.db = lancedb.connect(self.uri, **self._connect)
         self._table = None  # the open table handle (sees this handle's own writes)
         self._index: str | None | bool = False  # cached index name; False: not looked up yet
         self._async_table = None  # read handle for search (see _run_query); lazily opened
@@ -308,7 +312,7 @@ class VectorStore:
         import lancedb
 
         if self._async_table is None:
-            self._async_table = await (await lancedb.connect_async(self.uri)).open_table(self.table_name)
+            self._async_table = await (await lancedb.connect_async(self.uri, **self._connect)).open_table(self.table_name)
             self._async_seen = self._writes
         elif self._async_seen != self._writes:
             writes = self._writes
@@ -373,7 +377,9 @@ CORPUS_COLUMNS = ("movie_id", *META_COLUMNS, "content_hash")
 
 def read_corpus(path) -> pl.DataFrame:
     """The columns of ``movie_corpus`` that the vectors need, with missing hashes filled in."""
-    frame = pl.read_parquet(path, columns=list(CORPUS_COLUMNS))
+    from corpus_build.storage import read_parquet
+
+    frame = read_parquet(path, columns=list(CORPUS_COLUMNS))
     return fill_content_hash(frame)
 
 

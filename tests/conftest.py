@@ -25,6 +25,41 @@ def rar_home(tmp_path, monkeypatch) -> Path:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto in server mode) on 127.0.0.1, for the whole session."""
+    pytest.importorskip("moto", reason="the S3 tests need moto[server] (dev extra)")
+    pytest.importorskip("s3fs", reason="object-store homes need s3fs (deploy extra)")
+    from s3_server import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The standard AWS variables pointing at the test S3 server, set for this test."""
+    from s3_server import clear_fsspec_cache
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    clear_fsspec_cache()
+    return s3_server.env
+
+
+@pytest.fixture
+def s3_home(s3_server, s3_env, monkeypatch) -> str:
+    """RAR_HOME=s3://<fresh bucket>/home on the test S3 server; settings re-read from env."""
+    home = f"s3://{s3_server.new_bucket()}/home"
+    monkeypatch.setenv("RAR_HOME", home)
+    monkeypatch.delenv("RAR_SOURCE_MIRROR", raising=False)
+    monkeypatch.delenv("RAR_PROFILE", raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (third-party datasets, never committed); skip the test when it is absent."""

@@ -46,6 +46,7 @@ import numpy as np
 import polars as pl
 
 from corpus_build.atomic import torch_save_atomic, write_json_atomic, write_parquet_atomic
+from corpus_build.storage import ensure_folder, local_copy, read_parquet, remove_tree
 from training.layout import (
     exported_checkpoint,
     finished_round,
@@ -269,7 +270,7 @@ def collect_rollouts(
 
     from training.alignment import draw_log_probs, gumbel_topk_sets, ndcg_of_ranking
 
-    rollout_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(rollout_dir)
     model.eval()
     batch_count = math.ceil(len(turns) / config.rollout_batch)
     shuffle_seed = config.seed if config.shuffle_candidates else None
@@ -303,13 +304,13 @@ def collect_rollouts(
                 })
         write_parquet_atomic(pl.DataFrame(rows), part)
         log(f"rollout batch {batch_index + 1}/{batch_count} done (rollout {phase + 1}/{config.rollout_phases})")
-    return pl.concat([pl.read_parquet(_part_path(rollout_dir, phase, b)) for b in range(batch_count)])
+    return pl.concat([read_parquet(_part_path(rollout_dir, phase, b)) for b in range(batch_count)])
 
 
 def stored_rollouts(rollout_dir: Path) -> pl.DataFrame | None:
     """Every rollout written so far (all phases), or None when there is none."""
     parts = sorted(rollout_dir.glob("part-p*.parquet"))
-    return pl.concat([pl.read_parquet(p) for p in parts]) if parts else None
+    return pl.concat([read_parquet(p) for p in parts]) if parts else None
 
 
 # ----------------------------------------------------------------------------------- optimisation
@@ -460,7 +461,7 @@ def _resume_epoch(round_dir: Path, model, optimizer) -> list[dict]:
     path = last_checkpoint(round_epochs_dir(round_dir))
     if not path.is_file():
         return []
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    state = torch.load(local_copy(path), map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["curve"]
@@ -628,8 +629,6 @@ def align_from_tables(
     finished marker) with its parent, statistics and the verdict of ``gate``
     (:class:`training.promotion.GateRule`; default: its defaults), whose ``gate_reason`` says why.
     """
-    import shutil
-
     from training.promotion import GateRule, gate_verdict
     from training.retriever import Retriever, export_retriever
     from training.turn_pools import CorpusLookup, alignment_pools
@@ -640,7 +639,7 @@ def align_from_tables(
     gate = gate or GateRule()
     retriever = Retriever.from_checkpoint(parent_checkpoint, device=device)
     item_ids = ["<pad>", *retriever.movie_ids]
-    turns = pl.read_parquet(turns_path)
+    turns = read_parquet(turns_path)
     train_frame, gate_frame = alignment_pools(turns, datasets, folds, max_turns, config.seed)
     context_vectors = retriever.context_vectors if retriever.reads_dialogue else None
     train_turns = build_turns(train_frame, retriever.vocab.index, context_vectors)
@@ -659,5 +658,5 @@ def align_from_tables(
         "folds": asdict(folds), "gate_rule": asdict(gate), "config": config.to_dict(), **asdict(result),
     }
     write_json_atomic(record, round_record_path(round_dir))
-    shutil.rmtree(round_epochs_dir(round_dir), ignore_errors=True)  # only needed to resume an unfinished round
+    remove_tree(round_epochs_dir(round_dir))  # only needed to resume an unfinished round
     return record

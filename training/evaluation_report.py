@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from corpus_build.storage import as_path, read_parquet
 from training.evaluation_protocol import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
 from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir
 from training.turn_pools import held_out_split
@@ -198,8 +199,8 @@ def report_from_tables(
     from corpus_build.atomic import write_bytes_atomic, write_parquet_atomic
     from training.turn_pools import CorpusLookup
 
-    turns = pl.read_parquet(turns_path)
-    sequences = pl.read_parquet(sequences_path) if Path(sequences_path).is_file() else None
+    turns = read_parquet(turns_path)
+    sequences = read_parquet(sequences_path) if as_path(sequences_path).is_file() else None
     lookup = CorpusLookup.from_parquet(corpus_path)
     sets = evaluation_sets(turns, sequences, max_turns, seed)
     retrievers = current_retrievers(home)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from corpus_build.storage import as_path, read_parquet
 from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
 from training.layout import exported_checkpoint, run_dir
 
@@ -33,11 +34,11 @@ def finetune_from_turns(
     from training.sequences import eval_set, last_item_examples
     from training.turn_pools import Folds, sft_pools
 
-    if not Path(turns_path).is_file():
+    if not as_path(turns_path).is_file():
         raise FileNotFoundError(f"{turns_path} not found: materialise conversation_turns first")
     retriever = Retriever.from_checkpoint(pretrained_checkpoint)
     vocab, model = retriever.vocab, retriever.model
-    frame = pl.read_parquet(turns_path, columns=["dataset", "split", "dialog_id", "history_movie_ids", "target_movie_ids"])
+    frame = read_parquet(turns_path, columns=["dataset", "split", "dialog_id", "history_movie_ids", "target_movie_ids"])
 
     def encode(rows: pl.DataFrame):
         histories = [vocab.encode(h or []) for h in rows["history_movie_ids"].to_list()]
@@ -63,7 +64,7 @@ def finetune_from_turns(
     val_set = eval_set(*encode(val_rows), config.max_len)
     test_set = eval_set(*encode(frame.filter(pl.col("split") == "test")), config.max_len)
     key = run_key(
-        file_stamp(Path(turns_path)), file_stamp(Path(pretrained_checkpoint)), config.to_dict(),
+        file_stamp(turns_path), file_stamp(pretrained_checkpoint), config.to_dict(),
         sorted(datasets or []), sorted(vars(folds).items()),
     )  # other turns or other folds: a fresh run, never a resume
     checkpoints = run_dir(out_dir, key)

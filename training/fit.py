@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus_build.atomic import torch_save_atomic
+from corpus_build.storage import ensure_folder, fingerprint, is_remote, local_copy
 from training.layout import best_checkpoint, last_checkpoint
 from training.sequences import EvalSet, Examples, NegativeSampler, batches, item_counts
 
@@ -231,8 +232,7 @@ def fit(
     log = log or (lambda message: print(message, flush=True))
     configure_threads(config.threads)
     device = resolve_device(config.device)
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = ensure_folder(checkpoint_dir)
     last_path, best_path = last_checkpoint(checkpoint_dir), best_checkpoint(checkpoint_dir)
     set_seed(config.seed)
     model.to(device)
@@ -246,7 +246,7 @@ def fit(
 
     state = {"epoch": 0, "iteration": 0, "best_score": -1.0, "best_metrics": {}, "bad": 0, "curve": [], "train_seconds": 0.0}
     if resume and last_path.is_file():
-        saved = torch.load(last_path, map_location=device, weights_only=False)
+        saved = torch.load(local_copy(last_path), map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["state"])
@@ -352,7 +352,7 @@ def load_best(model, checkpoint_dir: str | Path):
     """Load ``best.pt`` weights into ``model`` (text buffers are not stored; they come with the model)."""
     import torch
 
-    saved = torch.load(best_checkpoint(checkpoint_dir), map_location="cpu", weights_only=False)
+    saved = torch.load(local_copy(best_checkpoint(checkpoint_dir)), map_location="cpu", weights_only=False)
     model.load_state_dict(saved["model"])
     return model
 
@@ -366,6 +366,8 @@ def run_key(*parts) -> str:
 
 
 def file_stamp(path: Path) -> list:
-    """A file's identity for a run key: path, size and modification time."""
+    """A file's identity for a run key: path, size and modification time (an object's: URI, size and ETag)."""
+    if is_remote(path):
+        return [str(path), fingerprint(path)]
     stat = Path(path).stat()
     return [str(path), stat.st_size, stat.st_mtime_ns]

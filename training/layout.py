@@ -9,11 +9,13 @@ promoted pointer, so moving the artefacts (another folder, an object store) chan
     alignment/rounds/<round>/                   one alignment round: rollouts/, epochs/ (until it finishes),
                                                 retriever.pt, round.json
     evaluation/report.png                       the evaluation report's chart
-    generator_cache/responses.sqlite            the generator's response cache
+    generator_cache/responses.sqlite            the generator's response cache (segments/ on an object store)
     benchmarks/<name>/                          what a benchmark script keeps between runs
 
 Parquet tables live in ``tables/<name>.parquet`` (the code location names them); movie vectors in LanceDB.
 The functions compose paths only: writers create folders as they write (``corpus_build.atomic``).
+``home`` may be a folder or an object-store URI: every path is made by ``corpus_build.storage.as_path``,
+a ``pathlib.Path`` or a ``upath.UPath`` that composes the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from corpus_build.storage import as_path, is_remote
 
 SYSTEMS = ("aligned", "sft", "pretrained")  # most to least trained
 CHECKPOINT_FILE = "retriever.pt"  # an exported retriever (training.retriever.export_retriever)
@@ -31,7 +35,7 @@ LAST_FILE, BEST_FILE = "last.pt", "best.pt"  # a training run's resume and best-
 
 def system_dir(home: Path, system: str) -> Path:
     """The folder of one retriever system (``pretrained``, ``sft`` or ``aligned``)."""
-    return Path(home) / "retriever" / system
+    return as_path(home) / "retriever" / system
 
 
 def checkpoint_path(home: Path, system: str) -> Path:
@@ -41,22 +45,22 @@ def checkpoint_path(home: Path, system: str) -> Path:
 
 def exported_checkpoint(folder: Path) -> Path:
     """The exported retriever inside ``folder`` (a system's folder or a round's)."""
-    return Path(folder) / CHECKPOINT_FILE
+    return as_path(folder) / CHECKPOINT_FILE
 
 
 def run_dir(folder: Path, key: str) -> Path:
     """The checkpoints of one training run inside ``folder``, named by its run key (inputs + settings)."""
-    return Path(folder) / f"checkpoints-{key}"
+    return as_path(folder) / f"checkpoints-{key}"
 
 
 def last_checkpoint(run: Path) -> Path:
     """A training run's checkpoint after its latest epoch (model, optimizer, counters, RNG)."""
-    return Path(run) / LAST_FILE
+    return as_path(run) / LAST_FILE
 
 
 def best_checkpoint(run: Path) -> Path:
     """A training run's checkpoint of its best validation."""
-    return Path(run) / BEST_FILE
+    return as_path(run) / BEST_FILE
 
 
 def promoted_pointer(home: Path) -> Path:
@@ -72,7 +76,7 @@ def promoted_record(home: Path) -> dict | None:
 
 def rounds_dir(home: Path) -> Path:
     """The folder holding one folder per alignment round."""
-    return Path(home) / "alignment" / "rounds"
+    return as_path(home) / "alignment" / "rounds"
 
 
 def round_dir(home: Path, round_name: str) -> Path:
@@ -80,17 +84,17 @@ def round_dir(home: Path, round_name: str) -> Path:
 
 
 def round_record_path(round_folder: Path) -> Path:
-    return Path(round_folder) / ROUND_FILE
+    return as_path(round_folder) / ROUND_FILE
 
 
 def rollouts_dir(round_folder: Path) -> Path:
     """A round's stored rollouts, one Parquet part per batch."""
-    return Path(round_folder) / "rollouts"
+    return as_path(round_folder) / "rollouts"
 
 
 def round_epochs_dir(round_folder: Path) -> Path:
     """An unfinished round's resume point: ``last.pt`` after its latest optimisation epoch."""
-    return Path(round_folder) / "epochs"
+    return as_path(round_folder) / "epochs"
 
 
 def finished_round(round_folder: Path) -> dict | None:
@@ -104,17 +108,20 @@ def finished_round(round_folder: Path) -> dict | None:
 def round_records(rounds: Path) -> Iterator[tuple[str, dict]]:
     """(name, record) of every round under ``rounds`` that wrote its record, in round order (names sort
     by time)."""
-    for record_file in sorted(Path(rounds).glob(f"*/{ROUND_FILE}"), key=lambda path: path.parent.name):
+    for record_file in sorted(as_path(rounds).glob(f"*/{ROUND_FILE}"), key=lambda path: path.parent.name):
         yield record_file.parent.name, json.loads(record_file.read_text())
 
 
 def evaluation_chart_path(home: Path) -> Path:
-    return Path(home) / "evaluation" / "report.png"
+    return as_path(home) / "evaluation" / "report.png"
 
 
 def generator_cache_path(home: Path) -> Path:
-    return Path(home) / "generator_cache" / "responses.sqlite"
+    """The response cache: a SQLite file, or on an object store a folder of immutable segments
+    (``training.generator.cache``)."""
+    folder = as_path(home) / "generator_cache"
+    return folder / "segments" if is_remote(home) else folder / "responses.sqlite"
 
 
 def benchmark_dir(home: Path, name: str) -> Path:
-    return Path(home) / "benchmarks" / name
+    return as_path(home) / "benchmarks" / name

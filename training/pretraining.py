@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus_build.storage import as_path, read_parquet
 from training.fit import TrainConfig, evaluate, file_stamp, fit, load_best, run_key
 from training.layout import exported_checkpoint, run_dir
 
@@ -45,10 +46,10 @@ def pretrain_from_tables(
     from training.sequences import ItemVocab, eval_set, next_item_examples
 
     for path in (sequences_path, corpus_path):
-        if not Path(path).is_file():
+        if not as_path(path).is_file():
             raise FileNotFoundError(f"{path} not found: materialise its asset first")
-    vocab = ItemVocab(pl.read_parquet(corpus_path, columns=["movie_id"])["movie_id"].to_list())
-    frame = select_datasets(pl.read_parquet(sequences_path), datasets, sequences_path)
+    vocab = ItemVocab(read_parquet(corpus_path, columns=["movie_id"])["movie_id"].to_list())
+    frame = select_datasets(read_parquet(sequences_path), datasets, sequences_path)
     chosen = sorted(frame["dataset"].unique().to_list())
     train, val, test = [], [], []
     for row in frame.iter_rows(named=True):
@@ -66,7 +67,7 @@ def pretrain_from_tables(
     test_sets = {d: eval_set([train[i] + val[i] for i in rows], [test[i] for i in rows], config.max_len)
                  for d, rows in rows_of.items()}
     text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab)) if load_vectors else None
-    key = run_key(file_stamp(Path(sequences_path)), file_stamp(Path(corpus_path)), config.to_dict(), hidden,
+    key = run_key(file_stamp(sequences_path), file_stamp(corpus_path), config.to_dict(), hidden,
                   text is not None, chosen)
     checkpoints = run_dir(out_dir, key)
     torch.manual_seed(config.seed)
@@ -79,7 +80,7 @@ def pretrain_from_tables(
     sizes = frame.group_by("dataset").agg(users=pl.len(), interactions=pl.col("movie_ids").list.len().sum())
     coverage = None
     if turns_path is not None:
-        coverage = target_coverage(pl.read_parquet(turns_path, columns=["dataset", "split", "target_movie_ids"]),
+        coverage = target_coverage(read_parquet(turns_path, columns=["dataset", "split", "target_movie_ids"]),
                                    frame["train_movie_ids"].to_list())
     return {
         "checkpoint": path, "checkpoint_dir": checkpoints, "dataset": ",".join(chosen),

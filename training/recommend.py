@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from corpus_build.storage import scan_parquet
 from training.generator.base import Generator, RankRequest
 
 # Capitalised one-word spans that are everyday words, not film mentions, in a chat message.
@@ -56,7 +57,7 @@ def find_mentions(text: str, linker, max_words: int = 8) -> list[str]:
 
 def corpus_rows(corpus_path: str | Path, movie_ids: Sequence[str]) -> dict[str, dict]:
     """Corpus rows (prompt metadata) of ``movie_ids``, by id."""
-    frame = pl.scan_parquet(corpus_path).filter(pl.col("movie_id").is_in(list(movie_ids))).collect()
+    frame = scan_parquet(corpus_path).filter(pl.col("movie_id").is_in(list(movie_ids))).collect()
     return {row["movie_id"]: row for row in frame.iter_rows(named=True)}
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from corpus_build.atomic import torch_save_atomic
+from corpus_build.storage import local_copy
 from training.lrurec import LRURec, LRURecConfig
 from training.sequences import ItemVocab, left_pad
 
@@ -102,7 +103,7 @@ class Retriever:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", text_encoder=None,
                         text_cache_dir: str | Path | None = None) -> Retriever:
-        saved = torch.load(Path(path), map_location="cpu", weights_only=False)
+        saved = torch.load(local_copy(path), map_location="cpu", weights_only=False)
         model = load_model(saved).to(device).eval()
         return cls(model, saved["movie_ids"], saved["max_len"], saved.get("metrics"), text_encoder, text_cache_dir)
 

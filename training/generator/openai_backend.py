@@ -312,6 +312,7 @@ class OpenAIGenerator(Generator):
             if record is not None and not record.get("cached") and result.source == "model":
                 self.cache.put(key, self.config.model, record)
                 record["cached"] = True  # a duplicate prompt in the batch is stored once
+        self.cache.flush()  # an object-store cache publishes the batch's answers now (a no-op for SQLite)
 
     def _rank_batch(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         if not requests:
