@@ -25,8 +25,8 @@ import tenacity
 from tqdm.auto import tqdm
 
 from corpus_build.atomic import atomic_path
-from corpus_build.storage import local_copy
 from corpus_build.sources import RemoteFile, SourceSpec, source_dir
+from corpus_build.storage import local_copy
 
 log = logging.getLogger(__name__)
 

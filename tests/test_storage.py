@@ -109,3 +109,25 @@ def test_a_writer_killed_mid_write_leaves_no_object(bucket, tmp_path):
     assert not storage.as_path(target).exists()  # nothing a reader could take for the table
     write_parquet_atomic(pl.DataFrame({"a": [1]}), target)
     assert storage.read_parquet(target).height == 1
+
+
+def test_response_cache_on_s3_publishes_segments_that_concurrent_runs_share(bucket, tmp_path, monkeypatch):
+    from training.generator.cache import ResponseCache
+    from training.layout import generator_cache_path
+
+    monkeypatch.setattr(storage, "LOCAL_CACHE", tmp_path / "machine-a")
+    location = generator_cache_path(f"{bucket}/home")
+    assert location.name == "segments"
+    first, second = ResponseCache(location), ResponseCache(location)  # two runs at once, one working copy
+    first.put("k1", "m", {"ranking": ["a"]})
+    second.put("k2", "m", {"ranking": ["b"]})
+    first.flush()
+    second.close()
+    first.put("k1", "m", {"ranking": ["a", "newer"]})
+    first.close()
+    assert len(list(location.glob("*.jsonl.gz"))) == 3  # one immutable segment per flush, none rewritten
+    monkeypatch.setattr(storage, "LOCAL_CACHE", tmp_path / "machine-b")  # another pod: an empty working copy
+    reader = ResponseCache(location)
+    assert reader.get("k2") == {"ranking": ["b"]} and reader.get("k1") == {"ranking": ["a", "newer"]}
+    assert len(reader) == 2
+    reader.close()
