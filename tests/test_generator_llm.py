@@ -85,7 +85,9 @@ def test_openai_backend_against_llama_cpp_server_end_to_end(gguf, in_process, tm
         served = generator.rank_batch(REQUESTS)
         again = generator.rank_batch(REQUESTS)
     assert [r.source for r in served] == ["model", "model"] and generator.stats.failures == 0
-    assert generator.stats.calls == 2 and generator.stats.cache_hits == 2 and [r.source for r in again] == ["cache"] * 2
+    # a retry (a slow answer on a loaded machine) is one more call; the second batch must cost none
+    assert generator.stats.calls == 2 + generator.stats.retries
+    assert generator.stats.cache_hits == 2 and [r.source for r in again] == ["cache"] * 2
     assert generator.stats.prompt_tokens > 100 and generator.stats.completion_tokens == 2
     # Same model, same prompt, same verbalizer: the server's top logprobs agree with the in-process scores.
     for request, result in zip(REQUESTS, served):
