@@ -100,7 +100,7 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
     first); every RAR_ALIGNMENT_ROLLOUT_EVERY epoch(s) the current retriever samples G candidate sets per
     training turn (RL fold), the frozen generator ranks them (shown in a seeded shuffled order), each is
     rewarded by NDCG; only the retriever is updated (GRPO or DPO + NLL). Resumable; a finished round
-    makes no generator calls. Outputs $RAR_HOME/alignment/rounds/<round>/ (retriever.pt, round.json,
+    makes no generator calls. Outputs `$RAR_HOME/alignment/rounds/<round>/` (retriever.pt, round.json,
     rollouts/)."""
     from training.alignment_round import GeneratorUnavailable, align_from_tables
     from training.layout import round_dir

@@ -45,7 +45,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     of user_sequences (RAR_RETRIEVER_PRETRAIN_DATASETS narrows them; users kept apart per dataset) with
     next-item full-ranking validation and early stopping on Recall@10; items start from movie_vectors
     through a learned projection. Metadata: users and interactions per dataset, test metrics per
-    dataset, and coverage/<dataset>/<split>: the share of conversation targets the histories contain.
+    dataset, and `coverage/<dataset>/<split>`: the share of conversation targets the histories contain.
     Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
     from training.layout import system_dir
     from training.pretraining import pretrain_from_tables

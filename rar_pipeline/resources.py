@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+from pydantic import Field
 
 from rar_pipeline.settings import get_settings
 
@@ -12,16 +13,30 @@ GENERATOR_API_KEY_ENV = "RAR_GENERATOR_API_KEY"
 
 
 class GeneratorResource(dg.ConfigurableResource):
-    """The generator that ranks retrieved candidates, configured by the RAR_GENERATOR_* settings; a run
-    may pick another ``backend`` or ``model`` (the launchpad's resource config).
+    """The frozen generator that ranks the retriever's candidates. The values shown are the RAR_GENERATOR_BACKEND
+    and RAR_GENERATOR_MODEL settings in effect when the code location loaded; a run may pick another backend or
+    model in the launchpad. The other RAR_GENERATOR_ settings (endpoint, mode, timeouts, budgets) apply as the
+    README lists them. The API key only arrives through the environment variable RAR_GENERATOR_API_KEY (read
+    with dg.EnvVar): Dagster shows the variable's name, never its value, and the key is never logged, cached
+    or written to metadata."""
 
-    The API key only ever arrives through ``dg.EnvVar`` (see :func:`generator_api_key`): Dagster shows
-    the variable's name, never its value, and the key is not logged, cached or put in metadata.
-    """
+    backend: str | None = Field(
+        default=None, description="embedding (offline, no LLM), llama_cpp (a local GGUF model) or openai (any "
+        "OpenAI-compatible endpoint); empty: RAR_GENERATOR_BACKEND.",
+    )
+    model: str | None = Field(
+        default=None, description="openai: the model name; llama_cpp: a GGUF path (empty: the packaged "
+        "Gemma-3-270M); embedding: not used (it ranks with movie_vectors' embedder).",
+    )
+    api_key: str | None = Field(
+        default=None, description="openai only: the API key, from the RAR_GENERATOR_API_KEY environment variable.",
+    )
 
-    backend: str | None = None  # embedding | llama_cpp | openai (None: RAR_GENERATOR_BACKEND)
-    model: str | None = None  # None: RAR_GENERATOR_MODEL
-    api_key: str | None = None
+    @classmethod
+    def from_settings(cls) -> GeneratorResource:
+        """The resource with the backend and model of the RAR_GENERATOR_* settings, as the UI should show them."""
+        settings = get_settings()
+        return cls(backend=settings.generator_backend, model=settings.generator_model, api_key=generator_api_key())
 
     def make_generator(self):
         """A fresh generator (close it when done); its response cache lives under RAR_HOME."""
@@ -58,5 +73,5 @@ def generator_api_key() -> dg.EnvVar | None:
 
 
 RESOURCES: dict = {
-    "generator": GeneratorResource(api_key=generator_api_key()),
+    "generator": GeneratorResource.from_settings(),
 }

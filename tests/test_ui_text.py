@@ -1,0 +1,53 @@
+"""What the Dagster UI shows as text: descriptions render as written (the UI renders them as Markdown, so a
+`<round>` outside a code span is swallowed as an HTML tag and a stray `*` or `_` pair turns into italics)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from markdown_it import MarkdownIt
+
+from rar_pipeline.definitions import defs
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": True})
+_LOST_IN_RENDERING = {"html_inline", "html_block", "em_open", "strong_open"}
+_SPHINX_ROLE = re.compile(r":[a-z]+:`")  # :func:`name` is docstring markup, shown raw by the UI
+
+
+def markdown_problems(text: str | None) -> list[str]:
+    """Pieces of ``text`` that the UI would not show as written: HTML tags, emphasis, Sphinx roles."""
+    problems = [f"Sphinx role {role}" for role in _SPHINX_ROLE.findall(text or "")]
+    for block in _MARKDOWN.parse(text or ""):
+        for token in [block, *(block.children or [])]:
+            if token.type in _LOST_IN_RENDERING:
+                problems.append(f"{token.type}: {token.content or token.markup}")
+    return problems
+
+
+def _ui_descriptions() -> dict[str, str | None]:
+    """Every description the UI renders: assets, checks, jobs, schedules, sensors and resources."""
+    graph = defs.resolve_asset_graph()
+    texts = {f"asset {key.to_user_string()}": graph.get(key).description for key in graph.get_all_asset_keys()}
+    for assets_def in graph.assets_defs:
+        texts |= {f"check {spec.key.to_user_string()}": spec.description for spec in assets_def.check_specs}
+    texts |= {f"job {job.name}": job.description for job in defs.jobs}
+    texts |= {f"schedule/sensor {item.name}": item.description for item in [*defs.schedules, *defs.sensors]}
+    for name, resource in defs.resources.items():
+        resource_def = resource.get_resource_definition()
+        texts[f"resource {name}"] = resource_def.description
+        for field, spec in resource_def.config_schema.as_field().config_type.fields.items():
+            texts[f"resource {name}.{field}"] = spec.description
+    return texts
+
+
+def test_the_markdown_check_sees_what_the_ui_would_eat():
+    assert markdown_problems("Outputs $RAR_HOME/alignment/rounds/<round>/ (retriever.pt)")
+    assert markdown_problems("at most turns*G*K requests")
+    assert markdown_problems("the key arrives through dg.EnvVar (see :func:`generator_api_key`)")
+    assert not markdown_problems("Outputs `$RAR_HOME/alignment/rounds/<round>/`; RAR_GENERATOR_API_KEY; 5 * 3")
+
+
+@pytest.mark.parametrize("where, text", sorted(_ui_descriptions().items()))
+def test_descriptions_render_as_written(where, text):
+    assert not markdown_problems(text), f"{where}: {markdown_problems(text)}"
