@@ -51,3 +51,36 @@ def test_the_markdown_check_sees_what_the_ui_would_eat():
 @pytest.mark.parametrize("where, text", sorted(_ui_descriptions().items()))
 def test_descriptions_render_as_written(where, text):
     assert not markdown_problems(text), f"{where}: {markdown_problems(text)}"
+
+
+def test_every_table_column_is_described():
+    """The UI's column descriptions come from corpus_build.schema: one description per column of each table."""
+    from corpus_build import schema
+    from corpus_build.vector_store import table_schema
+
+    tables = {
+        "movie_corpus": (schema.CORPUS_SCHEMA, schema.CORPUS_COLUMN_DESCRIPTIONS),
+        "movie_corpus_quarantine": (schema.QUARANTINE_SCHEMA, schema.QUARANTINE_COLUMN_DESCRIPTIONS),
+        "user_sequences": (schema.USER_SEQUENCES_SCHEMA, schema.USER_SEQUENCES_COLUMN_DESCRIPTIONS),
+        "conversation_turns": (schema.CONVERSATION_TURNS_SCHEMA, schema.CONVERSATION_TURNS_COLUMN_DESCRIPTIONS),
+        "movie_vectors": (dict.fromkeys(table_schema(8).names), schema.VECTORS_COLUMN_DESCRIPTIONS),
+    }
+    for table, (columns, descriptions) in tables.items():
+        assert list(descriptions) == list(columns), table
+        for column, text in descriptions.items():
+            assert text.strip() and not markdown_problems(text), f"{table}.{column}: {text!r}"
+
+
+def test_the_generator_resource_shows_the_settings_in_effect(monkeypatch):
+    from rar_pipeline.resources import GeneratorResource
+    from rar_pipeline.settings import get_settings
+
+    assert defs.resources["generator"].backend == get_settings().generator_backend  # loaded with today's settings
+    monkeypatch.setenv("RAR_GENERATOR_BACKEND", "openai")
+    monkeypatch.setenv("RAR_GENERATOR_MODEL", "gpt-test")
+    get_settings.cache_clear()
+    try:
+        resource = GeneratorResource.from_settings()
+    finally:
+        get_settings.cache_clear()
+    assert (resource.backend, resource.model) == ("openai", "gpt-test")
