@@ -1,8 +1,10 @@
 """Corpus stage: one ``raw_<source>`` asset per upstream, ``movie_corpus`` + its quarantine, and checks.
 
-Every source of the registry has an asset in every profile (the graph is the same everywhere); a
-source the current profile does not use, or whose files the mirror lacks, materialises as "skipped"
-with the reason instead of failing. ``movie_corpus`` reads the sources that were fetched.
+Every source of the registry has an asset in every profile (the graph is the same everywhere). A source
+the current profile does not use, or whose files the mirror lacks, is not fetched: it records an
+observation with the reason and no materialisation, so the UI never shows it as ingested. The sources,
+the corpus and its quarantine are one subsettable multi-asset: any of them can be selected alone (the
+corpus alone merges what was fetched before), and a skipped source does not skip the corpus.
 """
 
 import json
@@ -10,11 +12,14 @@ import json
 import dagster as dg
 
 from assets.keys import CORPUS, CORPUS_QUARANTINE, OWNERS, raw_key
-from assets.metadata import latest_metadata, recent_metadata, table_schema
+from assets.metadata import latest_metadata, readable, recent_metadata, records_table, table_schema
+from corpus_build.quality import QUARANTINE_MAX_SHARE
+from corpus_build.schema import CORPUS_COLUMN_DESCRIPTIONS, QUARANTINE_COLUMN_DESCRIPTIONS
 from corpus_build.sources.registry import SOURCES, source_files_present, sources_for_profile
 from rar_pipeline.settings import get_settings
 
 GROUP = "corpus"
+RAW_KEYS = [raw_key(name) for name in SOURCES]
 
 
 # --- raw_<source> -------------------------------------------------------------------------------
@@ -29,45 +34,37 @@ def why_skipped(spec, settings) -> str | None:
     return None
 
 
-def raw_source_asset(spec) -> dg.AssetsDefinition:
-    """The asset that brings one upstream's files to ``$RAR_HOME/raw/<source>/``."""
-
-    @dg.asset(
-        key=raw_key(spec.name),
-        group_name=GROUP,
-        kinds={"python", "file"},
-        owners=OWNERS,
-        description=f"{spec.description} Files land in $RAR_HOME/raw/{spec.name}/ with size, sha256 and fetch time.",
+def _raw_spec(spec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        raw_key(spec.name), group_name=GROUP, kinds={"python", "file"}, owners=OWNERS, skippable=True,
+        description=f"{spec.description} Files land in `$RAR_HOME/raw/{spec.name}/` with size, sha256 and "
+        f"fetch time. Read by the profile(s): {', '.join(spec.profiles)}; in another profile it is observed as "
+        "skipped, never materialised.",
     )
-    def _raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        from corpus_build.fetch import fetch_source, fetched_metadata
-
-        settings = get_settings()
-        reason = why_skipped(spec, settings)
-        if reason is not None:
-            context.log.info(f"raw_{spec.name} skipped: {reason}")
-            return dg.MaterializeResult(metadata={"status": "skipped", "skipped_because": reason, "files": 0})
-        files = fetch_source(spec, settings.upstream, progress=False)
-        meta = fetched_metadata(files)
-        return dg.MaterializeResult(
-            metadata={
-                "status": "fetched",
-                "files": len(files),
-                "size_bytes": float(sum(f.size for f in files)),
-                "skipped_unchanged": sum(f.skipped_unchanged for f in files),
-                "origin": ", ".join(sorted({f.origin for f in files})),
-                "fetched_at": max((f.fetched_at for f in files), default=""),
-                "sha256": {f.name: f.sha256 for f in files},
-                "path": dg.MetadataValue.path(str(settings.upstream.source_dir(spec.name))),
-                "file_details": dg.MetadataValue.json(json.loads(json.dumps(meta, default=str))),
-            }
-        )
-
-    return _raw
 
 
-RAW_ASSETS = [raw_source_asset(spec) for spec in SOURCES.values()]
-RAW_KEYS = [raw_key(name) for name in SOURCES]
+def fetch_raw(context: dg.AssetExecutionContext, spec, settings):
+    """Fetch one upstream into ``$RAR_HOME/raw/<source>/``: its materialisation, or an observation saying why
+    the source was skipped."""
+    from corpus_build.fetch import fetch_source, fetched_metadata
+
+    key = raw_key(spec.name)
+    reason = why_skipped(spec, settings)
+    if reason is not None:
+        context.log.info(f"{key.to_user_string()} skipped: {reason}")
+        return dg.AssetObservation(asset_key=key, metadata={"status": "skipped", "skipped_because": reason})
+    files = fetch_source(spec, settings.upstream, progress=False)
+    return dg.MaterializeResult(asset_key=key, metadata=readable({
+        "status": "fetched",
+        "files": len(files),
+        "size_bytes": sum(f.size for f in files),
+        "skipped_unchanged": sum(f.skipped_unchanged for f in files),
+        "origin": ", ".join(sorted({f.origin for f in files})),
+        "fetched_at": max((f.fetched_at for f in files), default=""),
+        "sha256": {f.name: f.sha256 for f in files},
+        "path": dg.MetadataValue.path(str(settings.upstream.source_dir(spec.name))),
+        "file_details": dg.MetadataValue.json(json.loads(json.dumps(fetched_metadata(files), default=str))),
+    }))
 
 
 # --- movie_corpus + movie_corpus_quarantine ------------------------------------------------------
@@ -82,23 +79,40 @@ def _table_spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
 @dg.multi_asset(
     name="movie_corpus_build",
     specs=[
+        *(_raw_spec(spec) for spec in SOURCES.values()),
         _table_spec(
             CORPUS,
             "Merged, normalised, deduplicated movies, one row per film (zstd Parquet at "
-            "$RAR_HOME/tables/movie_corpus.parquet): IMDb-id, title+year and fuzzy matching across sources.",
+            "`$RAR_HOME/tables/movie_corpus.parquet`): IMDb-id, title+year and fuzzy matching across sources.",
         ),
         _table_spec(
             CORPUS_QUARANTINE,
-            "Every source record rejected while building movie_corpus, with its source, file, line and reason.",
+            "Every source record rejected while building movie_corpus, with its source, file, line and reason "
+            "(written with every build of movie_corpus).",
         ),
     ],
+    can_subset=True,
 )
 def movie_corpus_build(context: dg.AssetExecutionContext):
-    """Merge the fetched sources of the current profile into movie_corpus and its quarantine."""
+    """Fetch the selected sources, then merge every fetched source of the profile into movie_corpus and its
+    quarantine (both tables are written together, whichever of the two is selected)."""
+    settings = get_settings()
+    selected = context.selected_asset_keys
+    for spec in SOURCES.values():
+        if raw_key(spec.name) in selected:
+            result = fetch_raw(context, spec, settings)
+            if isinstance(result, dg.AssetObservation):
+                context.log_event(result)
+            else:
+                yield result
+    if selected & {CORPUS, CORPUS_QUARANTINE}:
+        yield from _merge(context, settings, selected)
+
+
+def _merge(context: dg.AssetExecutionContext, settings, selected):
     from corpus_build.merge import build_corpus, read_fetched_sources, write_corpus
     from corpus_build.quality import films_split_since
 
-    settings = get_settings()
     specs = sources_for_profile(settings.profile, settings.source_mirror)
     results, skipped = read_fetched_sources(specs, settings.raw_dir)
     for name, reason in skipped.items():
@@ -109,17 +123,30 @@ def movie_corpus_build(context: dg.AssetExecutionContext):
     corpus_path, quarantine_path = settings.table_path("movie_corpus"), settings.table_path("movie_corpus_quarantine")
     split = films_split_since(corpus_path, merged.corpus)  # the file still holds the previous corpus
     write_corpus(merged, corpus_path, quarantine_path)
-    previous = previous_row_count(context.instance)
-    yield dg.MaterializeResult(asset_key=CORPUS, metadata=_corpus_metadata(merged, corpus_path, previous, skipped, split))
-    yield dg.MaterializeResult(
-        asset_key=CORPUS_QUARANTINE,
-        metadata={
-            "dagster/row_count": merged.quarantine.height,
-            "path": dg.MetadataValue.path(str(quarantine_path)),
-            "by_reason": dg.MetadataValue.json(merged.quarantine_reasons()),
-            "dagster/column_schema": table_schema(merged.quarantine),
-        },
-    )
+    if CORPUS in selected:
+        previous = previous_row_count(context.instance)
+        yield dg.MaterializeResult(asset_key=CORPUS,
+                                   metadata=_corpus_metadata(merged, corpus_path, previous, skipped, split))
+    else:
+        context.log.info("movie_corpus.parquet was rewritten with its quarantine; materialise movie_corpus to record it")
+    if CORPUS_QUARANTINE in selected:
+        yield dg.MaterializeResult(asset_key=CORPUS_QUARANTINE, metadata=_quarantine_metadata(merged, quarantine_path))
+    else:
+        context.log.info("movie_corpus_quarantine.parquet was rewritten with the corpus; materialise "
+                         "movie_corpus_quarantine to record it")
+
+
+def _quarantine_metadata(merged, path) -> dict:
+    records = sum(counts.get("rows_in", 0) + counts.get("reader_quarantined", 0)
+                  for counts in merged.source_stats.values())
+    return readable({
+        "dagster/row_count": merged.quarantine.height,
+        "records_read": records,
+        "quarantined_share": merged.quarantine.height / records if records else 0.0,
+        "path": dg.MetadataValue.path(str(path)),
+        "by_reason": dg.MetadataValue.json(merged.quarantine_reasons()),
+        "dagster/column_schema": table_schema(merged.quarantine.schema, QUARANTINE_COLUMN_DESCRIPTIONS),
+    })
 
 
 def previous_row_count(instance: dg.DagsterInstance) -> int | None:
@@ -128,37 +155,25 @@ def previous_row_count(instance: dg.DagsterInstance) -> int | None:
 
 
 def _corpus_metadata(merged, path, previous: int | None, skipped: dict[str, str], split) -> dict:
-    metadata: dict = {
+    return readable({
         "dagster/row_count": merged.corpus.height,
-        "dagster/column_schema": table_schema(merged.corpus),
+        "dagster/column_schema": table_schema(merged.corpus.schema, CORPUS_COLUMN_DESCRIPTIONS),
         "path": dg.MetadataValue.path(str(path)),
-        "films_from_several_sources": float(merged.stats["films_from_several_sources"]),
-        "rows_merged": float(merged.stats["rows_merged"]),
-        "quarantined": float(merged.stats["quarantined"]),
-        "title_conflicts": float(merged.stats["title_conflicts"]),
-        "new_films_matching_previous": float(split.height) if split is not None else None,
+        "films_from_several_sources": merged.stats["films_from_several_sources"],
+        "rows_merged": merged.stats["rows_merged"],
+        "quarantined": merged.stats["quarantined"],
+        "title_conflicts": merged.stats["title_conflicts"],
+        "new_films_matching_previous": split.height if split is not None else None,
         "split_film_examples": dg.MetadataValue.json(_split_examples(split)) if split is not None else None,
-        "previous_row_count": float(previous) if previous is not None else None,
-        "source_stats": dg.MetadataValue.md(_stats_table(merged.source_stats)),
+        "previous_row_count": previous,
+        "source_stats": records_table([{"source": source, **counts} for source, counts in sorted(merged.source_stats.items())]),
         "sources_skipped": dg.MetadataValue.json(skipped),
-    }
-    for source, counts in merged.source_stats.items():
-        for counter, value in counts.items():
-            metadata[f"{source}/{counter}"] = float(value)
-    return {k: v for k, v in metadata.items() if v is not None}
+    })
 
 
 def _split_examples(split, limit: int = 10) -> list[str]:
     return [f"{r['movie_id']} {r['title']!r} ({r['year']}) ~ {r['previous_movie_id']} {r['previous_title']!r}"
             for r in split.head(limit).iter_rows(named=True)]
-
-
-def _stats_table(stats: dict[str, dict[str, int]]) -> str:
-    counters = sorted({c for counts in stats.values() for c in counts})
-    lines = ["| source | " + " | ".join(counters) + " |", "|---" * (len(counters) + 1) + "|"]
-    for source, counts in sorted(stats.items()):
-        lines.append(f"| {source} | " + " | ".join(f"{counts.get(c, 0):,}" for c in counters) + " |")
-    return "\n".join(lines)
 
 
 # --- checks on movie_corpus (blocking: a failing corpus stops everything downstream) --------------
@@ -284,4 +299,25 @@ def great_expectations_suite() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=outcome.success,
         metadata={"expectations": outcome.evaluated, "failed": dg.MetadataValue.json(outcome.failed)},
+    )
+
+
+# --- check on movie_corpus_quarantine -----------------------------------------------------------
+
+
+@dg.asset_check(
+    asset=CORPUS_QUARANTINE,
+    description=f"At most {QUARANTINE_MAX_SHARE:.0%} of the source records read are quarantined; more means an "
+    "upstream changed its format or a file arrived damaged.",
+)
+def quarantine_share_under_limit(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    metadata = latest_metadata(context.instance, CORPUS_QUARANTINE)
+    if "quarantined_share" not in metadata:
+        return dg.AssetCheckResult(passed=False, metadata={"error": "movie_corpus_quarantine has no recorded share"})
+    share = float(metadata["quarantined_share"])
+    return dg.AssetCheckResult(
+        passed=share <= QUARANTINE_MAX_SHARE,
+        metadata=readable({"quarantined_share": share, "max_share": QUARANTINE_MAX_SHARE,
+                           "quarantined": metadata.get("dagster/row_count"), "records_read": metadata.get("records_read"),
+                           "by_reason": dg.MetadataValue.json(metadata.get("by_reason") or {})}),
     )

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from assets.keys import CORPUS, OWNERS, SEQUENCES, TURNS
-from assets.metadata import latest_metadata, table_schema
+from assets.metadata import latest_metadata, readable, records_table, table_schema
+from corpus_build.schema import CONVERSATION_TURNS_COLUMN_DESCRIPTIONS, USER_SEQUENCES_COLUMN_DESCRIPTIONS
 from rar_pipeline.settings import get_settings
 
 GROUP = "interactions"
@@ -21,17 +22,18 @@ def _write(frame, name: str):
     return write_parquet_atomic(frame, get_settings().table_path(name))
 
 
-def _metadata(built, path) -> dict:
-    metadata = {
+def _metadata(built, path, descriptions) -> dict:
+    """A table's metadata: schema, link rates per dataset (one table entry) and the build's counts."""
+    log = built.log
+    return {
         "dagster/row_count": built.frame.height,
-        "dagster/column_schema": table_schema(built.frame),
+        "dagster/column_schema": table_schema(built.frame.schema, descriptions),
         "path": dg.MetadataValue.path(str(path)),
-        "link_rates": dg.MetadataValue.json(built.log.rates()),
-        "unresolved_distinct": float(built.log.unresolved().height),
+        "link_rates": records_table([{"dataset": d, "mentions": log.mentions[d], "linked": log.linked.get(d, 0),
+                                      "link_rate": rate} for d, rate in log.rates().items()]),
+        "unresolved_distinct": log.unresolved().height,
+        "build_counts": records_table([{"count": name, "value": value} for name, value in built.stats.items()]),
     }
-    metadata |= {f"link_rate/{d}": float(r) for d, r in built.log.rates().items()}
-    metadata |= {k: float(v) for k, v in built.stats.items()}
-    return metadata
 
 
 def _save_unresolved(built) -> None:
@@ -50,17 +52,19 @@ def _save_unresolved(built) -> None:
 def user_sequences() -> dg.MaterializeResult:
     """MovieLens histories as chronological movie_id sequences, one row per (dataset, user), with the
     LRURec leave-one-out split (last film = test, second to last = validation; 5-core)."""
+    import polars as pl
+
     from corpus_build.interactions.build import build_user_sequences
 
     settings = get_settings()
     built = build_user_sequences(settings.profile, settings.upstream, _linker())
     path = _write(built.frame, "user_sequences")
     _save_unresolved(built)
-    metadata = _metadata(built, path)
-    counts = built.frame.group_by("dataset").len().sort("dataset")
-    metadata |= {f"users/{d}": float(n) for d, n in counts.iter_rows()}
-    metadata["interactions"] = float(built.frame["movie_ids"].list.len().sum())
-    return dg.MaterializeResult(metadata=metadata)
+    metadata = _metadata(built, path, USER_SEQUENCES_COLUMN_DESCRIPTIONS)
+    by_dataset = built.frame.group_by("dataset").agg(users=pl.len(), interactions=pl.col("movie_ids").list.len().sum())
+    metadata["users_by_dataset"] = records_table(by_dataset.sort("dataset").to_dicts())
+    metadata["interactions"] = int(by_dataset["interactions"].sum())
+    return dg.MaterializeResult(metadata=readable(metadata))
 
 
 @dg.asset(key=TURNS, group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=[CORPUS, SEQUENCES])
@@ -68,7 +72,7 @@ def conversation_turns() -> dg.MaterializeResult:
     """One row per recommender turn that recommends a film (ReDial, INSPIRED, Reddit-Movie; in the sample
     profile dialogues synthesised from MovieLens histories): context, mentioned and target movie_ids, split."""
 
-    from corpus_build.interactions.build import build_conversation_turns, turn_counts
+    from corpus_build.interactions.build import build_conversation_turns, turns_by_split
 
     settings = get_settings()
     sequences_path = settings.table_path("user_sequences")
@@ -77,25 +81,28 @@ def conversation_turns() -> dg.MaterializeResult:
     path = _write(built.frame, "conversation_turns")
     _write(built.quarantine, "conversation_turns_quarantine")
     _save_unresolved(built)
-    metadata = _metadata(built, path) | turn_counts(built.frame)
-    metadata["quarantined"] = float(built.quarantine.height)
-    metadata["dialogs"] = float(built.frame.select("dataset", "dialog_id").unique().height)
-    return dg.MaterializeResult(metadata=metadata)
+    metadata = _metadata(built, path, CONVERSATION_TURNS_COLUMN_DESCRIPTIONS)
+    metadata["turns_by_split"] = records_table(turns_by_split(built.frame).to_dicts())
+    metadata["quarantined"] = built.quarantine.height
+    metadata["dialogs"] = built.frame.select("dataset", "dialog_id").unique().height
+    return dg.MaterializeResult(metadata=readable(metadata))
 
 
 # --- checks (blocking) --------------------------------------------------------------------------
 
 
 def _latest_link_rates(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dict[str, float]:
-    metadata = latest_metadata(context.instance, key)
-    return {k.split("/", 1)[1]: float(v) for k, v in metadata.items() if k.startswith("link_rate/")}
+    """Link rate per dataset of the latest materialisation, exact (from the counts, not the rounded rate)."""
+    table = latest_metadata(context.instance, key).get("link_rates")
+    rows = [r.data for r in table.records] if table is not None else []
+    return {row["dataset"]: row["linked"] / row["mentions"] if row["mentions"] else 0.0 for row in rows}
 
 
 def _link_rate_result(rates: dict[str, float]) -> dg.AssetCheckResult:
     floors = get_settings().limits.min_link_rate
     failing = {d: r for d, r in rates.items() if r < floors.get(d, floors["default"])}
     return dg.AssetCheckResult(passed=not failing,
-                               metadata={"link_rates": rates, "below_threshold": failing, "floors": floors})
+                               metadata=readable({"link_rates": rates, "below_threshold": failing, "floors": floors}))
 
 
 @dg.asset_check(asset=SEQUENCES, blocking=True, description="Share of MovieLens films linked to the corpus, per dataset, above its floor.")

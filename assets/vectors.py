@@ -3,6 +3,8 @@
 import dagster as dg
 
 from assets.keys import CORPUS, OWNERS, VECTORS
+from assets.metadata import readable, table_schema
+from corpus_build.schema import VECTORS_COLUMN_DESCRIPTIONS
 from rar_pipeline.settings import get_settings
 
 
@@ -30,21 +32,23 @@ def movie_vectors(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     stats = sync_vectors(read_corpus(corpus_path), store, store.embedder)
     context.log.info(f"movie_vectors: {stats.embedded} embedded, {stats.reused} reused, {stats.deleted} deleted")
     return dg.MaterializeResult(
-        metadata={
+        metadata=readable({
             "dagster/row_count": stats.rows,
-            "embedded": float(stats.embedded),
-            "reused": float(stats.reused),
-            "deleted": float(stats.deleted),
-            "repaired_duplicates": float(stats.repaired),
-            "seconds": float(stats.seconds),
-            "texts_per_second": float(stats.texts_per_second),
+            "dagster/column_schema": table_schema({f.name: f.type for f in store.table.schema},
+                                                  VECTORS_COLUMN_DESCRIPTIONS),
+            "embedded": stats.embedded,
+            "reused": stats.reused,
+            "deleted": stats.deleted,
+            "repaired_duplicates": stats.repaired,
+            "seconds": stats.seconds,
+            "texts_per_second": stats.texts_per_second,
             "dimension": stats.dimension,
             "index": stats.index,
             "model": settings.embedding_model,
             "uri": settings.vector_db_uri,
             "table": "movie_vectors",
             "corpus_fingerprint": fingerprint,
-        }
+        })
     )
 
 

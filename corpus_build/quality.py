@@ -23,6 +23,9 @@ GARBLED_TITLES_MAX_SHARE = 0.001
 # adjacent year); more than this many means rows that used to join a film now fail to (split films).
 SPLIT_FILMS_MAX, SPLIT_FILMS_MAX_SHARE = 5, 0.0001
 SPLIT_MATCH_SCORE = 92.0  # the merge's fuzzy threshold
+# Share of the source records read that the corpus build may reject; more means an upstream changed its
+# format or a file arrived damaged (the mirror's full profile rejects none, the sample profile a handful).
+QUARANTINE_MAX_SHARE = 0.05
 
 LIST_COLUMNS = ("genres", "directors", "cast", "aliases", "sources")
 

@@ -25,12 +25,11 @@ evaluation_job = dg.define_asset_job(
     description="Rebuild the evaluation report over every system that exists.",
 )
 
-# Corpus refresh: the raw sources, movie_corpus (with the outputs built alongside it) and
-# movie_vectors; incremental, so an unchanged upstream costs little. Run by the new-release sensor and
-# the weekly schedule.
+# Corpus refresh: the raw sources, movie_corpus with its quarantine, and movie_vectors; incremental, so
+# an unchanged upstream costs little. Run by the new-release sensor and the weekly schedule.
 corpus_refresh_job = dg.define_asset_job(
     "corpus_refresh",
-    selection=dg.AssetSelection.assets("movie_vectors").upstream().required_multi_asset_neighbors(),
+    selection=dg.AssetSelection.assets("movie_vectors").upstream() | dg.AssetSelection.assets("movie_corpus_quarantine"),
     description="Re-fetch the upstream sources, rebuild movie_corpus and embed only the films that changed.",
 )
 

@@ -26,16 +26,28 @@ CHECKS = [
     corpus_assets.great_expectations_suite,
 ]
 RAR = shutil.which("rar", path=str(Path(sys.executable).parent)) or "rar"  # the installed entry point
-CORPUS_ASSETS = [*corpus_assets.RAW_ASSETS, corpus_assets.movie_corpus_build]
 
 
-def materialize(instance: dg.DagsterInstance, extra=(), checks=CHECKS) -> dg.ExecuteInProcessResult:
-    return dg.materialize([*CORPUS_ASSETS, *checks, *extra], instance=instance, raise_on_error=False)
+def materialize(instance: dg.DagsterInstance, extra=(), checks=CHECKS, selection=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize([corpus_assets.movie_corpus_build, *checks, *extra], instance=instance,
+                          selection=selection, raise_on_error=False)
 
 
 def metadata(result, key: str) -> dict:
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def observation(result, key: str) -> dict:
+    """The metadata of the one observation of ``key`` in the run (a skipped source)."""
+    [event] = [e.asset_observation_data.asset_observation for e in result.all_events
+               if e.event_type_value == "ASSET_OBSERVATION" and e.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def source_stats(meta: dict) -> dict[str, dict]:
+    """movie_corpus's per-source counters (one table entry), by source."""
+    return {record.data["source"]: record.data for record in meta["source_stats"].records}
 
 
 def checks_passed(result) -> dict[str, bool]:
@@ -51,9 +63,12 @@ def test_sample_profile_builds_the_corpus_and_passes_every_check(rar_home):
 
     corpus_meta = metadata(result, "movie_corpus")
     assert corpus_meta["dagster/row_count"] >= 15_000
-    assert corpus_meta["wikidata_sample/rows_in"] >= corpus_meta["dagster/row_count"]
+    assert source_stats(corpus_meta)["wikidata_sample"]["rows_in"] >= corpus_meta["dagster/row_count"]
     assert "previous_row_count" not in corpus_meta  # first run
-    assert metadata(result, "raw_imdb")["skipped_because"].startswith("not in profile 'sample'")
+    # a source the profile does not read is observed as skipped, never materialised
+    assert observation(result, "raw_imdb")["skipped_because"].startswith("not in profile 'sample'")
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"raw_wikidata_sample", "movie_corpus", "movie_corpus_quarantine"}
     raw = metadata(result, "raw_wikidata_sample")
     assert raw["status"] == "fetched" and raw["files"] == 1 and len(raw["sha256"]["movies.db"]) == 64
 
@@ -138,17 +153,18 @@ def test_mirror_builds_a_corpus_of_at_least_60000_films(mirror_home):
     meta = metadata(result, "movie_corpus")
     assert meta["dagster/row_count"] >= 60_000
     assert meta["films_from_several_sources"] > 10_000  # Wikipedia plots joined MovieLens films
+    stats = source_stats(meta)
     for source in ("wikipedia", "movielens", "movielens_small", "movielens_1m"):
-        assert meta[f"{source}/rows_in"] > 0
-    assert meta["wikipedia/matched_title_year"] > 10_000
-    assert "RAR_SOURCE_MIRROR" in metadata(result, "raw_imdb")["skipped_because"]
-    assert metadata(result, "raw_wikidata_sample")["skipped_because"].startswith("not in profile 'full'")
+        assert stats[source]["rows_in"] > 0
+    assert stats["wikipedia"]["matched_title_year"] > 10_000
+    assert "RAR_SOURCE_MIRROR" in observation(result, "raw_imdb")["skipped_because"]
+    assert observation(result, "raw_wikidata_sample")["skipped_because"].startswith("not in profile 'full'")
     corpus = pl.read_parquet(get_settings().table_path("movie_corpus"), columns=["movie_id", "sources", "plot"])
     assert corpus["movie_id"].is_unique().all()
     assert corpus["plot"].is_not_null().sum() > 30_000
     quarantine = metadata(result, "movie_corpus_quarantine")
     assert quarantine["dagster/row_count"] == meta["quarantined"]
-    print("movie_corpus metadata:", {k: v for k, v in meta.items() if "/" in k and not k.startswith("dagster/")})
+    print("movie_corpus per source:", stats)
     print("quarantine by reason:", quarantine["by_reason"])
 
 
@@ -163,3 +179,40 @@ def test_raw_asset_reports_why_a_source_is_skipped(rar_home, monkeypatch, tmp_pa
     get_settings.cache_clear()
     reason = corpus_assets.why_skipped(SOURCES["wikipedia"], get_settings())
     assert reason == f"RAR_SOURCE_MIRROR={Path(tmp_path).resolve()} holds none of its files"
+
+
+@pytest.mark.slow
+def test_dagster_materializes_the_corpus_selected_by_name(rar_home, tmp_path):
+    """`dagster asset materialize --select movie_corpus` works: the sources and the corpus are one subsettable
+    multi-asset, so selecting one of them needs no other (the corpus alone merges what was fetched before)."""
+    from corpus_build.fetch import fetch_source
+    from corpus_build.sources.registry import SOURCES
+    from rar_pipeline.definitions import defs
+
+    for selection in ("movie_corpus", "+movie_corpus", "raw_imdb", "movie_corpus_quarantine"):
+        job = defs.resolve_implicit_global_asset_job_def()
+        keys = dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+        assert job.get_subset(asset_selection=keys).asset_layer.executable_asset_keys == keys
+    fetch_source(SOURCES["wikidata_sample"], get_settings().upstream, progress=False)
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    env = {**os.environ, "RAR_HOME": str(rar_home), "DAGSTER_HOME": str(dagster_home)}
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    done = subprocess.run([dagster, "asset", "materialize", "-m", "rar_pipeline.definitions", "--select", "movie_corpus"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert len(instance.fetch_materializations(corpus_assets.CORPUS, limit=10).records) == 1
+        assert not instance.fetch_materializations(dg.AssetKey("raw_wikidata_sample"), limit=1).records
+
+
+def test_quarantine_share_check_fails_above_its_limit(rar_home):
+    from corpus_build.quality import QUARANTINE_MAX_SHARE
+
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_asset_check_context(instance=instance)
+    for share, passed in ((0.0, True), (QUARANTINE_MAX_SHARE, True), (QUARANTINE_MAX_SHARE * 1.5, False)):
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "movie_corpus_quarantine", metadata={"dagster/row_count": 3, "records_read": 100, "quarantined_share": share}))
+        result = corpus_assets.quarantine_share_under_limit(context)
+        assert result.passed is passed and result.metadata["max_share"].value == QUARANTINE_MAX_SHARE

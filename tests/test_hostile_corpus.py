@@ -161,7 +161,8 @@ def _materialize_corpus(instance):
     import assets.corpus as corpus_assets
 
     checks = [corpus_assets.titles_decoded_cleanly, corpus_assets.no_films_split_from_previous]
-    return dg.materialize([corpus_assets.movie_corpus_build, *checks], instance=instance, raise_on_error=False)
+    return dg.materialize([corpus_assets.movie_corpus_build, *checks], instance=instance, raise_on_error=False,
+                          selection=[corpus_assets.CORPUS, corpus_assets.CORPUS_QUARANTINE])  # the files are in raw/
 
 
 def test_corpus_checks_stop_a_refresh_whose_titles_come_back_garbled(rar_home, monkeypatch):

