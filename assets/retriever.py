@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.keys import CORPUS, OWNERS, PRETRAINED, SEQUENCES, SFT, TURNS, VECTORS
+from assets.metadata import latest_metadata, readable, records_table
 from rar_pipeline.settings import get_settings
 
 GROUP = "retriever"
@@ -36,7 +37,7 @@ def _vector_loader(context):
 
 
 def _metrics(prefix: str, metrics: dict) -> dict:
-    return {f"{prefix}/{name}": float(value) for name, value in metrics.items()}
+    return {f"{prefix}/{name}": value for name, value in metrics.items()}
 
 
 @dg.asset(key=PRETRAINED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS])
@@ -44,8 +45,8 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on every MovieLens history
     of user_sequences (RAR_RETRIEVER_PRETRAIN_DATASETS narrows them; users kept apart per dataset) with
     next-item full-ranking validation and early stopping on Recall@10; items start from movie_vectors
-    through a learned projection. Metadata: users and interactions per dataset, test metrics per
-    dataset, and `coverage/<dataset>/<split>`: the share of conversation targets the histories contain.
+    through a learned projection. Metadata: users, interactions and test metrics per dataset (by_dataset), and
+    target_coverage: the share of each conversation set's targets that the histories contain.
     Checkpoint: $RAR_HOME/retriever/pretrained/retriever.pt."""
     from training.layout import system_dir
     from training.pretraining import pretrain_from_tables
@@ -60,22 +61,25 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         load_vectors=_vector_loader(context), datasets=s.retriever_pretrain_datasets,
         turns_path=turns if turns.is_file() else None, log=context.log.info,
     )
+    by_dataset = [
+        {"dataset": d, "users": n, "interactions": out["interactions_by_dataset"].get(d),
+         **{f"test {m}": out["test_by_dataset"].get(d, {}).get(m) for m in PER_DATASET_METRICS}}
+        for d, n in out["users_by_dataset"].items()
+    ]
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": out["users"],
+        metadata=readable({
+            "users": out["users"],
             "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
             "checkpoint_dir": dg.MetadataValue.path(str(out["checkpoint_dir"])),
             "dataset": out["dataset"], "text_init": out["text_init"], "full_softmax": out["full_softmax"],
-            "items": float(out["items"]), "training_examples": float(out["training_examples"]),
-            "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
-            "seconds_per_epoch": float(out["seconds_per_epoch"]),
+            "items": out["items"], "training_examples": out["training_examples"],
+            "epochs_run": out["epochs_run"], "iterations": out["iterations"],
+            "seconds_per_epoch": out["seconds_per_epoch"],
             **_metrics("val", out["val"]), **_metrics("test", out["test"]),
-            **{f"users/{d}": float(n) for d, n in out["users_by_dataset"].items()},
-            **{f"interactions/{d}": float(n) for d, n in out["interactions_by_dataset"].items()},
-            **{f"test/{d}/{m}": float(v[m]) for d, v in out["test_by_dataset"].items() for m in PER_DATASET_METRICS
-               if m in v},
-            **{f"coverage/{name}": float(share) for name, share in (out["coverage"] or {}).items()},
-        }
+            "by_dataset": records_table(by_dataset),
+            "target_coverage": records_table([{"turns": name, "share_in_histories": share}
+                                              for name, share in (out["coverage"] or {}).items()]),
+        })
     )
 
 
@@ -99,15 +103,66 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         datasets=s.alignment_datasets, folds=s.learning_folds(),
     )
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": out["training_examples"],
+        metadata=readable({
+            "training_examples": out["training_examples"],
+            "items": out["items"],
             "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
             "checkpoint_dir": dg.MetadataValue.path(str(out["checkpoint_dir"])),
             "validation_split": out["validation_split"],
-            "skipped_turns_without_history": float(out["skipped_turns_without_history"]),
-            "val_turns": float(out["val_turns"]), "test_turns": float(out["test_turns"]),
-            "epochs_run": float(out["epochs_run"]), "iterations": float(out["iterations"]),
+            "skipped_turns_without_history": out["skipped_turns_without_history"],
+            "val_turns": out["val_turns"], "test_turns": out["test_turns"],
+            "epochs_run": out["epochs_run"], "iterations": out["iterations"],
             "full_softmax": out["full_softmax"],
-            **_metrics("val", out["val"]), **_metrics("test", out["test"]), **_metrics("test_before_sft", out["test_before"]),
-        }
+            **_metrics("val", out["val"]), **_metrics("test", out["test"]),
+            **_metrics("test_before_sft", out["test_before"]),
+        })
     )
+
+
+# --- checks (blocking: a broken retriever must not feed the alignment rounds) --------------------
+
+CHANCE_MULTIPLE = 2.0  # a trained retriever's validation Recall@10 beats a random ranking at least this many times
+
+
+def validation_above_chance(key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """Validation Recall@10 of ``key`` at least CHANCE_MULTIPLE x a random ranking's (10 / films)."""
+
+    @dg.asset_check(
+        asset=key, name="validation_recall_above_chance", blocking=True,
+        description=f"Validation Recall@10 is at least {CHANCE_MULTIPLE:g}x that of a random ranking (10 / films): "
+        "below it, training learnt nothing (diverged, or fed the wrong data).",
+    )
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        metadata = latest_metadata(context.instance, key)
+        recall, items = metadata.get("val/Recall@10"), metadata.get("items")
+        if recall is None or not items:
+            return dg.AssetCheckResult(passed=False, metadata={"error": "no val/Recall@10 or items recorded"})
+        floor = CHANCE_MULTIPLE * min(10, items) / items
+        return dg.AssetCheckResult(passed=float(recall) >= floor,
+                                   metadata=readable({"val/Recall@10": float(recall), "floor": floor, "items": items}))
+
+    return _check
+
+
+def weights_finite(key: dg.AssetKey, system: str) -> dg.AssetChecksDefinition:
+    """The exported checkpoint of ``system`` loads, its weights are finite and its ids match its items."""
+
+    @dg.asset_check(asset=key, name="checkpoint_sound", blocking=True,
+                    description="The exported checkpoint loads, every weight is finite (no NaN or inf) and its "
+                    "film ids match its item table.")
+    def _check() -> dg.AssetCheckResult:
+        from training.layout import checkpoint_path
+        from training.retriever import checkpoint_problems
+
+        path = checkpoint_path(get_settings().home, system)
+        problems = checkpoint_problems(path)
+        return dg.AssetCheckResult(passed=not problems, metadata={"checkpoint": dg.MetadataValue.path(str(path)),
+                                                                  "problems": problems})
+
+    return _check
+
+
+pretrained_validation_above_chance = validation_above_chance(PRETRAINED)
+sft_validation_above_chance = validation_above_chance(SFT)
+pretrained_checkpoint_sound = weights_finite(PRETRAINED, "pretrained")
+sft_checkpoint_sound = weights_finite(SFT, "sft")

@@ -64,6 +64,7 @@ def _write_tables(settings, with_vectors: bool) -> None:
 def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_init):
     import dagster as dg
 
+    import assets.retriever as retriever_assets
     from assets.retriever import lrurec_pretrained, lrurec_sft
     from rar_pipeline.settings import get_settings
     from training.retriever import Retriever
@@ -77,22 +78,29 @@ def test_retriever_group_materialises_and_retrieves(rar_home, monkeypatch, text_
     settings = get_settings()
     _write_tables(settings, with_vectors=text_init)
 
-    result = dg.materialize([lrurec_pretrained, lrurec_sft])
+    checks = [retriever_assets.pretrained_checkpoint_sound, retriever_assets.sft_checkpoint_sound,
+              retriever_assets.pretrained_validation_above_chance, retriever_assets.sft_validation_above_chance]
+    result = dg.materialize([lrurec_pretrained, lrurec_sft, *checks])
     assert result.success
+    assert [(e.asset_key.to_user_string(), e.check_name, e.passed) for e in result.get_asset_check_evaluations()
+            if not e.passed] == []
+    assert len(result.get_asset_check_evaluations()) == 4
     pre = result.asset_materializations_for_node("lrurec_pretrained")[0].metadata
     sft = result.asset_materializations_for_node("lrurec_sft")[0].metadata
     assert pre["text_init"].value is text_init
-    assert pre["dagster/row_count"].value == USERS
-    assert pre["users/ml-100k"].value == ML_100K_USERS and pre["users/ml-latest-small"].value == USERS - ML_100K_USERS
-    assert isinstance(pre["test/ml-100k/NDCG@10"].value, float) and pre["dataset"].value == "ml-100k,ml-latest-small"
-    assert 0 < pre["coverage/movielens_synthetic/test"].value <= 1
-    assert pre["items"].value == float(NUM_FILMS)
-    assert isinstance(pre["test/NDCG@10"].value, float) and isinstance(sft["val/Recall@10"].value, float)
+    assert pre["users"].value == USERS and "dagster/row_count" not in pre  # a checkpoint has no rows
+    by_dataset = {r.data["dataset"]: r.data for r in pre["by_dataset"].records}
+    assert by_dataset["ml-100k"]["users"] == ML_100K_USERS and by_dataset["ml-latest-small"]["users"] == USERS - ML_100K_USERS
+    assert 0 <= by_dataset["ml-100k"]["test NDCG@10"] <= 1 and pre["dataset"].value == "ml-100k,ml-latest-small"
+    coverage = {r.data["turns"]: r.data["share_in_histories"] for r in pre["target_coverage"].records}
+    assert 0 < coverage["movielens_synthetic/test"] <= 1
+    assert pre["items"].value == NUM_FILMS and sft["items"].value == NUM_FILMS
+    assert 0 <= pre["test/NDCG@10"].value <= 1 and 0 <= sft["val/Recall@10"].value <= 1
     # SFT learns from the SFT fold of the train/validation turns (not the gate, not the rounds' RL fold);
     # every 10th turn has no history.
     learning = [i for i in range(90) if i % 3 != 2 and settings.learning_folds().fold_of(str(i)) == "sft_train"]
-    assert sft["skipped_turns_without_history"].value == float(sum(1 for i in learning if i % 10 == 0))
-    assert sft["dagster/row_count"].value == float(sum(1 for i in learning if i % 10))
+    assert sft["skipped_turns_without_history"].value == sum(1 for i in learning if i % 10 == 0)
+    assert sft["training_examples"].value == sum(1 for i in learning if i % 10)
 
     retriever = Retriever.from_checkpoint(settings.path("retriever", "sft", "retriever.pt"))
     history = [_movie_id(5), _movie_id(6), "tt9999999"]  # an unknown film is ignored
@@ -123,3 +131,32 @@ def test_sft_uses_the_full_softmax_above_the_pretraining_cap(rar_home, tmp_path,
     out = finetune_from_turns(settings.table_path("conversation_turns"), parent, tmp_path / "sft", config)
     assert out["full_softmax"] is (negatives == 0)
     assert out["iterations"] > 0
+
+
+def test_retriever_checks_fail_on_a_broken_checkpoint_and_a_chance_level_retriever(rar_home):
+    import dagster as dg
+
+    import assets.retriever as retriever_assets
+    from rar_pipeline.settings import get_settings
+    from training.layout import checkpoint_path
+    from training.lrurec import LRURec, LRURecConfig
+    from training.retriever import export_retriever
+
+    check = retriever_assets.sft_checkpoint_sound
+    assert "does not exist" in check().metadata["problems"].value[0]
+    path = checkpoint_path(get_settings().home, "sft")
+    model = LRURec(LRURecConfig(num_items=NUM_FILMS, hidden=16, blocks=1))
+    export_retriever(model, [_movie_id(i) for i in range(1, NUM_FILMS + 1)], path, max_len=20)
+    assert check().passed
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    export_retriever(model, [_movie_id(i) for i in range(1, NUM_FILMS + 1)], path, max_len=20)
+    broken = check()
+    assert not broken.passed and "not finite" in broken.metadata["problems"].value[0]
+
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_asset_check_context(instance=instance)
+    floor = retriever_assets.CHANCE_MULTIPLE * 10 / 1000
+    for recall, passed in ((floor * 0.9, False), (floor, True), (0.2, True)):
+        instance.report_runless_asset_event(dg.AssetMaterialization("lrurec_sft", metadata={"val/Recall@10": recall, "items": 1000}))
+        assert retriever_assets.sft_validation_above_chance(context).passed is passed

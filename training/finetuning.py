@@ -74,7 +74,7 @@ def finetune_from_turns(
     test_metrics = evaluate(model, test_set, config.eval_batch_size, ks=config.ks) if len(test_set) else {}
     path = export_retriever(model.cpu(), vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, test_metrics)
     return {
-        "checkpoint": path, "checkpoint_dir": checkpoints, "training_examples": len(examples),
+        "checkpoint": path, "checkpoint_dir": checkpoints, "training_examples": len(examples), "items": len(vocab.movie_ids),
         "skipped_turns_without_history": sum(1 for h in train_h if not h), "validation_split": val_name,
         "val_turns": len(val_set), "test_turns": len(test_set), "val": result.best_metrics, "test": test_metrics,
         "test_before": before, "epochs_run": result.epochs_run, "iterations": result.iterations,

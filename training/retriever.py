@@ -67,6 +67,24 @@ def export_retriever(model, movie_ids: Sequence[str], path: str | Path, max_len:
     return torch_save_atomic(saved, path)
 
 
+def checkpoint_problems(path: Path) -> list[str]:
+    """What keeps a retriever checkpoint from serving: missing, unreadable, weights that are not finite, or
+    film ids that do not match its item table; an empty list when it loads and is sound (``path``: a local or
+    object-store path from :mod:`training.layout`)."""
+    if not path.is_file():
+        return [f"{path} does not exist"]
+    try:
+        saved = torch.load(local_copy(path), map_location="cpu", weights_only=False)
+        model = load_model(saved)
+    except Exception as error:  # noqa: BLE001 - any failure to load is the finding
+        return [f"{path} does not load: {type(error).__name__}: {error}"]
+    problems = [f"{name}: {int((~torch.isfinite(tensor)).sum())} values not finite"
+                for name, tensor in saved["state"].items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if len(saved["movie_ids"]) != model.config.num_items:
+        problems.append(f"{len(saved['movie_ids'])} movie_ids for {model.config.num_items} items")
+    return problems
+
+
 def load_model(saved: Mapping):
     """The model of a loaded checkpoint dict (any kind; checkpoints from before the kinds are LRURec)."""
     text = saved.get("item_text")
