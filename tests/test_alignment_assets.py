@@ -70,15 +70,19 @@ def tiny_pipeline(rar_home, monkeypatch):
 
 
 def _materialize(instance, round_key, selection):
-    from assets.alignment import aligned_retriever, alignment_round
+    from assets.alignment import aligned_retriever, alignment_round, serves_a_sound_checkpoint
     from assets.evaluation import evaluation_report, headline_within_previous_ci
     from rar_pipeline.resources import GeneratorResource
 
     return dg.materialize(
-        [alignment_round, aligned_retriever, evaluation_report, headline_within_previous_ci],
+        [alignment_round, aligned_retriever, serves_a_sound_checkpoint, evaluation_report, headline_within_previous_ci],
         selection=selection, partition_key=round_key, instance=instance,
         resources={"generator": GeneratorResource(backend="embedding")}, raise_on_error=False,
     )
+
+
+def _checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
 def _metadata(result, key):
@@ -107,16 +111,26 @@ def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
     again = _materialize(instance, "round-1", ["alignment_round"])
     assert again.success and _metadata(again, "alignment_round")["generator/calls"] == 0.0
 
-    # A round the gate rejects is kept, blocks its promotion, and the next round starts from round-1.
+    assert _checks(result) == {"promotion_gate": True, "serves_a_sound_checkpoint": True, "headline_within_previous_ci": True}
+    aligned = _metadata(result, "aligned_retriever")
+    assert aligned["round"] == "round-1" and aligned["promoted"] is True
+
+    # A round the gate rejects is kept and not promoted, and the run still succeeds: the gate's warning on the
+    # round says why (with its partition), and aligned_retriever records round-1 again, unchanged.
     monkeypatch.setenv("RAR_ALIGNMENT_GATE_MIN_DELTA", "1.0")
     get_settings.cache_clear()
     instance.add_dynamic_partitions("alignment_rounds", ["round-2"])
     rejected = _materialize(instance, "round-2", ["alignment_round", "aligned_retriever"])
-    assert not rejected.success
-    [gate] = rejected.get_asset_check_evaluations()
-    assert not gate.passed and _metadata(rejected, "alignment_round")["parent_round"] == "round-1"
+    assert rejected.success
+    [gate] = [e for e in rejected.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN and gate.partition == "round-2"
+    assert _metadata(rejected, "alignment_round")["parent_round"] == "round-1"
     assert gate.metadata["reason"].value.startswith("not promoted: ") and "lower bound" in gate.metadata["reason"].value
-    assert not [e for e in rejected.get_asset_materialization_events() if e.asset_key == dg.AssetKey("aligned_retriever")]
+    kept = _metadata(rejected, "aligned_retriever")
+    assert (kept["round"], kept["promoted"], kept["rejected_round"]) == ("round-1", False, "round-2")
+    records = instance.fetch_materializations(dg.AssetKey("aligned_retriever"), limit=5).records
+    versions = [record.asset_materialization.tags["dagster/data_version"] for record in records]
+    assert versions == ["round-1", "round-1"]  # the same data version: nothing downstream goes stale
     assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
     assert json.loads((tiny_pipeline.home / "alignment/rounds/round-2/round.json").read_text())["gate_passed"] is False
 
@@ -137,10 +151,27 @@ def test_nightly_schedule_adds_a_round_and_requests_it():
 
 
 def test_rar_materialize_runs_a_round_headless_and_survives_a_rejection(tiny_pipeline):
+    """The nightly job from the CLI with a round the gate rejects and nothing promoted yet: the run succeeds,
+    says why the round was not promoted, and a second run (the evaluation job) builds the report. Both runs
+    carry the code location's origin, so the UI lists them under their jobs and on its timeline."""
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
     env = {**os.environ, "RAR_ALIGNMENT_GATE_MIN_DELTA": "1.0", "DAGSTER_HOME": str(tiny_pipeline.home / "dagster")}
     done = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "nightly_alignment"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "rejected by the promotion gate" in done.stdout
+    assert "rejected by the promotion gate: not promoted: " in done.stdout
+    assert "building the report in the evaluation job" in done.stdout
     assert tiny_pipeline.table_path("evaluation_turns").is_file()
     assert not (tiny_pipeline.home / "retriever/aligned/promoted.json").exists()
+    assert (tiny_pipeline.home / "dagster" / "dagster.yaml").is_file()  # no startup warning in dagster dev
+    with dg.DagsterInstance.from_config(str(tiny_pipeline.home / "dagster")) as instance:
+        runs = {run.job_name: run for run in instance.get_runs()}
+        assert set(runs) == {"nightly_alignment", "evaluation"}
+        for name, run in runs.items():
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            assert run.remote_job_origin.location_name == "rar_pipeline"
+            # the filter of the UI's Jobs > <job> > Runs page
+            label = run.remote_job_origin.repository_origin.get_label()
+            assert instance.get_runs(dg.RunsFilter(job_name=name, tags={REPOSITORY_LABEL_TAG: label}))
+        assert runs["nightly_alignment"].tags["dagster/partition"].startswith("round-")
