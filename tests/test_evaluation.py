@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from training.evaluation_protocol import (
+    CHART_WIDTH_PX,
     Protocol,
     bootstrap_ci,
     chart_png,
@@ -89,7 +90,9 @@ def test_summary_markdown_and_png():
 
     from PIL import Image
 
-    assert Image.open(io.BytesIO(png)).size[0] > 500
+    width, height = Image.open(io.BytesIO(png)).size
+    assert 500 < width <= CHART_WIDTH_PX and height < width  # fits the UI's metadata dialog, no empty margin
+    assert len(png) < 30_000  # embedded in the report's metadata: every materialisation event carries it
 
 
 def test_headline_check_warns_only_below_the_previous_ci():
@@ -114,6 +117,14 @@ def test_headline_check_warns_only_below_the_previous_ci():
         assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
         assert result.metadata["previous_ci_low"].value == 0.10
 
+    with dg.instance_for_test() as instance:  # the sample profile: tiny values whose CI reaches 0
+        report(instance, 0.003, 0.0, 0.008)
+        report(instance, 0.002, 0.0, 0.006)
+        assert check(instance).passed  # within half of the previous headline
+        report(instance, 0.0009, 0.0, 0.003)
+        result = check(instance)
+        assert not result.passed and result.metadata["floor"].value == 0.001
+
 
 def test_headline_prefers_the_largest_dialogue_set():
     from training.evaluation_report import headline
@@ -124,3 +135,41 @@ def test_headline_prefers_the_largest_dialogue_set():
     })
     top = headline(summary, ["inspired/validation", "redial/test"])
     assert (top["dataset"], top["system"], top["value"]) == ("redial/test", "sft+embedding", 0.2)
+
+
+def test_report_is_requested_when_a_new_retriever_is_promoted():
+    """Declarative automation: a new data version of aligned_retriever (a promotion) or a retrained SFT
+    retriever requests the report once; a nightly confirmation of the same round or a new corpus does not."""
+    import dagster as dg
+
+    from assets.evaluation import evaluation_report
+    from rar_pipeline.resources import GeneratorResource
+
+    defs = dg.Definitions(assets=[evaluation_report], resources={"generator": GeneratorResource(backend="embedding")})
+
+    def materialized(instance, key, version=None):
+        tags = {"dagster/data_version": version} if version else None
+        instance.report_runless_asset_event(dg.AssetMaterialization(key, tags=tags))
+
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def requested() -> int:
+            nonlocal cursor
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = result.cursor
+            return result.total_requested
+
+        assert requested() == 0
+        materialized(instance, "aligned_retriever", "round-1")
+        assert requested() == 1 and requested() == 0  # requested once
+        materialized(instance, "evaluation_report")
+        materialized(instance, "aligned_retriever", "round-1")  # a rejected round: the same retriever again
+        assert requested() == 0
+        materialized(instance, "movie_vectors")
+        assert requested() == 0
+        materialized(instance, "aligned_retriever", "round-3")
+        materialized(instance, "evaluation_report")  # the nightly job rebuilt the report in the same run
+        assert requested() == 0
+        materialized(instance, "lrurec_sft", "retrained")
+        assert requested() == 1

@@ -113,40 +113,65 @@ def summarise(per_turn: pl.DataFrame, metrics: Sequence[str], n_boot: int = 1000
     return pl.DataFrame(out)
 
 
-def markdown_table(summary: pl.DataFrame, metrics: Sequence[str]) -> str:
-    """A markdown table: one row per dataset x system, each metric as ``mean [lo, hi]``."""
-    header = "| dataset | system | turns | " + " | ".join(metrics) + " |"
+def markdown_table(summary: pl.DataFrame, metrics: Sequence[str], with_ci: Sequence[str] | None = None) -> str:
+    """A markdown table: one row per dataset x system, each metric as ``mean [lo, hi]`` (only the metrics of
+    ``with_ci`` when given, the others as the mean: a narrower table)."""
+    with_ci = metrics if with_ci is None else with_ci
+    header = "| dataset | system | turns | " + " | ".join(f"{m} [95% CI]" if m in with_ci else m for m in metrics) + " |"
     lines = [header, "|" + "---|" * (3 + len(metrics))]
     for row in summary.iter_rows(named=True):
-        cells = [f"{row[m]:.4f} [{row[m + '_lo']:.3f}, {row[m + '_hi']:.3f}]" for m in metrics]
+        cells = [f"{row[m]:.4f} [{row[m + '_lo']:.3f}, {row[m + '_hi']:.3f}]" if m in with_ci else f"{row[m]:.4f}"
+                 for m in metrics]
         lines.append(f"| {row['dataset']} | {row['system']} | {row['turns']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None) -> bytes:
-    """PNG: ``metric`` per system with its CI (one panel per dataset), and across alignment rounds."""
+CHART_WIDTH_PX = 1100  # fits Dagster's metadata dialog (~1,240 px) and a laptop screen without scrolling
+CHART_COLUMNS = 2
+CHART_COLOURS = 32  # a palette PNG: ~5x smaller than RGBA, and the chart has a handful of colours
+
+
+def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None,
+              width_px: int = CHART_WIDTH_PX) -> bytes:
+    """PNG: ``metric`` per system with its CI (one panel per dataset), and across alignment rounds; panels on a
+    grid of CHART_COLUMNS columns, at most ``width_px`` wide, cropped to what is drawn, as a small palette PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from PIL import Image
 
     datasets = summary["dataset"].unique(maintain_order=True).to_list()
     panels = len(datasets) + (1 if rounds else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    columns, dpi = min(CHART_COLUMNS, panels), 100
+    rows = math.ceil(panels / columns)
+    systems = summary.group_by("dataset").len()["len"].max() if summary.height else 1
+    panel_height = max(1.6, 0.55 + 0.22 * systems)  # inches: a bar per system, title and axis
+    fig, axes = plt.subplots(rows, columns, figsize=(width_px / dpi, rows * panel_height), squeeze=False)
+    flat = list(axes.flat)
+    for ax, dataset in zip(flat, datasets):
         part = summary.filter(pl.col("dataset") == dataset)
         means = part[metric].to_numpy()
         err = np.vstack([means - part[f"{metric}_lo"].to_numpy(), part[f"{metric}_hi"].to_numpy() - means])
-        ax.barh(part["system"].to_list(), means, xerr=err, color="#4C72B0", capsize=3)
-        ax.set_title(f"{dataset}: {metric} (95% CI)")
+        ax.barh(part["system"].to_list(), means, xerr=np.clip(err, 0, None), color="#4C72B0", capsize=3)
+        ax.set_title(f"{dataset}: {metric} (95% CI)", fontsize=10)
+        ax.tick_params(labelsize=8)
         ax.invert_yaxis()
     if rounds:
-        ax = axes[0][-1]
-        ax.plot(list(rounds.keys()), list(rounds.values()), marker="o")
-        ax.set_title(f"{metric} across alignment rounds")
-        ax.tick_params(axis="x", rotation=45)
+        ax = flat[len(datasets)]
+        ax.plot([name.removeprefix("round-") for name in rounds], list(rounds.values()), marker="o")
+        ax.set_title(f"gate {metric} across alignment rounds", fontsize=10)
+        ax.tick_params(axis="x", rotation=20, labelsize=7)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
-    return buffer.getvalue()
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if image.width > width_px:  # bbox_inches="tight" can widen a figure whose labels stick out
+        image = image.resize((width_px, round(image.height * width_px / image.width)), Image.LANCZOS)
+    small = io.BytesIO()
+    image.quantize(colors=CHART_COLOURS).save(small, format="PNG", optimize=True)
+    return small.getvalue()

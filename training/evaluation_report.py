@@ -139,7 +139,8 @@ def rounds_curve(rounds_dir: Path) -> dict[str, float]:
 def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, seed: int):
     """(summary frame, markdown, PNG bytes) of the per-turn results."""
     summary = summarise(per_turn, REPORT_METRICS, n_boot=n_boot, seed=seed)
-    markdown = markdown_table(summary, [f"ndcg@{k}" for k in DEFAULT_KS] + ["recall@10", "recall@20", "mrr"])
+    markdown = markdown_table(summary, [f"ndcg@{k}" for k in DEFAULT_KS] + ["recall@10", "recall@20", "mrr"],
+                              with_ci=[HEADLINE])
     png = chart_png(summary, HEADLINE, rounds or None)
     return summary, markdown, png
 
