@@ -60,10 +60,24 @@ def require_writable(folder: Path) -> None:
                                    "point RAR_HOME at a folder you can write") from None
 
 
+DAGSTER_YAML = """\
+# The Dagster instance of rar-pipeline, written by `rar materialize` when absent (edit freely).
+# Runs, events and schedules live in SQLite files in this folder (Dagster's defaults), shared by
+# `rar materialize` and `DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml`.
+# Settings: https://docs.dagster.io/deployment/oss/dagster-yaml (e.g. `telemetry: {enabled: false}`).
+"""
+
+
 def ensure_dagster_home() -> str:
-    """Use ``$DAGSTER_HOME`` if set, else ``$RAR_HOME/dagster``, so runs appear in ``dagster dev``."""
+    """Use ``$DAGSTER_HOME`` if set, else ``$RAR_HOME/dagster``, so runs appear in ``dagster dev``; the folder
+    gets a ``dagster.yaml`` when it has none (Dagster warns at every start without one)."""
     home = os.environ.get("DAGSTER_HOME") or str(get_settings().path("dagster", "dagster.yaml").parent)
     os.makedirs(home, exist_ok=True)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        from corpus_build.atomic import write_bytes_atomic
+
+        write_bytes_atomic(DAGSTER_YAML.encode(), config)
     os.environ["DAGSTER_HOME"] = home
     return home
 
@@ -117,26 +131,20 @@ def interrupt_on_termination() -> None:
         signal.signal(signum, interrupt)
 
 
-def rejected_by_gate(result) -> bool:
-    """True when a run failed only because the alignment round's promotion gate rejected it."""
-    from assets.alignment import GATE_CHECK
-
-    failed_gate = any(
-        e.check_name == GATE_CHECK and not e.passed for e in result.get_asset_check_evaluations()
-    )
-    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
-    return failed_gate and failed_steps <= {"alignment_round"}
-
-
 @main.command()
 @click.option("--job", "job_name", default="main", show_default=True,
               help="Job to execute: main (everything), nightly_alignment, evaluation, corpus_refresh.")
 def materialize(job_name: str) -> None:
-    """Execute a job in this process (default: the main job: every asset, with a new alignment round).
+    """Execute a job in this process (default: the main job: every asset, with a new alignment round),
+    recorded like a run launched from the UI: it shows under its job and on the timeline of `dagster dev`.
 
-    A round that the promotion gate rejects is kept for inspection and is not an error here: the
-    aligned retriever stays where it was and the evaluation report is rebuilt without it."""
+    A round that the promotion gate rejects is kept for inspection and is not an error: the run succeeds,
+    the round's promotion_gate check warns with the gate's figures, and the aligned retriever stays where
+    it was. Before any round has passed, the report is then built by a second run (the evaluation job)."""
+    from assets.alignment import GATE_CHECK
+    from assets.keys import REPORT
     from rar_pipeline.definitions import defs
+    from rar_pipeline.job_runs import check_evaluations, execute_job, materialized
     from rar_pipeline.jobs import JOBS
     from rar_pipeline.run_owner import fail_orphaned_runs, owner_tags
 
@@ -152,15 +160,20 @@ def materialize(job_name: str) -> None:
     click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                f"round={round_key}")
     interrupt_on_termination()
-    result = job.execute_in_process(instance=instance, partition_key=round_key, raise_on_error=False,
-                                    tags=owner_tags())
-    if result.success:
-        sys.exit(0)
-    if round_key and rejected_by_gate(result):
-        click.echo(f"{round_key} was rejected by the promotion gate: aligned_retriever unchanged; rebuilding the report")
-        report = defs.resolve_job_def("evaluation").execute_in_process(instance=instance, raise_on_error=False)
-        sys.exit(0 if report.success else 1)
-    sys.exit(1)
+    run = execute_job(instance, job_name, partition_key=round_key, tags=owner_tags())
+    click.echo(f"run {run.run_id}: {run.status.value}")
+    if not run.is_success:
+        sys.exit(1)
+    for gate in check_evaluations(instance, run.run_id, GATE_CHECK):
+        if not gate.passed:
+            click.echo(f"{round_key} was rejected by the promotion gate: {gate.metadata['reason'].value} "
+                       "(aligned_retriever unchanged; see the round's promotion_gate check)")
+    if REPORT in job.asset_layer.executable_asset_keys and REPORT not in materialized(instance, run.run_id):
+        click.echo("no round has passed the promotion gate yet: building the report in the evaluation job")
+        report = execute_job(instance, "evaluation", tags=owner_tags())
+        click.echo(f"run {report.run_id}: {report.status.value}")
+        sys.exit(0 if report.is_success else 1)
+    sys.exit(0)
 
 
 @main.command()
