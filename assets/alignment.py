@@ -1,6 +1,7 @@
 """Alignment stage: RL rounds that align the retriever to the frozen generator, and the promotion gate."""
 
 import warnings
+from datetime import timedelta
 
 import dagster as dg
 
@@ -152,14 +153,21 @@ def gate_result(round_name: str, record: dict) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(key=ALIGNED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[ALIGNMENT_ROUND], output_required=False)
+# The nightly_alignment schedule decides every night (a promotion, or the same retriever recorded again): a
+# warning once a night is missed, a failure after two.
+NIGHTLY = dg.FreshnessPolicy.time_window(warn_window=timedelta(hours=26), fail_window=timedelta(hours=50))
+
+
+@dg.asset(key=ALIGNED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[ALIGNMENT_ROUND], output_required=False,
+          freshness_policy=NIGHTLY)
 def aligned_retriever(context: dg.AssetExecutionContext):
     """The retriever of the latest round that passed the promotion gate. In a run with a round (the nightly
     job, the main job) it promotes that round when the gate passed it; when the gate rejected it, the
     promoted retriever stays and is recorded again, unchanged (same data version: nothing downstream goes
     stale), with the rejected round and the gate's reason. Before any round has passed there is nothing to
     record, and this asset and what depends on it are skipped in that run. Materialised alone, it promotes
-    the newest passed round. Checkpoint: `$RAR_HOME/retriever/aligned/retriever.pt`."""
+    the newest passed round. Expected nightly (the nightly_alignment schedule). Checkpoint:
+    `$RAR_HOME/retriever/aligned/retriever.pt`."""
     from training.layout import checkpoint_path, finished_round, promoted_record, round_dir
     from training.promotion import latest_passed_round, promote
 

@@ -8,6 +8,7 @@ corpus alone merges what was fetched before), and a skipped source does not skip
 """
 
 import json
+from datetime import timedelta
 
 import dagster as dg
 
@@ -70,10 +71,14 @@ def fetch_raw(context: dg.AssetExecutionContext, spec, settings):
 # --- movie_corpus + movie_corpus_quarantine ------------------------------------------------------
 
 
-def _table_spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
+# The weekly_corpus_refresh schedule rebuilds the corpus every Sunday: a warning once a refresh is missed.
+WEEKLY = dg.FreshnessPolicy.time_window(warn_window=timedelta(days=7, hours=6), fail_window=timedelta(days=14))
+
+
+def _table_spec(key: dg.AssetKey, description: str, freshness_policy=None) -> dg.AssetSpec:
     """A Parquet table the corpus build writes from the raw sources."""
     return dg.AssetSpec(key, group_name=GROUP, kinds={"polars", "parquet"}, owners=OWNERS, deps=RAW_KEYS,
-                        description=description)
+                        description=description, freshness_policy=freshness_policy)
 
 
 @dg.multi_asset(
@@ -83,7 +88,9 @@ def _table_spec(key: dg.AssetKey, description: str) -> dg.AssetSpec:
         _table_spec(
             CORPUS,
             "Merged, normalised, deduplicated movies, one row per film (zstd Parquet at "
-            "`$RAR_HOME/tables/movie_corpus.parquet`): IMDb-id, title+year and fuzzy matching across sources.",
+            "`$RAR_HOME/tables/movie_corpus.parquet`): IMDb-id, title+year and fuzzy matching across sources. "
+            "Expected weekly (the weekly_corpus_refresh schedule).",
+            freshness_policy=WEEKLY,
         ),
         _table_spec(
             CORPUS_QUARANTINE,

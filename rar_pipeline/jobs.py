@@ -2,21 +2,18 @@
 
 import dagster as dg
 
-from rar_pipeline.partitions import ALIGNMENT_ROUNDS
-
 main_job = dg.define_asset_job(
     "main",
     selection=dg.AssetSelection.all(),
-    partitions_def=ALIGNMENT_ROUNDS,
     description="Materialise the whole pipeline on the current profile, with one alignment round (the "
     "partition). `rar materialize` adds the round and runs it (the README's main job).",
 )
 
-# Nightly alignment: a new round, the promotion gate (a blocking check), then the report.
+# Nightly alignment: a new round, the promotion gate (aligned_retriever promotes the round only if it passed),
+# then the report.
 nightly_alignment_job = dg.define_asset_job(
     "nightly_alignment",
     selection=dg.AssetSelection.assets("alignment_round", "aligned_retriever", "evaluation_report"),
-    partitions_def=ALIGNMENT_ROUNDS,
     description="One RL alignment round -> promotion gate -> evaluation report.",
 )
 

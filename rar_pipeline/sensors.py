@@ -1,4 +1,4 @@
-"""Sensors: the new-release sensor that refreshes only what changed upstream."""
+"""Sensors: the new-release sensor that refreshes only what changed upstream, and the declarative automation sensor."""
 
 import json
 
@@ -102,4 +102,11 @@ def build_new_release_sensor(sources_for=profile_sources, name: str = "new_relea
 
 
 new_release_sensor = build_new_release_sensor()
-SENSORS = [new_release_sensor]
+
+# Evaluates the assets' declarative automation conditions (evaluation_report: rebuilt after a promotion).
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Declarative automation: evaluation_report is rebuilt when a retriever is promoted or retrained "
+    "outside a job that rebuilds it already.",
+)
+SENSORS = [new_release_sensor, automation_sensor]

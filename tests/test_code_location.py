@@ -42,6 +42,27 @@ def test_every_asset_has_a_group_and_a_description():
     assert {"movie_corpus", "movie_corpus_quarantine", "raw_wikidata_sample"} <= corpus_group
 
 
+def test_assets_link_their_source_freshness_and_automation():
+    """Code references to the line that defines each asset, freshness expectations on the weekly corpus and
+    the nightly retriever, and the report's declarative automation (its sensor off until switched on)."""
+    import dagster as dg
+
+    from rar_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        [reference] = graph.get(key).metadata["dagster/code_references"].code_references
+        source = Path(reference.file_path)
+        assert source.is_relative_to(REPO_ROOT / "assets") and reference.line_number > 0, key
+        assert "asset" in source.read_text().splitlines()[reference.line_number - 1], key  # the decorator's line
+    weekly = graph.get(dg.AssetKey("movie_corpus")).freshness_policy
+    nightly = graph.get(dg.AssetKey("aligned_retriever")).freshness_policy
+    assert weekly.warn_window.to_timedelta().days == 7 and nightly.warn_window.to_timedelta().total_seconds() == 26 * 3600
+    assert graph.get(dg.AssetKey("evaluation_report")).automation_condition is not None
+    sensor = defs.resolve_sensor_def("automation")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
 @pytest.mark.slow
 def test_definitions_validate(tmp_path):
     result = subprocess.run(
