@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated RAR_HOME per test and the third-party datasets of ../shared/data."""
+"""Shared fixtures: every test isolated from the caller's environment (no RAR_* setting, no DAGSTER_HOME,
+the Hugging Face hub offline), an isolated RAR_HOME per test and the third-party datasets of ../shared/data."""
 
 from __future__ import annotations
 
@@ -11,15 +12,32 @@ from rar_pipeline.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+# RAR_* variables of the test harness itself, not pipeline settings: kept.
+HARNESS_VARIABLES = {"RAR_TEST_DATA"}
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch):
+    """Every test starts from the defaults, whatever the caller exported: no RAR_* setting (a test sets
+    what it needs), no DAGSTER_HOME (runs go to an ephemeral or test instance), no hub downloads.
+    ``rar materialize`` run in-process sets DAGSTER_HOME itself; it is restored after the test too."""
+    for name in [n for n in os.environ if n.startswith("RAR_") and n not in HARNESS_VARIABLES]:
+        monkeypatch.delenv(name)
+    dagster_home = os.environ.pop("DAGSTER_HOME", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+    os.environ.pop("DAGSTER_HOME", None)
+    if dagster_home is not None:
+        os.environ["DAGSTER_HOME"] = dagster_home
 
 
 @pytest.fixture
 def rar_home(tmp_path, monkeypatch) -> Path:
-    """A fresh RAR_HOME (and DAGSTER_HOME-free env) for one test; settings re-read from env."""
+    """A fresh RAR_HOME for one test; settings re-read from the environment."""
     home = tmp_path / "rar_home"
     monkeypatch.setenv("RAR_HOME", str(home))
-    monkeypatch.delenv("RAR_SOURCE_MIRROR", raising=False)
-    monkeypatch.delenv("RAR_PROFILE", raising=False)
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()

@@ -76,3 +76,38 @@ def test_a_round_on_a_tiny_gate_slice_is_recorded_as_not_promoted(tmp_path):
     assert record["gate_ndcg_after"] > record["gate_ndcg_before"]  # the round did improve the gate
     assert record["gate_passed"] is False and "fewer than the 100 needed" in record["gate_reason"]
     assert not (tmp_path / "round" / "epochs").exists()  # resume state is dropped once the round is recorded
+
+
+def test_a_round_whose_weights_diverge_is_recorded_as_not_promoted(tmp_path):
+    """Through align_from_tables: an infinite learning rate leaves non-finite weights after the first
+    step; a rule that would pass any gain (min_delta -1, one turn) still refuses to promote the round."""
+    import torch
+    from test_alignment_round import FAVOURITE, PreferOneFilm, round_tables
+
+    from training.alignment_round import RoundConfig, align_from_tables
+    from training.retriever import Retriever
+    from training.turn_pools import Folds
+
+    torch.set_num_threads(1)
+    item_ids, parent, turns_path, corpus_path = round_tables(tmp_path)
+    config = RoundConfig(num_sets=2, set_size=4, epochs=1, lr=float("inf"), rollout_batch=16)
+    record = align_from_tables(tmp_path / "round", parent, "sft", turns_path, corpus_path,
+                               PreferOneFilm(item_ids[FAVOURITE]), config, ["redial"],
+                               Folds(gate_fraction=0.25, rl_share=1.0), 100,
+                               GateRule(min_delta=-1.0, min_turns=1), log=lambda m: None)
+    exported = Retriever.from_checkpoint(tmp_path / "round" / "retriever.pt").model
+    assert not all(bool(torch.isfinite(p).all()) for p in exported.parameters())
+    assert record["gate_passed"] is False and "non-finite weights" in record["gate_reason"]
+
+
+def test_weights_finite_finds_one_bad_value():
+    import torch
+
+    from training.alignment_round import weights_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    assert weights_finite(model)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with torch.no_grad():
+            model[1].bias[0] = bad
+        assert not weights_finite(model)

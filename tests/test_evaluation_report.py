@@ -1,0 +1,225 @@
+"""The evaluation report on a fixture small enough that every figure is worked out by hand.
+
+Six films A..F (A 1975 and C 1978 are the only ones before 1980) and one film G outside the corpus.
+Two real LRURec checkpoints rank by their item bias alone (tests/retriever_fixtures.py):
+``pretrained`` A > B > C > D > E > F, ``sft`` F > E > D > C > B > A. The generator is the real
+``preference`` backend with the trait ``year<1980``: it moves A and C to the front of a candidate
+list and keeps the retriever's order otherwise; a list that holds no target is not sent to it.
+Three candidates per turn, so every list is at most 3 long and @5 = @10 = @20.
+
+Popularity counts the train turns (histories and targets) and the MovieLens train histories:
+B 5, D 4, E 3, F 2, A 1 (C never), so the popularity list is B, D, E, F, A minus the turn's history.
+
+Every evaluated turn keeps exactly one target under the protocol, so the ideal DCG is 1 and a target
+at 0-based rank r scores NDCG@k = 1 / log2(r + 2) when r < k, Recall@k = 1 when r < k, MRR = 1 / (r + 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from retriever_fixtures import fixed_order_checkpoint
+
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA, USER_SEQUENCES_SCHEMA
+
+A, B, C, D, E, F, G = (f"tt000000{i}" for i in range(1, 8))  # G is not a corpus film
+YEARS = {A: 1975, B: 1995, C: 1978, D: 2001, E: 2005, F: 2010}
+PRETRAINED_ORDER, SFT_ORDER = [A, B, C, D, E, F], [F, E, D, C, B, A]
+CANDIDATES = 3
+
+H = 1 / math.log2(3)  # NDCG of a hit at rank 1
+Q = 1 / math.log2(4)  # NDCG of a hit at rank 2
+# (ndcg@1, ndcg@k>=5, recall@1, recall@k>=5, mrr) of a single target at rank 0, 1, 2, or missed
+RANK0, RANK1, RANK2, MISS = (1, 1, 1, 1, 1), (0, H, 0, 1, 1 / 2), (0, Q, 0, 1, 1 / 3), (0, 0, 0, 0, 0)
+
+
+def _turn(dataset, split, dialog_id, history, targets, mentioned):
+    return {"dataset": dataset, "split": split, "dialog_id": dialog_id, "turn_index": 1,
+            "context": [{"role": "seeker", "text": f"turn {dialog_id}"}], "history_movie_ids": history,
+            "target_movie_ids": targets, "target_mentioned_before": mentioned}
+
+
+TURNS = [
+    # learned from, never evaluated; they make the popularity counts
+    _turn("redial", "train", "tr1", [B, D, E], [F], [False]),
+    _turn("redial", "train", "tr2", [B, D], [E], [False]),
+    _turn("redial", "train", "tr3", [B], [D], [False]),
+    _turn("inspired", "train", "in-tr1", [B], [E], [False]),
+    # redial has a test split: its validation split is learned from and must not be evaluated
+    _turn("redial", "validation", "va1", [], [A], [False]),
+    # redial/test
+    _turn("redial", "test", "te1", [A], [C, B], [False, True]),  # B was mentioned before: only C counts
+    _turn("redial", "test", "te2", [], [G, E], [False, False]),  # G is outside the corpus: only E counts
+    _turn("redial", "test", "te3", [D], [G], [False]),  # no target left: not evaluated
+    _turn("redial", "test", "te4", [A], [F], [True]),  # no target left: not evaluated
+    _turn("redial", "test", "te5", [B], [F], [False]),
+    # inspired has no test split: its validation split is held out
+    _turn("inspired", "validation", "in-va1", [E], [A], [False]),
+]
+SEQUENCES = [  # next-item history = train films + the validation film; target = the test film
+    {"dataset": "ml-latest-small", "user_id": "u1", "movie_ids": [A, D, B, C], "train_movie_ids": [A, D],
+     "val_movie_id": B, "test_movie_id": C},
+    {"dataset": "ml-latest-small", "user_id": "u2", "movie_ids": [F, B, E, D], "train_movie_ids": [F, B],
+     "val_movie_id": E, "test_movie_id": D},
+]
+
+# (evaluation set, system, turn) -> metrics, worked out by hand: the ranked lists are in the comments.
+EXPECTED = {
+    # in-va1: history E, target A
+    ("inspired/validation", "popularity", "in-va1"): MISS,  # B D F
+    ("inspired/validation", "pretrained", "in-va1"): RANK0,  # A B C
+    ("inspired/validation", "pretrained+preference", "in-va1"): RANK0,  # A C B
+    ("inspired/validation", "sft", "in-va1"): MISS,  # F D C
+    ("inspired/validation", "sft+preference", "in-va1"): MISS,  # F D C (no target: not sent)
+    # te1: history A, target C
+    ("redial/test", "popularity", "te1"): MISS,  # B D E
+    ("redial/test", "pretrained", "te1"): RANK1,  # B C D
+    ("redial/test", "pretrained+preference", "te1"): RANK0,  # C B D: C is from 1978
+    ("redial/test", "sft", "te1"): MISS,  # F E D
+    ("redial/test", "sft+preference", "te1"): MISS,  # F E D
+    # te2: no history, target E
+    ("redial/test", "popularity", "te2"): RANK2,  # B D E
+    ("redial/test", "pretrained", "te2"): MISS,  # A B C
+    ("redial/test", "pretrained+preference", "te2"): MISS,  # A B C (not sent)
+    ("redial/test", "sft", "te2"): RANK1,  # F E D
+    ("redial/test", "sft+preference", "te2"): RANK1,  # F E D: none before 1980
+    # te5: history B, target F
+    ("redial/test", "popularity", "te5"): RANK2,  # D E F
+    ("redial/test", "pretrained", "te5"): MISS,  # A C D
+    ("redial/test", "pretrained+preference", "te5"): MISS,  # A C D (not sent)
+    ("redial/test", "sft", "te5"): RANK0,  # F E D
+    ("redial/test", "sft+preference", "te5"): RANK0,  # F E D
+    # u1: history A D B, target C
+    ("ml-latest-small/test", "popularity", "u1"): MISS,  # E F (C was never seen)
+    ("ml-latest-small/test", "pretrained", "u1"): RANK0,  # C E F
+    ("ml-latest-small/test", "sft", "u1"): RANK2,  # F E C
+    # u2: history F B E, target D
+    ("ml-latest-small/test", "popularity", "u2"): RANK0,  # D A
+    ("ml-latest-small/test", "pretrained", "u2"): RANK2,  # A C D
+    ("ml-latest-small/test", "sft", "u2"): RANK0,  # D C A
+}
+TOP_LISTS = {  # the lists behind a few of the rows above
+    ("redial/test", "pretrained+preference", "te1"): [C, B, D],
+    ("redial/test", "popularity", "te5"): [D, E, F],
+    ("ml-latest-small/test", "pretrained", "u1"): [C, E, F],
+    ("ml-latest-small/test", "popularity", "u1"): [E, F],
+    ("inspired/validation", "sft+preference", "in-va1"): [F, D, C],
+}
+
+
+def _write_tables(folder):
+    corpus = pl.DataFrame(
+        [{c: None for c in CORPUS_SCHEMA} | {"movie_id": m, "title": f"Film {m[-1]}", "year": y, "genres": [],
+                                             "directors": [], "cast": [], "aliases": [], "sources": ["test"]}
+         for m, y in YEARS.items()],
+        schema=CORPUS_SCHEMA,
+    )
+    paths = {name: folder / f"{name}.parquet" for name in ("movie_corpus", "conversation_turns", "user_sequences")}
+    corpus.write_parquet(paths["movie_corpus"])
+    pl.DataFrame(TURNS, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(paths["conversation_turns"])
+    pl.DataFrame(SEQUENCES, schema=USER_SEQUENCES_SCHEMA).write_parquet(paths["user_sequences"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    from training.evaluation_report import report_from_tables
+    from training.generator.preference_backend import PreferenceGenerator
+    from training.layout import checkpoint_path
+
+    home = tmp_path_factory.mktemp("report_home")
+    paths = _write_tables(home)
+    fixed_order_checkpoint(checkpoint_path(home, "pretrained"), list(YEARS), PRETRAINED_ORDER)
+    fixed_order_checkpoint(checkpoint_path(home, "sft"), list(YEARS), SFT_ORDER)
+    return home, report_from_tables(
+        home, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
+        lambda: PreferenceGenerator("year<1980"), home / "evaluation_turns.parquet",
+        max_turns=100, seed=0, candidates=CANDIDATES, n_boot=200, log=lambda _: None,
+    )
+
+
+def test_every_per_turn_figure_matches_the_hand_computed_table(report):
+    _, out = report
+    rows = {(r["dataset"], r["system"], r["dialog_id"]): r for r in out.per_turn.iter_rows(named=True)}
+    assert set(rows) == set(EXPECTED)  # no validation turn of redial, no train turn, no turn without a target
+    for key, (ndcg1, ndcg_k, recall1, recall_k, mrr) in EXPECTED.items():
+        row = rows[key]
+        assert row["n_targets"] == 1, key
+        assert row["ndcg@1"] == pytest.approx(ndcg1), key
+        assert row["recall@1"] == pytest.approx(recall1), key
+        assert row["mrr"] == pytest.approx(mrr), key
+        for k in (5, 10, 20):
+            assert row[f"ndcg@{k}"] == pytest.approx(ndcg_k), (key, k)
+            assert row[f"recall@{k}"] == pytest.approx(recall_k), (key, k)
+    for key, top in TOP_LISTS.items():
+        assert rows[key]["top10"] == top, key
+    assert pl.read_parquet(out.turns_path).height == len(EXPECTED)
+
+
+def test_summary_means_turn_counts_and_headline_by_hand(report):
+    _, out = report
+    summary = {(r["dataset"], r["system"]): r for r in out.summary.iter_rows(named=True)}
+    expected_ndcg10 = {
+        ("inspired/validation", "popularity"): 0.0, ("inspired/validation", "pretrained"): 1.0,
+        ("inspired/validation", "pretrained+preference"): 1.0, ("inspired/validation", "sft"): 0.0,
+        ("inspired/validation", "sft+preference"): 0.0,
+        ("redial/test", "popularity"): (0 + Q + Q) / 3, ("redial/test", "pretrained"): H / 3,
+        ("redial/test", "pretrained+preference"): 1 / 3, ("redial/test", "sft"): (H + 1) / 3,
+        ("redial/test", "sft+preference"): (H + 1) / 3,
+        ("ml-latest-small/test", "popularity"): 0.5, ("ml-latest-small/test", "pretrained"): (1 + Q) / 2,
+        ("ml-latest-small/test", "sft"): (Q + 1) / 2,
+    }
+    assert set(summary) == set(expected_ndcg10)
+    for key, value in expected_ndcg10.items():
+        row = summary[key]
+        assert row["turns"] == {"inspired/validation": 1, "redial/test": 3, "ml-latest-small/test": 2}[key[0]]
+        assert row["ndcg@10"] == pytest.approx(value), key
+        assert row["ndcg@10_lo"] - 1e-9 <= row["ndcg@10"] <= row["ndcg@10_hi"] + 1e-9, key
+    assert summary[("redial/test", "popularity")]["mrr"] == pytest.approx(2 / 9)
+    assert summary[("redial/test", "sft")]["recall@1"] == pytest.approx(1 / 3)
+    one_turn = summary[("inspired/validation", "pretrained")]
+    assert one_turn["ndcg@10_lo"] == one_turn["ndcg@10_hi"] == 1.0  # one turn: every resample is that turn
+    # the headline: the most trained system with the generator on the largest dialogue set
+    assert out.headline["dataset"] == "redial/test" and out.headline["system"] == "sft+preference"
+    assert out.headline["value"] == pytest.approx((H + 1) / 3)
+    assert out.generator_name == "preference"
+    row = next(r for r in out.markdown.splitlines() if r.startswith("| redial/test | sft+preference | 3 | "))
+    assert [cell.split(" [")[0] for cell in row.split(" | ")[3:6]] == ["0.3333", "0.5436", "0.5436"]  # ndcg@1, @5, @10
+
+
+def test_report_writes_its_chart_under_home(report):
+    from training.layout import evaluation_chart_path
+
+    home, out = report
+    assert out.chart_path == evaluation_chart_path(home)
+    assert out.chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" == out.png[:8]
+
+
+def test_without_user_sequences_only_the_dialogue_sets_are_evaluated(tmp_path):
+    from training.evaluation_report import report_from_tables
+    from training.generator.preference_backend import PreferenceGenerator
+    from training.layout import checkpoint_path
+
+    paths = _write_tables(tmp_path)
+    paths["user_sequences"].unlink()
+    fixed_order_checkpoint(checkpoint_path(tmp_path, "sft"), list(YEARS), SFT_ORDER)
+    out = report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
+                             lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
+                             seed=0, candidates=CANDIDATES, n_boot=50, log=lambda _: None)
+    assert sorted(out.summary["dataset"].unique()) == ["inspired/validation", "redial/test"]
+    # popularity without the MovieLens histories: B 4, D 3, E 3, F 1 (A no longer counted)
+    te2 = out.per_turn.filter((pl.col("system") == "popularity") & (pl.col("dialog_id") == "te2"))
+    assert te2["top10"].item()[0] == B and A not in te2["top10"].item()
+
+
+def test_no_retriever_checkpoint_is_a_clear_error(tmp_path):
+    from training.evaluation_report import NoRetrieverError, report_from_tables
+    from training.generator.preference_backend import PreferenceGenerator
+
+    paths = _write_tables(tmp_path)
+    with pytest.raises(NoRetrieverError, match="materialise lrurec_pretrained first"):
+        report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
+                           lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
+                           seed=0, candidates=CANDIDATES)
