@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import torch
 
-from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA, USER_SEQUENCES_SCHEMA
 from rar_pipeline.settings import get_settings
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,17 @@ def _turns(corpus: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CONVERSATION_TURNS_SCHEMA)
 
 
+def _sequences(corpus: pl.DataFrame) -> pl.DataFrame:
+    """MovieLens histories: the report's next-item evaluation set (ml-latest-small/test)."""
+    ids = corpus["movie_id"].to_list()
+    rows = []
+    for user in range(12):
+        films = [ids[(user + 5 * t) % len(ids)] for t in range(5)]
+        rows.append({"dataset": "ml-latest-small", "user_id": str(user), "movie_ids": films,
+                     "train_movie_ids": films[:-2], "val_movie_id": films[-2], "test_movie_id": films[-1]})
+    return pl.DataFrame(rows, schema=USER_SEQUENCES_SCHEMA)
+
+
 @pytest.fixture
 def tiny_pipeline(rar_home, monkeypatch):
     from training.layout import checkpoint_path
@@ -62,6 +73,7 @@ def tiny_pipeline(rar_home, monkeypatch):
     corpus = _corpus()
     corpus.write_parquet(settings.table_path("movie_corpus"))
     _turns(corpus).write_parquet(settings.table_path("conversation_turns"))
+    _sequences(corpus).write_parquet(settings.table_path("user_sequences"))
     torch.manual_seed(0)
     model = LRURec(LRURecConfig(num_items=corpus.height, hidden=16, blocks=1))
     for system in ("pretrained", "sft"):
@@ -91,6 +103,7 @@ def _metadata(result, key):
 
 
 def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
+    from rar_pipeline.cli import rejected_by_gate
     from training.layout import promoted_record
 
     instance = dg.DagsterInstance.ephemeral()
@@ -106,6 +119,11 @@ def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
     assert 0.0 <= report["headline/ndcg@10"] <= 1.0 and report["headline_system"] == "redial/test aligned+embedding"
     per_turn = pl.read_parquet(tiny_pipeline.table_path("evaluation_turns"))
     assert set(per_turn["system"]) >= {"popularity", "pretrained", "sft", "aligned", "sft+embedding"}
+    next_item = per_turn.filter(pl.col("dataset") == "ml-latest-small/test")
+    assert next_item.height == 12 * 4  # every user, by popularity and the three retrievers (no generator)
+    assert set(next_item["system"]) == {"popularity", "pretrained", "sft", "aligned"}
+    assert report["ml-latest-small/test/aligned/ndcg@10"] == pytest.approx(
+        next_item.filter(pl.col("system") == "aligned")["ndcg@10"].mean())
 
     # A finished round re-run costs no generator call.
     again = _materialize(instance, "round-1", ["alignment_round"])
@@ -133,6 +151,15 @@ def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
     assert versions == ["round-1", "round-1"]  # the same data version: nothing downstream goes stale
     assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
     assert json.loads((tiny_pipeline.home / "alignment/rounds/round-2/round.json").read_text())["gate_passed"] is False
+    assert rejected_by_gate(rejected)  # `rar materialize` tolerates this failure, and only this one
+
+    # A round that fails for another reason (no parent retriever) is not a gate rejection.
+    (tiny_pipeline.home / "retriever/aligned/promoted.json").unlink()
+    (tiny_pipeline.home / "retriever/sft/retriever.pt").unlink()
+    instance.add_dynamic_partitions("alignment_rounds", ["round-3"])
+    broken = _materialize(instance, "round-3", ["alignment_round", "aligned_retriever"])
+    assert not broken.success and not broken.get_asset_check_evaluations()
+    assert not rejected_by_gate(broken)
 
 
 def test_nightly_schedule_adds_a_round_and_requests_it():

@@ -173,3 +173,12 @@ def test_report_is_requested_when_a_new_retriever_is_promoted():
         assert requested() == 0
         materialized(instance, "lrurec_sft", "retrained")
         assert requested() == 1
+
+
+def test_ndcg_ideal_is_capped_at_k_when_a_turn_has_more_targets_than_k():
+    # three targets a, b, c at 0-based ranks 0, 2, 3: the ideal list of length k holds min(3, k) hits
+    m = turn_metrics(["a", "x", "b", "c"], ["a", "b", "c"], ks=(1, 2, 4))
+    assert m["ndcg@1"] == 1.0  # ideal: one position, one hit
+    assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert m["ndcg@4"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / 2))
+    assert m["recall@2"] == pytest.approx(1 / 3) and m["recall@4"] == 1.0 and m["mrr"] == 1.0

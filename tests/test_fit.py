@@ -160,3 +160,42 @@ def test_pooled_test_metrics_weight_each_dataset_by_its_users():
     pooled = _pooled({"ml-1m": {"NDCG@10": 0.2}, "ml-100k": {"NDCG@10": 0.5}, "empty": {}},
                      {"ml-1m": 3, "ml-100k": 1, "empty": 0})
     assert pooled == {"NDCG@10": pytest.approx(0.275)}
+
+
+def test_pretraining_test_metrics_rank_the_test_film_after_train_and_validation_films(tmp_path):
+    """The test metrics, recomputed from the exported retriever another way: each user's history is the
+    train films plus the validation film, the target the test film, NDCG@10 = 1 / log2(rank + 2)."""
+    import math
+
+    import numpy as np
+    import polars as pl
+
+    from corpus_build.schema import USER_SEQUENCES_SCHEMA
+    from training.pretraining import pretrain_from_tables
+    from training.retriever import Retriever
+
+    torch.set_num_threads(1)
+    films = [f"tt{i:07d}" for i in range(1, 41)]
+    rng = np.random.default_rng(3)
+    rows = []
+    for user in range(60):
+        start = int(rng.integers(0, 40))
+        history = [films[(start + 3 * t) % 40] for t in range(int(rng.integers(5, 9)))]
+        rows.append({"dataset": "ml-100k", "user_id": str(user), "movie_ids": history,
+                     "train_movie_ids": history[:-2], "val_movie_id": history[-2], "test_movie_id": history[-1]})
+    pl.DataFrame(rows, schema=USER_SEQUENCES_SCHEMA).write_parquet(tmp_path / "sequences.parquet")
+    pl.DataFrame({"movie_id": films}).write_parquet(tmp_path / "corpus.parquet")
+    config = TrainConfig(max_len=20, epochs=2, threads=1, progress=False, batch_size=32)
+    out = pretrain_from_tables(tmp_path / "sequences.parquet", tmp_path / "corpus.parquet", tmp_path / "pre",
+                               config, hidden=16)
+    retriever = Retriever.from_checkpoint(out["checkpoint"])
+    ranked = retriever.retrieve_batch([r["train_movie_ids"] + [r["val_movie_id"]] for r in rows], k=len(films))
+    ndcg, recall = [], []
+    for row, hits in zip(rows, ranked):
+        order = [movie_id for movie_id, _ in hits]
+        rank = order.index(row["test_movie_id"]) if row["test_movie_id"] in order else len(films)
+        ndcg.append(1 / math.log2(rank + 2) if rank < 10 else 0.0)
+        recall.append(1.0 if rank < 10 else 0.0)
+    assert out["test"]["NDCG@10"] == pytest.approx(np.mean(ndcg), abs=1e-5)
+    assert out["test"]["Recall@10"] == pytest.approx(np.mean(recall), abs=1e-5)
+    assert out["test_by_dataset"]["ml-100k"]["NDCG@10"] == pytest.approx(np.mean(ndcg), abs=1e-5)

@@ -54,3 +54,21 @@ def test_atomic_writers_leave_the_old_file_on_failure(tmp_path):
     copy = copy_file_atomic(target, tmp_path / "copy.json")
     assert copy.read_bytes() == target.read_bytes()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["copy.json", "record.json", "sub"]
+
+
+def test_the_current_retriever_is_the_most_trained_one(tmp_path):
+    """`rar recommend` serves aligned > sft > pretrained: three real checkpoints with known orders."""
+    from retriever_fixtures import fixed_order_checkpoint
+
+    from training.promotion import load_current_retriever
+
+    films = ["tt0000001", "tt0000002", "tt0000003"]
+    home = tmp_path / "home"
+    assert load_current_retriever(home) is None
+    fixed_order_checkpoint(layout.checkpoint_path(home, "pretrained"), films, films)
+    fixed_order_checkpoint(layout.checkpoint_path(home, "sft"), films, films[::-1])
+    current = load_current_retriever(home)
+    assert current.name == "LRURec (sft)" and [m for m, _ in current.retrieve([], k=3)] == films[::-1]
+    fixed_order_checkpoint(layout.checkpoint_path(home, "aligned"), films, [films[1], films[0], films[2]])
+    current = load_current_retriever(home)
+    assert current.name == "LRURec (aligned)" and current.retrieve([], k=1)[0][0] == films[1]

@@ -152,3 +152,25 @@ def test_linker_is_fast_on_a_large_corpus():
     elapsed = time.perf_counter() - start
     assert sum(link.movie_id is not None for link in links) >= len(mentions) - 5
     assert elapsed < 20, f"building + {len(mentions)} links took {elapsed:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def two_films() -> Linker:
+    from corpus_build.schema import CORPUS_SCHEMA
+
+    films = [("tt0000101", "Silent River Crossing", 1990), ("tt0000102", "Another Film Entirely", 1990)]
+    return Linker(pl.DataFrame([{c: None for c in CORPUS_SCHEMA} | {"movie_id": m, "title": t, "year": y}
+                                for m, t, y in films], schema=CORPUS_SCHEMA))
+
+
+def test_fuzzy_threshold_links_a_near_title_and_refuses_a_farther_one(two_films):
+    """rapidfuzz ratio = 100 * (1 - indel distance / (len1 + len2)) against 'silent river crossing'
+    (21 characters): two substituted letters are 4 indels, 100 * (1 - 4/42) = 90.5 >= 88, a link;
+    three are 6 indels, 100 * (1 - 6/42) = 85.7 < 88, no link (but the candidate is reported)."""
+    near = two_films.link("Silent Rover Crassing (1990)")
+    assert (near.movie_id, near.method) == ("tt0000101", "fuzzy")
+    assert near.best_score == pytest.approx(100 * (1 - 4 / 42))
+    assert near.confidence == pytest.approx(round(100 * (1 - 4 / 42) / 100 * 0.9, 4))
+    far = two_films.link("Salent Rover Crassing (1990)")
+    assert (far.movie_id, far.method) == (None, "none")
+    assert far.best_candidate == "Silent River Crossing (1990)" and far.best_score == pytest.approx(100 * (1 - 6 / 42))

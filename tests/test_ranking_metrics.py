@@ -54,3 +54,14 @@ def test_padded_targets_are_ignored():
     scores = torch.tensor([[0.0, 0.5, 0.9, 0.1]])
     one = mean_metrics(ranking_metrics(scores, torch.tensor([[2, 0]]), ks=(1, 2)))
     assert one["Recall@1"] == 1.0 and one["NDCG@2"] == 1.0 and one["MRR"] == 1.0
+
+
+def test_ndcg_and_recall_with_more_targets_than_k():
+    # items 1..6; targets 1, 3, 4 ranked 0, 2, 3 (item 2 scores between them)
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.7, 0.6, 0.1, 0.2]])
+    out = mean_metrics(ranking_metrics(scores, torch.tensor([[1, 3, 4]]), ks=(1, 2, 4)))
+    assert out["NDCG@1"] == 1.0 and out["Recall@1"] == 1.0  # min(|T|, k) = 1
+    assert math.isclose(out["NDCG@2"], 1 / (1 + 1 / math.log2(3)), rel_tol=1e-6)
+    assert out["Recall@2"] == 0.5  # one hit of min(3, 2)
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert math.isclose(out["NDCG@4"], (1 + 1 / math.log2(4) + 1 / math.log2(5)) / ideal, rel_tol=1e-6)
