@@ -1,0 +1,217 @@
+"""Test of the tests: plant each known bug (a "mutation") in a temporary copy of the repository, run the
+tests meant to catch it, and report which are caught.
+
+The list holds bugs that once went unnoticed where the stages meet (the evaluation report, the promotion
+gate, blocking checks, stable ids, the linker, the metrics, the CLI). A bug is *caught* when its tests
+fail on the mutated copy; a mutation whose text is no longer in the file is reported as ``stale`` (the
+code moved: update the list). The unmutated copy must pass the same tests first (``--no-baseline`` skips
+that). Runs niced, one mutation at a time; the whole list takes ~15-30 minutes on the 2-core box.
+
+    python benchmarks/mutations_caught.py [--only NAME_PART ...] [--json]
+
+Exit status 0 when every mutation is caught, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str  # the bug, in words
+    path: str  # file, relative to the repository
+    old: str  # text that must occur exactly once in the file
+    new: str  # what it becomes
+    tests: tuple[str, ...]  # pytest paths or node ids that must catch it
+
+
+def _checks(name: str, path: str, old: str, tests: tuple[str, ...]) -> Mutation:
+    """A blocking check made to pass whatever the data: ``passed=<expression>`` becomes ``passed=True``."""
+    return Mutation(f"check {name} always passes", path, f"passed={old}", "passed=True", tests)
+
+
+REPORT = "training/evaluation_report.py"
+REPORT_TESTS = ("tests/test_evaluation_report.py",)
+BLOCKING = ("tests/test_blocking_checks.py",)
+MUTATIONS = [
+    # --- the evaluation report
+    Mutation("report: both protocol switches off", REPORT,
+             "Protocol(exclude_mentioned=True, in_corpus_only=True)",
+             "Protocol(exclude_mentioned=False, in_corpus_only=False)", REPORT_TESTS),
+    Mutation("report: targets mentioned before are kept", REPORT,
+             "Protocol(exclude_mentioned=True, in_corpus_only=True)",
+             "Protocol(exclude_mentioned=False, in_corpus_only=True)", REPORT_TESTS),
+    Mutation("report: targets outside the corpus are kept", REPORT,
+             "Protocol(exclude_mentioned=True, in_corpus_only=True)",
+             "Protocol(exclude_mentioned=True, in_corpus_only=False)", REPORT_TESTS),
+    Mutation("report: popularity rankings keep the user's history", REPORT,
+             "[[m for m in top if m not in set(h)][:k]", "[[m for m in top][:k]", REPORT_TESTS),
+    Mutation("report: next-item history drops the validation film", REPORT,
+             "[t + [v] for t, v in", "[t for t, v in", REPORT_TESTS),
+    Mutation("report: evaluates the validation turns the rounds learned from", REPORT,
+             '(pl.col("dataset") == dataset) & (pl.col("split") == split)',
+             '(pl.col("dataset") == dataset) & pl.col("split").is_in([split, "validation"])', REPORT_TESTS),
+    Mutation("report: MovieLens next-item evaluation never runs", REPORT,
+             "if sequences is not None and sequences.height:", "if False:",
+             ("tests/test_evaluation_report.py", "tests/test_alignment_assets.py::test_round_gate_promotion_report_and_rerun")),
+    Mutation("report: popularity also counts held-out turns", REPORT,
+             'train = turns.filter(pl.col("split") == "train")', "train = turns", REPORT_TESTS),
+    # --- the promotion gate and promotion
+    Mutation("gate: a round's non-finite weights are not reported to the gate", "training/alignment_round.py",
+             "finite = weights_finite(retriever.model)", "finite = True", ("tests/test_alignment_gate.py",)),
+    Mutation("gate: weights_finite always true", "training/alignment_round.py",
+             "return all(bool(torch.isfinite(p).all()) for p in model.parameters())", "return True",
+             ("tests/test_alignment_gate.py",)),
+    Mutation("gate: the verdict ignores non-finite weights", "training/promotion.py",
+             "if not weights_finite:", "if False:", ("tests/test_alignment_gate.py",)),
+    Mutation("promote(): promotes a round that failed the gate", "training/promotion.py",
+             'if not record.get("gate_passed"):', "if False:", ("tests/test_layout.py",)),
+    Mutation("latest_passed_round: the oldest passed round", "training/promotion.py",
+             "for name, record in reversed(list(round_records(rounds_dir(home)))):",
+             "for name, record in list(round_records(rounds_dir(home))):", ("tests/test_layout.py",)),
+    Mutation("latest_passed_round: ignores the verdict", "training/promotion.py",
+             'if record.get("gate_passed"):\n            return name', "if record:\n            return name",
+             ("tests/test_layout.py",)),
+    # --- blocking checks
+    _checks("vectors_row_count_matches_corpus", "assets/vectors.py", "rows == corpus_ids.height", BLOCKING),
+    _checks("vectors_ids_in_corpus", "assets/vectors.py", "not unknown", BLOCKING),
+    _checks("vectors_dimension", "assets/vectors.py", "store.dimension() == expected", BLOCKING),
+    _checks("vectors_finite_nonzero", "assets/vectors.py", "not bad", BLOCKING),
+    _checks("great_expectations_suite", "assets/corpus.py", "outcome.success", BLOCKING),
+    _checks("targets_in_corpus", "assets/interactions.py", "no_target == 0 and unknown == 0", BLOCKING),
+    _checks("movie_id_unique", "assets/corpus.py", "duplicates.is_empty()", ("tests/test_corpus_assets.py::test_checks_reject_a_bad_corpus_file",)),
+    _checks("title_not_empty", "assets/corpus.py", "empty.is_empty()", ("tests/test_corpus_assets.py::test_checks_reject_a_bad_corpus_file",)),
+    _checks("year_in_range", "assets/corpus.py", "bad.is_empty()", ("tests/test_corpus_assets.py::test_checks_reject_a_bad_corpus_file",)),
+    _checks("row_count_not_shrinking", "assets/corpus.py", "row_count_ok(current, previous)",
+            ("tests/test_corpus_assets.py::test_shrinking_corpus_fails_the_blocking_row_count_check",)),
+    _checks("titles_decoded_cleanly", "assets/corpus.py", "garbled_titles_ok(garbled.height, corpus.height)",
+            ("tests/test_hostile_corpus.py",)),
+    _checks("no_films_split_from_previous", "assets/corpus.py", "split_films_ok(int(split), int(films))",
+            ("tests/test_hostile_corpus.py",)),
+    _checks("user_sequences_link_rate / conversation_turns_link_rate", "assets/interactions.py", "not failing",
+            ("tests/test_interactions_assets.py::test_checks_fail_on_low_link_rates",)),
+    _checks("splits_disjoint", "assets/interactions.py", "overlap.is_empty()",
+            ("tests/test_interactions_assets.py::test_splits_disjoint_check_fails_on_a_dialogue_in_two_splits",)),
+    # --- the retriever's test metrics
+    Mutation("pretraining: test metrics scored on the validation film", "training/pretraining.py",
+             "[test[i] for i in rows]", "[val[i] for i in rows]", ("tests/test_fit.py",)),
+    Mutation("pretraining: test history without the validation film", "training/pretraining.py",
+             "[train[i] + val[i] for i in rows]", "[train[i] for i in rows]", ("tests/test_fit.py",)),
+    # --- stable ids, linking, metrics
+    Mutation("rar: ids hashed differently", "corpus_build/movie_text.py", "hashlib.sha1(", "hashlib.md5(",
+             ("tests/test_movie_text.py",)),
+    Mutation("rar: ids keyed without the year separator", "corpus_build/movie_text.py",
+             "f\"{title_key(title)}|{year or ''}\"", "f\"{title_key(title)}{year or ''}\"", ("tests/test_movie_text.py",)),
+    Mutation("linker: fuzzy threshold 88 -> 78", "corpus_build/linking.py",
+             "DEFAULT_FUZZY_THRESHOLD = 88.0", "DEFAULT_FUZZY_THRESHOLD = 78.0", ("tests/test_linking.py",)),
+    Mutation("linker: fuzzy threshold 88 -> 95", "corpus_build/linking.py",
+             "DEFAULT_FUZZY_THRESHOLD = 88.0", "DEFAULT_FUZZY_THRESHOLD = 95.0", ("tests/test_linking.py",)),
+    Mutation("turn metrics: NDCG ideal without the min(|T|, k) cap", "training/evaluation_protocol.py",
+             "for r in range(min(len(target_set), k)))", "for r in range(len(target_set)))", ("tests/test_evaluation.py",)),
+    Mutation("ranking metrics: NDCG ideal without the min(|T|, k) cap", "training/ranking_metrics.py",
+             "(positions.unsqueeze(0) < ideal_count.unsqueeze(1))", "(positions.unsqueeze(0) < n_targets.unsqueeze(1))",
+             ("tests/test_ranking_metrics.py",)),
+    # --- the CLI
+    Mutation("CLI: the least trained retriever served first", "training/promotion.py",
+             "    for system in SYSTEMS:\n        path = checkpoint_path(home, system)",
+             "    for system in reversed(SYSTEMS):\n        path = checkpoint_path(home, system)", ("tests/test_layout.py",)),
+    Mutation("CLI: any failed run taken for a gate rejection", "rar_pipeline/cli.py",
+             'return failed_gate and failed_steps <= {"alignment_round"}', "return True",
+             ("tests/test_alignment_assets.py::test_round_gate_promotion_report_and_rerun",)),
+]
+
+
+def copy_repository(destination: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored files)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for relative in filter(None, listed):
+        source = REPO / relative
+        if source.is_file():
+            target = destination / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, float, str]:
+    """pytest on ``tests`` in ``copy`` (every marker); (exit code, seconds, last lines of output)."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1",
+           "RAR_TEST_DATA": os.environ.get("RAR_TEST_DATA", str(REPO.parent / "shared" / "data"))}
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               *tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as expired:
+        code, output = -1, f"timed out after {timeout} s\n{expired.stdout or ''}"
+    return code, time.monotonic() - started, "\n".join(str(output).strip().splitlines()[-3:])
+
+
+def apply(copy: Path, mutation: Mutation) -> str | None:
+    """Plant ``mutation`` in ``copy``; the reason it cannot be planted, or None."""
+    path = copy / mutation.path
+    text = path.read_text()
+    count = text.count(mutation.old)
+    if count != 1:
+        return f"the text to mutate occurs {count} times in {mutation.path}"
+    path.write_text(text.replace(mutation.old, mutation.new))
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=[], help="mutations whose name contains one of these")
+    parser.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unmutated copy")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(part in m.name for part in args.only)]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="rar-mutations-") as folder:
+        pristine = Path(folder) / "pristine"
+        copy_repository(pristine)
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            code, seconds, tail = run_tests(pristine, tests, args.timeout * 2)
+            print(f"baseline: {'pass' if code == 0 else 'FAIL'} in {seconds:.0f} s", file=sys.stderr)
+            if code != 0:
+                print(tail, file=sys.stderr)
+                return 2
+        for mutation in chosen:
+            copy = Path(folder) / "mutated"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(pristine, copy)
+            if (stale := apply(copy, mutation)) is not None:
+                results.append({"mutation": mutation.name, "verdict": "stale", "detail": stale, "seconds": 0.0})
+            else:
+                code, seconds, tail = run_tests(copy, mutation.tests, args.timeout)
+                # pytest exits 1 when a test failed; anything else (collection error, time-out) is no verdict
+                verdict = "caught" if code == 1 else "uncaught" if code == 0 else f"error ({code})"
+                results.append({"mutation": mutation.name, "verdict": verdict, "detail": tail, "seconds": seconds})
+            row = results[-1]
+            print(f"{row['verdict']:>10}  {row['seconds']:6.0f} s  {mutation.name}", file=sys.stderr)
+    caught = sum(r["verdict"] == "caught" for r in results)
+    if args.json:
+        print(json.dumps({"caught": caught, "total": len(results), "results": results}, indent=2))
+    else:
+        print(f"\n{caught} of {len(results)} mutations caught")
+        for row in results:
+            if row["verdict"] != "caught":
+                print(f"  {row['verdict']}: {row['mutation']}: {row['detail']}")
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
