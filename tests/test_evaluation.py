@@ -182,3 +182,61 @@ def test_ndcg_ideal_is_capped_at_k_when_a_turn_has_more_targets_than_k():
     assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert m["ndcg@4"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / 2))
     assert m["recall@2"] == pytest.approx(1 / 3) and m["recall@4"] == 1.0 and m["mrr"] == 1.0
+
+
+def test_bootstrap_ci_of_two_values_by_hand():
+    # the mean of two draws from {0, 1} is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4: the 95% interval
+    # spans 0..1, the 40% interval (quantiles 0.3 and 0.7) is 0.5..0.5
+    values = np.array([0.0, 1.0])
+    assert bootstrap_ci(values, n_boot=4000, seed=1) == (0.0, 1.0)
+    assert bootstrap_ci(values, n_boot=4000, seed=1, level=0.4) == (0.5, 0.5)
+    assert bootstrap_ci(np.array([0.25] * 7), n_boot=10) == (0.25, 0.25)
+    low, high = bootstrap_ci(np.array([]))
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_bootstrap_ci_is_seeded():
+    values = np.random.default_rng(3).random(30)
+    assert bootstrap_ci(values, n_boot=200, seed=5) == bootstrap_ci(values, n_boot=200, seed=5)
+    assert bootstrap_ci(values, n_boot=200, seed=5) != bootstrap_ci(values, n_boot=200, seed=6)
+
+
+def test_turns_without_the_mentioned_column_keep_every_target_and_top10_holds_ten():
+    turns = _turns().drop("target_mentioned_before")
+    ranking = ["x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "m1", "m3"]
+    out = per_turn_results(turns, [ranking, ranking], "s", protocol=Protocol(exclude_mentioned=True, in_corpus_only=False))
+    assert out["n_targets"].to_list() == [2, 1]  # nothing is known to be mentioned before: nothing excluded
+    assert out["top10"].to_list() == [ranking[:10]] * 2
+    assert out["recall@20"].to_list() == [0.5, 1.0] and out["mrr"].to_list() == [1 / 11, 1 / 12]
+    assert out.columns[:7] == ["system", "dataset", "split", "dialog_id", "turn_index", "n_targets", "top10"]
+    assert out["dialog_id"].to_list() == ["d1", "d2"] and out["turn_index"].to_list() == [3, 5]
+
+
+def test_turn_metrics_of_an_empty_ranking_and_of_no_target():
+    assert set(turn_metrics([], ["a"], ks=(1, 5)).values()) == {0.0}
+    assert set(turn_metrics(["a", "b"], [], ks=(1, 5)).values()) == {0.0}
+    assert list(turn_metrics(["a"], ["a"], ks=(1, 5))) == ["ndcg@1", "recall@1", "ndcg@5", "recall@5", "mrr"]
+
+
+def test_markdown_table_and_chart_size_exactly():
+    turns = _turns()
+    per_turn = pl.concat([
+        per_turn_results(turns, [["m2", "m1"], ["m3"]], "good", protocol=Protocol(False, False)),
+        per_turn_results(turns, [["m9"], ["m8"]], "bad", protocol=Protocol(False, False)),
+    ])
+    summary = summarise(per_turn, ["ndcg@10", "recall@10"], n_boot=50)
+    assert summary.columns == ["dataset", "system", "turns", "ndcg@10", "ndcg@10_lo", "ndcg@10_hi", "recall@10",
+                               "recall@10_lo", "recall@10_hi"]
+    assert markdown_table(summary, ["ndcg@10", "recall@10"]).splitlines() == [
+        "| dataset | system | turns | ndcg@10 | recall@10 |",
+        "|---|---|---|---|---|",
+        "| redial | good | 2 | 1.0000 [1.000, 1.000] | 1.0000 [1.000, 1.000] |",
+        "| redial | bad | 2 | 0.0000 [0.000, 0.000] | 0.0000 [0.000, 0.000] |",
+    ]
+    import io
+
+    from PIL import Image
+
+    # figsize (5.5 inches per panel, 4 inches) at 90 dpi
+    assert Image.open(io.BytesIO(chart_png(summary, "ndcg@10"))).size == (495, 360)
+    assert Image.open(io.BytesIO(chart_png(summary, "ndcg@10", rounds={"r1": 0.1}))).size == (990, 360)

@@ -72,3 +72,22 @@ def test_the_current_retriever_is_the_most_trained_one(tmp_path):
     fixed_order_checkpoint(layout.checkpoint_path(home, "aligned"), films, [films[1], films[0], films[2]])
     current = load_current_retriever(home)
     assert current.name == "LRURec (aligned)" and current.retrieve([], k=1)[0][0] == films[1]
+
+
+def test_the_layout_is_the_documented_one(tmp_path):
+    """The folder layout of training/layout.py's docstring: other tools and older homes rely on it."""
+    home = tmp_path
+    assert layout.checkpoint_path(home, "sft") == home / "retriever/sft/retriever.pt"
+    run = layout.run_dir(layout.system_dir(home, "pretrained"), "abc123")
+    assert run == home / "retriever/pretrained/checkpoints-abc123"
+    assert layout.last_checkpoint(run) == run / "last.pt" and layout.best_checkpoint(run) == run / "best.pt"
+    assert layout.promoted_pointer(home) == home / "retriever/aligned/promoted.json"
+    folder = layout.round_dir(home, "round-1")
+    assert folder == home / "alignment/rounds/round-1"
+    assert layout.round_record_path(folder) == folder / "round.json"
+    assert layout.rollouts_dir(folder) == folder / "rollouts" and layout.round_epochs_dir(folder) == folder / "epochs"
+    assert layout.exported_checkpoint(folder) == folder / "retriever.pt"
+    assert layout.evaluation_chart_path(home) == home / "evaluation/report.png"
+    assert layout.generator_cache_path(home) == home / "generator_cache/responses.sqlite"
+    assert layout.benchmark_dir(home, "quality") == home / "benchmarks/quality"
+    assert not list(home.iterdir())  # composing a path creates nothing

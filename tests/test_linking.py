@@ -174,3 +174,33 @@ def test_fuzzy_threshold_links_a_near_title_and_refuses_a_farther_one(two_films)
     far = two_films.link("Salent Rover Crassing (1990)")
     assert (far.movie_id, far.method) == (None, "none")
     assert far.best_candidate == "Silent River Crossing (1990)" and far.best_score == pytest.approx(100 * (1 - 6 / 42))
+
+
+def test_from_parquet_reads_aliases_and_votes_and_passes_options(tmp_path):
+    """A corpus file with every column: aliases link, votes pick the best known film, options reach the Linker."""
+    from corpus_build.schema import CORPUS_SCHEMA
+
+    rows = [{c: None for c in CORPUS_SCHEMA} | {"movie_id": i, "title": t, "year": y, "aliases": a, "imdb_votes": v,
+                                                "genres": [], "directors": [], "cast": [], "sources": ["x"]}
+            for i, t, y, a, v in FILMS]
+    path = tmp_path / "movie_corpus.parquet"
+    pl.DataFrame(rows, schema=CORPUS_SCHEMA).write_parquet(path)
+    linker = Linker.from_parquet(path)
+    assert len(linker) == len(FILMS) and "tt0211915" in linker
+    assert linker.link("El laberinto del fauno (2006)").movie_id == "tt0457430"  # an alias
+    assert linker.link("It").movie_id == "tt1396484"  # no year: the most voted of the two
+    assert linker.year("tt0099864") == 1990
+    strict = Linker.from_parquet(path, fuzzy_threshold=99.0)
+    assert strict.fuzzy_threshold == 99.0
+
+
+def test_link_log_counts_each_method(linker):
+    log = LinkLog()
+    for mention in ["Matrix, The (1999)", "Matrix, The (1999)", "Nope (1950)"]:
+        log.record("redial", mention, linker.link(mention))
+    log.record("redial", "Die Hard", linker.link(imdb_id="tt0095016"), imdb_id="tt0095016")
+    log.record("inspired", "Die Hard", linker.link("Die Hard"))
+    assert dict(log.methods) == {("redial", "title_year"): 2, ("redial", "none"): 1, ("redial", "imdb_id"): 1,
+                                 ("inspired", "title_only"): 1}
+    assert log.mentions == {"redial": 4, "inspired": 1} and log.linked == {"redial": 3, "inspired": 1}
+    assert log.rates() == {"inspired": 1.0, "redial": 0.75}
