@@ -100,6 +100,8 @@ MUTATIONS = [
             ("tests/test_hostile_corpus.py",)),
     _checks("no_films_split_from_previous", "assets/corpus.py", "split_films_ok(int(split), int(films))",
             ("tests/test_hostile_corpus.py",)),
+    _checks("quarantine_share_under_limit", "assets/corpus.py", "share <= QUARANTINE_MAX_SHARE",
+            ("tests/test_corpus_assets.py::test_quarantine_share_check_fails_above_its_limit",)),
     _checks("user_sequences_link_rate / conversation_turns_link_rate", "assets/interactions.py", "not failing",
             ("tests/test_interactions_assets.py::test_checks_fail_on_low_link_rates",)),
     _checks("splits_disjoint", "assets/interactions.py", "overlap.is_empty()",
