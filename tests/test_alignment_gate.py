@@ -111,3 +111,31 @@ def test_weights_finite_finds_one_bad_value():
         with torch.no_grad():
             model[1].bias[0] = bad
         assert not weights_finite(model)
+
+
+def test_gate_rule_refuses_meaningless_settings():
+    GateRule(confidence=0.5, min_turns=1, n_boot=1)  # the limits themselves are fine
+    for bad in ({"confidence": 0.49}, {"confidence": 1.0}, {"min_turns": 0}, {"n_boot": 0}):
+        with pytest.raises(ValueError):
+            GateRule(**bad)
+
+
+def test_verdict_fields_and_reason_by_hand():
+    before, after = np.zeros(4), np.array([0.1, 0.1, 0.1, 0.1])  # every turn gains exactly 0.1
+    verdict = gate_verdict(before, after, GateRule(min_delta=0.05, min_turns=4, n_boot=50))
+    assert verdict == {"gate_passed": True, "gate_gain": pytest.approx(0.1), "gate_gain_lower": pytest.approx(0.1),
+                       "gate_min_delta": 0.05, "gate_reason": "promoted: gate NDCG@10 gain +0.1000 on 4 turns, 95% "
+                       "lower bound +0.1000 >= the required +0.0500"}
+    empty = gate_verdict([], [], GateRule(min_turns=1))
+    assert empty["gate_gain"] == 0.0 and not empty["gate_passed"] and "0 turns" in empty["gate_reason"]
+    worse = gate_verdict(before, -after, GateRule(min_delta=0.0, min_turns=4, n_boot=50, confidence=0.9))
+    assert worse["gate_reason"] == ("not promoted: gate NDCG@10 gain -0.1000 on 4 turns, 90% lower bound -0.1000 "
+                                    "< the required +0.0000")
+
+
+def test_paired_lower_bound_by_hand():
+    # gains 0 and 1 on two turns: resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    before, after = np.array([0.0, 0.0]), np.array([0.0, 1.0])
+    assert paired_lower_bound(before, after, 0.95, 4000, 0) == 0.0  # the 5% quantile
+    assert paired_lower_bound(before, after, 0.6, 4000, 0) == 0.5  # the 40% quantile
+    assert paired_lower_bound(before, after, 0.6, 4000, 0) == paired_lower_bound(before, after, 0.6, 4000, 0)

@@ -17,6 +17,7 @@ at 0-based rank r scores NDCG@k = 1 / log2(r + 2) when r < k, Recall@k = 1 when 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import polars as pl
 import pytest
@@ -223,3 +224,70 @@ def test_no_retriever_checkpoint_is_a_clear_error(tmp_path):
         report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
                            lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
                            seed=0, candidates=CANDIDATES)
+
+
+def test_systems_appear_least_trained_first_then_each_with_the_generator(report):
+    _, out = report
+    redial = out.summary.filter(pl.col("dataset") == "redial/test")["system"].to_list()
+    assert redial == ["popularity", "pretrained", "pretrained+preference", "sft", "sft+preference"]
+    assert out.summary["dataset"].unique(maintain_order=True).to_list() == [
+        "inspired/validation", "redial/test", "ml-latest-small/test"]
+
+
+def test_evaluation_sets_sample_at_most_max_turns_and_skip_datasets_without_a_held_out_split():
+    from training.evaluation_report import evaluation_sets
+
+    turns = pl.DataFrame(TURNS + [_turn("reddit", "train", "rd1", [A], [B], [False])], schema=CONVERSATION_TURNS_SCHEMA)
+    sequences = pl.DataFrame(SEQUENCES, schema=USER_SEQUENCES_SCHEMA)
+    full = evaluation_sets(turns, sequences, max_turns=100, seed=0)
+    assert [(s.name, s.turns.height, s.has_dialogue) for s in full] == [
+        ("inspired/validation", 1, True), ("redial/test", 5, True), ("ml-latest-small/test", 2, False)]
+    sampled = evaluation_sets(turns, sequences, max_turns=2, seed=0)
+    assert [s.turns.height for s in sampled] == [1, 2, 2]
+    assert set(sampled[1].turns["dialog_id"]) <= {"te1", "te2", "te3", "te4", "te5"}
+    assert sampled[1].turns.equals(evaluation_sets(turns, sequences, max_turns=2, seed=0)[1].turns)  # seeded
+    next_item = full[2].turns
+    assert next_item["history_movie_ids"].to_list() == [[A, D, B], [F, B, E]]
+    assert next_item["target_movie_ids"].to_list() == [[C], [D]] and next_item["dialog_id"].to_list() == ["u1", "u2"]
+
+
+def test_retriever_rankings_do_not_depend_on_the_batch(tmp_path):
+    from training.evaluation_report import retriever_rankings
+    from training.retriever import Retriever
+
+    retriever = Retriever.from_checkpoint(fixed_order_checkpoint(tmp_path / "r.pt", list(YEARS), SFT_ORDER))
+    turns = pl.DataFrame(TURNS, schema=CONVERSATION_TURNS_SCHEMA)
+    whole = retriever_rankings(retriever, turns, 3)
+    assert retriever_rankings(retriever, turns, 3, batch=2) == whole and len(whole) == turns.height
+    assert whole[0] == [F, C, A]  # tr1: history B, D, E
+
+
+def test_rounds_curve_reads_each_finished_round_in_order(tmp_path):
+    from corpus_build.atomic import write_json_atomic
+    from training.evaluation_report import rounds_curve
+    from training.layout import round_dir, round_record_path, rounds_dir
+
+    for name, ndcg in (("round-2", 0.3), ("round-1", 0.2)):
+        write_json_atomic({"round": name, "gate_ndcg_after": ndcg}, round_record_path(round_dir(tmp_path, name)))
+    assert list(rounds_curve(rounds_dir(tmp_path)).items()) == [("round-1", 0.2), ("round-2", 0.3)]
+    assert rounds_curve(tmp_path / "none") == {}
+
+
+def test_headline_falls_back_to_the_most_trained_system_without_a_dialogue_set():
+    from training.evaluation_report import headline
+
+    summary = pl.DataFrame({
+        "dataset": ["ml-1m/test"] * 3, "system": ["popularity", "pretrained", "sft"], "turns": [9, 9, 9],
+        "ndcg@10": [0.1, 0.2, 0.3], "ndcg@10_lo": [0.0, 0.1, 0.2], "ndcg@10_hi": [0.2, 0.3, 0.4]})
+    assert headline(summary, []) == {"dataset": "ml-1m/test", "system": "sft", "value": 0.3, "lo": 0.2, "hi": 0.4}
+    with pytest.raises(ValueError, match="empty summary"):
+        headline(summary.with_columns(pl.lit("other").alias("system")), [])
+
+
+def test_evaluate_systems_says_when_no_turn_keeps_a_target(tmp_path):
+    from training.evaluation_report import EvaluationSet, evaluate_systems
+
+    turns = pl.DataFrame([_turn("redial", "test", "te3", [D], [G], [False])], schema=CONVERSATION_TURNS_SCHEMA)
+    with pytest.raises(ValueError, match="no evaluation set has a turn with a target left"):
+        evaluate_systems([EvaluationSet("redial/test", turns, True)], {}, None, None, Counter({A: 1}), set(YEARS),
+                         log=lambda _: None)

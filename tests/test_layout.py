@@ -91,3 +91,14 @@ def test_the_layout_is_the_documented_one(tmp_path):
     assert layout.generator_cache_path(home) == home / "generator_cache/responses.sqlite"
     assert layout.benchmark_dir(home, "quality") == home / "benchmarks/quality"
     assert not list(home.iterdir())  # composing a path creates nothing
+
+
+def test_round_parent_needs_an_sft_retriever_and_promote_records_the_round(tmp_path):
+    home = tmp_path / "home"
+    with pytest.raises(FileNotFoundError, match="materialise lrurec_sft before an alignment round"):
+        round_parent(home)
+    _finish_round(home, "round-20250101-000000", passed=True, parent="sft")
+    pointer = promote(home, "round-20250101-000000")
+    assert {k: v for k, v in pointer.items() if k != "promoted_at"} == {
+        "round": "round-20250101-000000", "parent_round": "sft", "gate_ndcg_before": 0.1, "gate_ndcg_after": 0.2}
+    assert pointer["promoted_at"].endswith("+00:00")  # UTC
