@@ -103,7 +103,6 @@ def _metadata(result, key):
 
 
 def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
-    from rar_pipeline.cli import rejected_by_gate
     from training.layout import promoted_record
 
     instance = dg.DagsterInstance.ephemeral()
@@ -151,15 +150,13 @@ def test_round_gate_promotion_report_and_rerun(tiny_pipeline, monkeypatch):
     assert versions == ["round-1", "round-1"]  # the same data version: nothing downstream goes stale
     assert promoted_record(tiny_pipeline.home)["round"] == "round-1"
     assert json.loads((tiny_pipeline.home / "alignment/rounds/round-2/round.json").read_text())["gate_passed"] is False
-    assert rejected_by_gate(rejected)  # `rar materialize` tolerates this failure, and only this one
 
-    # A round that fails for another reason (no parent retriever) is not a gate rejection.
+    # A round that fails for another reason (no parent retriever) fails the run: only a rejection is not a failure.
     (tiny_pipeline.home / "retriever/aligned/promoted.json").unlink()
     (tiny_pipeline.home / "retriever/sft/retriever.pt").unlink()
     instance.add_dynamic_partitions("alignment_rounds", ["round-3"])
     broken = _materialize(instance, "round-3", ["alignment_round", "aligned_retriever"])
     assert not broken.success and not broken.get_asset_check_evaluations()
-    assert not rejected_by_gate(broken)
 
 
 def test_nightly_schedule_adds_a_round_and_requests_it():
@@ -202,3 +199,9 @@ def test_rar_materialize_runs_a_round_headless_and_survives_a_rejection(tiny_pip
             label = run.remote_job_origin.repository_origin.get_label()
             assert instance.get_runs(dg.RunsFilter(job_name=name, tags={REPOSITORY_LABEL_TAG: label}))
         assert runs["nightly_alignment"].tags["dagster/partition"].startswith("round-")
+
+    # A run that fails for another reason (no SFT retriever to start a round from) is an error.
+    (tiny_pipeline.home / "retriever/sft/retriever.pt").unlink()
+    failed = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "nightly_alignment"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1 and ": FAILURE" in failed.stdout, failed.stdout[-2000:]

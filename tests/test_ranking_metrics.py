@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from training.ranking_metrics import mask_history, mean_metrics, ranking_metrics, target_ranks
+from training.ranking_metrics import NEG_INF, mask_history, mean_metrics, ranking_metrics, target_ranks
 
 
 def test_single_target_metrics_match_hand_computed_values():
@@ -65,3 +66,21 @@ def test_ndcg_and_recall_with_more_targets_than_k():
     assert out["Recall@2"] == 0.5  # one hit of min(3, 2)
     ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert math.isclose(out["NDCG@4"], (1 + 1 / math.log2(4) + 1 / math.log2(5)) / ideal, rel_tol=1e-6)
+
+
+def test_mask_history_without_padding_ids_and_the_exclude_padding_switch():
+    history = torch.tensor([[2], [3]])  # no padding id in the history
+    masked = mask_history(torch.ones(2, 4), history)
+    assert masked.tolist() == [[NEG_INF, 1.0, NEG_INF, 1.0], [NEG_INF, 1.0, 1.0, NEG_INF]]
+    kept = mask_history(torch.ones(2, 4), history, exclude_padding=False)
+    assert kept.tolist() == [[1.0, 1.0, NEG_INF, 1.0], [1.0, 1.0, 1.0, NEG_INF]]  # column 0 left as it was
+    with pytest.raises(ValueError, match=r"^history has padding ids but exclude_padding=False would leave id 0 ranked$"):
+        mask_history(torch.ones(1, 4), torch.tensor([[0, 2]]), exclude_padding=False)
+
+
+def test_ranking_metrics_per_row_of_a_batch():
+    # two rows with different numbers of targets: each row's ideal DCG is its own
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.7], [0.0, 0.1, 0.2, 0.9]])
+    out = ranking_metrics(scores, torch.tensor([[1, 2], [1, 0]]), ks=(2,))
+    assert out["NDCG@2"].tolist() == [1.0, 0.0] and out["Recall@2"].tolist() == [1.0, 0.0]
+    assert out["MRR"].tolist() == pytest.approx([1.0, 1 / 3])
