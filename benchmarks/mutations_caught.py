@@ -123,7 +123,13 @@ MUTATIONS = [
     Mutation("turn metrics: NDCG ideal without the min(|T|, k) cap", "training/evaluation_protocol.py",
              "for r in range(min(len(target_set), k)))", "for r in range(len(target_set)))", ("tests/test_evaluation.py",)),
     Mutation("ranking metrics: NDCG ideal without the min(|T|, k) cap", "training/ranking_metrics.py",
-             "(positions.unsqueeze(0) < ideal_count.unsqueeze(1))", "(positions.unsqueeze(0) < n_targets.unsqueeze(1))",
+             # the ideal DCG over every target (positions past k included) instead of the first min(|T|, k)
+             "positions = torch.arange(k, dtype=torch.float32, device=ranks.device)\n"
+             "        ideal_weights = 1.0 / torch.log2(positions + 2.0)\n"
+             "        ideal = (ideal_weights.unsqueeze(0) * (positions.unsqueeze(0) < ideal_count.unsqueeze(1))).sum(1)",
+             "positions = torch.arange(max(k, int(n_targets.max())), dtype=torch.float32, device=ranks.device)\n"
+             "        ideal_weights = 1.0 / torch.log2(positions + 2.0)\n"
+             "        ideal = (ideal_weights.unsqueeze(0) * (positions.unsqueeze(0) < n_targets.unsqueeze(1))).sum(1)",
              ("tests/test_ranking_metrics.py",)),
     # --- the CLI
     Mutation("CLI: the least trained retriever served first", "training/promotion.py",
