@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assets.keys import ALIGNED, ALIGNMENT_ROUND, CORPUS, OWNERS, SFT, TURNS, VECTORS
+from assets.keys import ALIGNED, ALIGNMENT_ROUND, CORPUS, DIALOGUE, OWNERS, SFT, TURNS, VECTORS
 from assets.metadata import readable
 from rar_pipeline.partitions import ALIGNMENT_ROUNDS
 from rar_pipeline.resources import GeneratorResource
@@ -101,22 +101,22 @@ def _round_metadata(record: dict, generator) -> dict:
     group_name=GROUP,
     kinds={"pytorch"},
     owners=OWNERS,
-    deps=[SFT, TURNS, CORPUS, VECTORS],
+    deps=[SFT, DIALOGUE, TURNS, CORPUS, VECTORS],
     check_specs=[gate_check_spec()],
 )
 def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResource) -> dg.MaterializeResult:
-    """One RL alignment round (one partition): start from the last promoted retriever (the SFT one at
-    first); every RAR_ALIGNMENT_ROLLOUT_EVERY epoch(s) the current retriever samples G candidate sets per
+    """One RL alignment round (one partition): start from the last promoted retriever (at first the
+    fine-tuned retriever of RAR_RETRIEVER_KIND: dialogue_retriever, or lrurec_sft); every RAR_ALIGNMENT_ROLLOUT_EVERY epoch(s) the current retriever samples G candidate sets per
     training turn (RL fold), the frozen generator ranks them (shown in a seeded shuffled order), each is
     rewarded by NDCG; only the retriever is updated (GRPO or DPO + NLL). Resumable; a finished round
     makes no generator calls. Outputs `$RAR_HOME/alignment/rounds/<round>/` (retriever.pt, round.json,
     rollouts/). A round the gate rejects is kept for inspection; its promotion_gate check says why."""
     from training.alignment_round import GeneratorUnavailable, align_from_tables
-    from training.layout import round_dir
+    from training.layout import round_dir, text_vectors_dir
     from training.promotion import round_parent
 
     s = get_settings()
-    parent_checkpoint, parent_round = round_parent(s.home)
+    parent_checkpoint, parent_round = round_parent(s.home, s.retriever_kind)
     folder = round_dir(s.home, context.partition_key)
     gen = generator.make_generator()
     try:
@@ -124,6 +124,7 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
             folder, parent_checkpoint, parent_round, s.table_path("conversation_turns"),
             s.table_path("movie_corpus"), gen, _round_config(), s.alignment_datasets,
             s.learning_folds(), s.alignment_max_turns, _gate_rule(), log=context.log.info,
+            text_cache_dir=text_vectors_dir(s.home),
         )
     except GeneratorUnavailable as error:
         raise dg.Failure(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.keys import ALIGNED, CORPUS, OWNERS, PRETRAINED, REPORT, SEQUENCES, SFT, TURNS, VECTORS
+from assets.keys import ALIGNED, CORPUS, DIALOGUE, OWNERS, PRETRAINED, REPORT, SEQUENCES, SFT, TURNS, VECTORS
 from assets.metadata import readable, recent_metadata, records_table
 from rar_pipeline.resources import GeneratorResource
 from rar_pipeline.settings import get_settings
@@ -24,11 +24,13 @@ RETRIEVER_CHANGED = (
 
 @dg.asset(
     key=REPORT, group_name=GROUP, kinds={"pytorch", "parquet"}, owners=OWNERS,
-    deps=[ALIGNED, SFT, PRETRAINED, TURNS, SEQUENCES, CORPUS, VECTORS], automation_condition=RETRIEVER_CHANGED,
+    deps=[ALIGNED, DIALOGUE, SFT, PRETRAINED, TURNS, SEQUENCES, CORPUS, VECTORS], automation_condition=RETRIEVER_CHANGED,
 )
 def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorResource) -> dg.MaterializeResult:
-    """NDCG@{1,5,10,20}, Recall@{1,5,10,20} and MRR with bootstrap 95% CIs for every system (popularity,
-    each LRURec checkpoint alone and re-ranked by the generator) on every evaluation set (test splits,
+    """NDCG@{1,5,10,20,50}, Recall@{1,5,10,20,50} and MRR with bootstrap 95% CIs for every system (popularity of
+    the learning dialogues, each retriever checkpoint (pretrained, sft: history-only LRURec, dialogue:
+    dialogue-aware, aligned) alone and with the generator re-ranking its top K = RAR_ALIGNMENT_SET_SIZE)
+    on every evaluation set (test splits,
     INSPIRED dev, MovieLens next-item), under the zero-shot CRS protocol (targets mentioned earlier and
     targets outside the corpus excluded). Metadata: the report (a table and a chart), every figure in one
     table entry, the headline with its CI; per-turn results: the evaluation_turns table. Rebuilt by the
@@ -42,7 +44,8 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
         report = report_from_tables(
             s.home, s.table_path("conversation_turns"), s.table_path("user_sequences"), s.table_path("movie_corpus"),
             generator.make_generator, s.table_path("evaluation_turns"), max_turns=s.evaluation_max_turns,
-            seed=s.seed, candidates=s.alignment_set_size, log=context.log.info,
+            seed=s.seed, candidates=s.alignment_set_size, datasets=s.alignment_datasets, folds=s.learning_folds(),
+            log=context.log.info,
         )
     except NoRetrieverError as error:
         raise dg.Failure(str(error)) from error

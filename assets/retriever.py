@@ -1,8 +1,9 @@
-"""Retriever stage: LRURec pretrained on user histories, then fine-tuned on conversation turns."""
+"""Retriever stage: LRURec pretrained on user histories, fine-tuned on conversation turns (the paper's
+history-only retriever), and the dialogue-aware retriever that also reads the conversation."""
 
 import dagster as dg
 
-from assets.keys import CORPUS, OWNERS, PRETRAINED, SEQUENCES, SFT, TURNS, VECTORS
+from assets.keys import CORPUS, DIALOGUE, OWNERS, PRETRAINED, SEQUENCES, SFT, TURNS, VECTORS
 from assets.metadata import latest_metadata, readable, records_table
 from rar_pipeline.settings import get_settings
 
@@ -119,6 +120,61 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
+@dg.asset(key=DIALOGUE, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS, CORPUS, VECTORS])
+def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The dialogue-aware retriever (the default of RAR_RETRIEVER_KIND): the conversation so far, embedded
+    with the movie_vectors model, matched against every film's text vector and fused with the LRU state
+    of the mentioned films (history encoder and item projection from lrurec_pretrained), so a turn that
+    names no film still retrieves on what the user said. Films stay tied to their text vectors; the item
+    bias starts from log popularity in the turns learned from. Learns from the SFT and RL folds of the
+    learning dialogues (RAR_ALIGNMENT_DATASETS), early-stopped on the SFT validation slice (never the
+    gate's). Checkpoint: $RAR_HOME/retriever/dialogue/retriever.pt."""
+    from training.dialogue_training import DialogueTrainConfig, train_from_tables
+    from training.layout import checkpoint_path, system_dir, text_vectors_dir
+    from training.text_cache import TextVectorCache
+
+    s = get_settings()
+    store = s.vector_store()
+    if not store.exists():
+        raise dg.Failure("movie_vectors not found: the dialogue-aware retriever matches dialogues against the "
+                         "films' text vectors; materialise movie_vectors first (or set RAR_RETRIEVER_KIND=lrurec)")
+    embedder = store.embedder
+    models = sorted(store.read_columns(["model"])["model"].unique().to_list())
+    if models != [embedder.model_name]:
+        raise dg.Failure(f"movie_vectors holds vectors of {models}, but dialogues are embedded with "
+                         f"{embedder.model_name} (RAR_EMBEDDING_MODEL): rebuild movie_vectors with that model")
+    pretrained = checkpoint_path(s.home, "pretrained")
+    config = DialogueTrainConfig(epochs=s.sft_epochs, seed=s.seed, threads=s.retriever_threads,
+                                 max_minutes=s.retriever_minutes)
+    out = train_from_tables(
+        s.table_path("conversation_turns"), s.table_path("movie_corpus"), system_dir(s.home, "dialogue"),
+        store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
+        model_config={"hidden": s.retriever_hidden}, datasets=s.alignment_datasets, folds=s.learning_folds(),
+        pretrained_checkpoint=pretrained if _text_tied(pretrained) else None, log=context.log.info,
+    )
+    return dg.MaterializeResult(
+        metadata=readable({
+            "training_examples": out["training_examples"], "items": out["items"],
+            "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
+            "training_turns": out["training_turns"], "val_turns": out["val_turns"],
+            "best_epoch": out["best_epoch"], "epochs_run": out["epochs_run"], "seconds": out["seconds"],
+            **_metrics("val", out["val"]),
+        })
+    )
+
+
+def _text_tied(checkpoint) -> bool:
+    """True when ``checkpoint`` is an LRURec whose items are tied to their text (it can start the
+    dialogue-aware retriever's history encoder)."""
+    if not checkpoint.is_file():
+        return False
+    import torch
+
+    from corpus_build.storage import local_copy
+
+    return torch.load(local_copy(checkpoint), map_location="cpu", weights_only=False).get("item_text") is not None
+
+
 # --- checks (blocking: a broken retriever must not feed the alignment rounds) --------------------
 
 CHANCE_MULTIPLE = 2.0  # a trained retriever's validation Recall@10 beats a random ranking at least this many times
@@ -166,3 +222,5 @@ pretrained_validation_above_chance = validation_above_chance(PRETRAINED)
 sft_validation_above_chance = validation_above_chance(SFT)
 pretrained_checkpoint_sound = weights_finite(PRETRAINED, "pretrained")
 sft_checkpoint_sound = weights_finite(SFT, "sft")
+dialogue_validation_above_chance = validation_above_chance(DIALOGUE)
+dialogue_checkpoint_sound = weights_finite(DIALOGUE, "dialogue")

@@ -116,7 +116,7 @@ def run(args) -> tuple[list[dict], list[dict]]:
     turns = pl.read_parquet(turns_path)
     lookup = CorpusLookup.from_parquet(corpus_path)
     item_set = set(lookup.corpus["movie_id"].to_list())
-    popularity = popularity_counts(turns, None)
+    popularity = popularity_counts(turns, ["redial"], s.learning_folds())
     sft = Retriever.from_checkpoint(sft_path)
     out_root = benchmark_dir(s.home, "alignment_gain")
     versus_control: list[dict] = []

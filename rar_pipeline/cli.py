@@ -275,67 +275,83 @@ def search(text: str, k: int, year_min: int | None, year_max: int | None, exclud
         click.echo("no film matches the filters")
 
 
-def _recommend_retriever(settings):
-    """(retrieve(history_ids, text, k), name): the trained retriever (aligned > sft > pretrained) when
-    one has been materialised, else semantic search of movie_vectors; (None, reason) when neither exists."""
-    from training.promotion import load_current_retriever
-
-    if (retriever := load_current_retriever(settings.home)) is not None:
-        name = getattr(retriever, "name", "retriever")
-        return (lambda history, _text, k: retriever.retrieve(history, k, exclude=history)), name
-    store = settings.vector_store()
-    if not store.exists():
-        return None, f"neither a trained retriever nor a movie_vectors table at {settings.vector_db_uri}"
-    if note := vectors_coverage_note(store, settings.table_file("movie_corpus")):
-        click.echo(f"warning: {note}", err=True)
-    embedder = store.embedder
-
-    def retrieve(history, text, k):
-        hits = store.search(embedder.encode([text])[0], k=k, exclude_ids=list(history))
-        return [(hit["movie_id"], hit["score"]) for hit in hits]
-
-    return retrieve, "movie_vectors search (no trained retriever yet)"
-
-
 @main.command()
-@click.argument("text")
+@click.argument("text", required=False)
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1, RECOMMEND_K_MAX),
               help="How many films to recommend.")
 @click.option("--backend", type=click.Choice(["embedding", "llama_cpp", "openai"]), default=None,
               help="Generator backend (default: RAR_GENERATOR_BACKEND).")
-def recommend(text: str, k: int, backend: str | None) -> None:
+@click.option("--no-service", is_flag=True, help="Answer in this process (loads every model each time: slow).")
+@click.option("--stop-service", is_flag=True, help="Stop the recommend service of these settings and exit.")
+def recommend(text: str | None, k: int, backend: str | None, no_service: bool, stop_service: bool) -> None:
     """Recommend films for a message, e.g. rar recommend "I loved Alien and Arrival, what next?" --k 10.
 
     Links the titles TEXT mentions to the corpus, retrieves candidates with the current retriever and
-    ranks them with the generator (RAR_GENERATOR_*; the key only from $RAR_GENERATOR_API_KEY)."""
-    import dagster as dg
+    ranks them with the generator (RAR_GENERATOR_*; the key only from $RAR_GENERATOR_API_KEY). The first
+    call starts a background service that keeps the models loaded (RAR_RECOMMEND_SERVICE,
+    RAR_RECOMMEND_IDLE_MINUTES), so later calls answer in about a second."""
+    from rar_pipeline import recommend_service as service
 
-    from rar_pipeline.resources import GENERATOR_API_KEY_ENV, GeneratorResource
-    from training.recommend import recommend as run_recommend
-
-    if not text.strip():
-        raise click.ClickException('nothing was asked: give a message, e.g. rar recommend "I loved Alien, what next?"')
     settings = get_settings()
-    corpus_path = settings.table_path("movie_corpus")
+    key = service.service_key(os.environ, settings.home)
+    if stop_service:
+        pid = service.stop(key)
+        click.echo(f"stopped the recommend service (pid {pid})" if pid else "no recommend service was running")
+        return
+    if not text or not text.strip():
+        raise click.ClickException('nothing was asked: give a message, e.g. rar recommend "I loved Alien, what next?"')
+    corpus_path = settings.table_file("movie_corpus")
     if not corpus_path.exists():
         raise click.ClickException(f"the pipeline has not been materialised yet (no {corpus_path}): run `rar materialize`")
-    retrieve, retriever_name = _recommend_retriever(settings)
-    if retrieve is None:
-        raise click.ClickException(f"{retriever_name}: run `rar materialize` first")
-    api_key = dg.EnvVar(GENERATOR_API_KEY_ENV).get_value()
+    backend = backend or settings.generator_backend
+    if backend in service.SERVED_BACKENDS and settings.recommend_service and not no_service:
+        request = {"text": text, "k": k, "backend": backend}
+        try:
+            answer = service.ask(request, key, service.log_path(key),
+                                 60.0 * settings.recommend_idle_minutes,
+                                 on_start=lambda: click.echo("starting the recommend service (models load once; later "
+                                                             "calls answer in about a second)...", err=True))
+        except (service.ServiceError, OSError) as error:
+            raise click.ClickException(str(error)) from None
+        if not answer.get("ok"):
+            raise click.ClickException(answer.get("error", "the recommend service failed"))
+    else:
+        answer = _recommend_here(text, k, backend)
+    _print_recommendations(answer)
+
+
+def _recommend_here(text: str, k: int, backend: str) -> dict:
+    """The same answer as the service's, computed in this process."""
+    import dagster as dg
+
+    from rar_pipeline.recommend_service import ServiceError, load_recommender
+    from rar_pipeline.resources import GENERATOR_API_KEY_ENV
+
     try:
-        generator = GeneratorResource(backend=backend, api_key=api_key).make_generator()
+        recommender, retriever_name, _ = load_recommender(backend, api_key=dg.EnvVar(GENERATOR_API_KEY_ENV).get_value())
+    except ServiceError as error:
+        raise click.ClickException(str(error)) from None
     except (ValueError, RuntimeError, FileNotFoundError) as error:  # e.g. no model name, no local-llm extra
         raise click.ClickException(f"generator: {error}") from error
-    with generator:
-        rows, mentioned = run_recommend(text, k, corpus_path, retrieve, generator)
+    with recommender.generator as generator:
+        rows, mentioned = recommender.recommend(text, k)
         stats = generator.stats
-    if mentioned:
-        click.echo("mentioned: " + "; ".join(printable(m) for m in mentioned))
     problems = [f"{int(n)} {what}" for n, what in ((stats.failures, "failed"), (stats.unparsed, "unparsed")) if n]
-    click.echo(f"retriever: {retriever_name}; generator: {generator.name}"
+    return {"rows": rows, "mentioned": mentioned, "retriever": retriever_name, "generator": generator.name,
+            "problems": problems}
+
+
+def _print_recommendations(answer: dict) -> None:
+    if answer["mentioned"]:
+        click.echo("mentioned: " + "; ".join(printable(m) for m in answer["mentioned"]))
+    if answer["retriever"].startswith("movie_vectors search"):
+        settings = get_settings()
+        if note := vectors_coverage_note(settings.vector_store(), settings.table_file("movie_corpus")):
+            click.echo(f"warning: {note}", err=True)
+    problems = answer["problems"]
+    click.echo(f"retriever: {printable(answer['retriever'])}; generator: {answer['generator']}"
                + (f" ({', '.join(problems)}: kept retriever order)" if problems else ""))
-    for row in rows:
+    for row in answer["rows"]:
         click.echo(f"{row['rank']:>3}. {printable(row.get('title') or row['movie_id'])} ({row.get('year') or '?'})")
 
 

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     generator_prompt_tokens: int = Field(default=2048, ge=256, description="Prompt budget in tokens.")
 
     # Retriever training. Epoch caps and the time budget default by profile (PROFILE_LIMITS).
+    retriever_kind: Literal["dialogue", "lrurec"] = Field(
+        default="dialogue", description="The fine-tuned retriever the alignment rounds start from and rar recommend "
+        "uses: 'dialogue' (dialogue_retriever: the conversation and the mentioned films) or 'lrurec' (lrurec_sft: "
+        "the paper's history-only LRURec).",
+    )
     retriever_epochs: int | None = Field(
         default=None, ge=1, description="Pretraining epochs at most (default by profile: sample 4, full 200)."
     )
@@ -181,6 +186,15 @@ class Settings(BaseSettings):
     alignment_probe_turns: int | None = Field(
         default=None, ge=1, description="Gate turns whose fresh draws measure the reward before/after (None: all); "
         "each costs up to G generator calls per retriever.",
+    )
+
+    # rar recommend.
+    recommend_service: bool = Field(
+        default=True, description="rar recommend answers through a background service that keeps the models "
+        "loaded (started by the first call); false: every call loads them itself.",
+    )
+    recommend_idle_minutes: float = Field(
+        default=30.0, gt=0, description="The recommend service exits after this many minutes without a message.",
     )
 
     # Evaluation.

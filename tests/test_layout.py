@@ -21,7 +21,11 @@ def _finish_round(home, name: str, passed: bool, parent: str = "sft") -> None:
 def test_rounds_promotion_and_parent(tmp_path):
     home = tmp_path / "home"
     write_bytes_atomic(b"sft weights", layout.checkpoint_path(home, "sft"))
-    assert round_parent(home) == (layout.checkpoint_path(home, "sft"), "sft")
+    assert round_parent(home, "lrurec") == (layout.checkpoint_path(home, "sft"), "sft")
+    with pytest.raises(FileNotFoundError, match="materialise dialogue_retriever"):
+        round_parent(home, "dialogue")
+    write_bytes_atomic(b"dialogue weights", layout.checkpoint_path(home, "dialogue"))
+    assert round_parent(home, "dialogue") == (layout.checkpoint_path(home, "dialogue"), "dialogue")
     assert latest_passed_round(home) is None
     _finish_round(home, "round-20250101-000000", passed=True)
     _finish_round(home, "round-20250102-000000", passed=True)

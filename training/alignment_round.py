@@ -619,7 +619,7 @@ def weights_finite(model) -> bool:
 def align_from_tables(
     round_dir: Path, parent_checkpoint: Path, parent_round: str, turns_path: Path, corpus_path: Path, generator,
     config: RoundConfig, datasets: Sequence[str], folds, max_turns: int, gate=None, device: str = "cpu",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, text_cache_dir: Path | None = None,
 ) -> dict:
     """One round from the pipeline's tables: parent retriever -> aligned retriever in ``round_dir``.
 
@@ -628,6 +628,7 @@ def align_from_tables(
     the round runs (resuming its rollouts and epochs), writes ``retriever.pt``, then ``round.json`` (the
     finished marker) with its parent, statistics and the verdict of ``gate``
     (:class:`training.promotion.GateRule`; default: its defaults), whose ``gate_reason`` says why.
+    A dialogue-aware parent embeds the turns' conversations once (kept under ``text_cache_dir``).
     """
     from training.promotion import GateRule, gate_verdict
     from training.retriever import Retriever, export_retriever
@@ -637,7 +638,7 @@ def align_from_tables(
         log(f"{round_dir.name} already finished: reusing its record (no generator calls)")
         return record
     gate = gate or GateRule()
-    retriever = Retriever.from_checkpoint(parent_checkpoint, device=device)
+    retriever = Retriever.from_checkpoint(parent_checkpoint, device=device, text_cache_dir=text_cache_dir)
     item_ids = ["<pad>", *retriever.movie_ids]
     turns = read_parquet(turns_path)
     train_frame, gate_frame = alignment_pools(turns, datasets, folds, max_turns, config.seed)

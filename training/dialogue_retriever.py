@@ -63,6 +63,8 @@ class DialogueRetrieverConfig:
     history: bool = True  # False: no LRU state (text and bias only; an ablation)
     max_utterances: int = DEFAULT_MAX_UTTERANCES
     roles: bool = False
+    history_text: bool = False  # also match films against the mean text vector of the mentioned films
+    text_dropout: float = 0.0  # dropout on the dialogue vector while training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,9 +85,12 @@ class DialogueRetriever(nn.Module):
         self.query_delta = nn.Linear(config.text_dim, config.text_dim, bias=False)  # D
         self.text_to_history = nn.Linear(config.text_dim, config.hidden, bias=False)  # W
         self.log_text_scale = nn.Parameter(torch.tensor(math.log(config.text_scale)))
+        self.history_text = nn.Linear(config.text_dim, config.text_dim, bias=False) if config.history_text else None
         with torch.no_grad():
             self.query_delta.weight.zero_()
             self.text_to_history.weight.zero_()
+            if self.history_text is not None:
+                self.history_text.weight.zero_()
 
     @property
     def items(self):
@@ -104,8 +109,13 @@ class DialogueRetriever(nn.Module):
         vectors ``text`` [B, text_dim]."""
         if text is None:
             raise ValueError("the dialogue-aware retriever needs the dialogue's text vectors")
-        text = text.float()
-        textual = self.log_text_scale.exp() * (text + self.query_delta(text))
+        text = nn.functional.dropout(text.float(), self.config.text_dropout, self.training)
+        textual = text + self.query_delta(text)
+        if self.history_text is not None and tokens.shape[1]:
+            mentioned = self.text[tokens]  # [B, L, dim]; padding rows are zeros
+            count = (tokens > 0).sum(1, keepdim=True).clamp(min=1)
+            textual = textual + self.history_text(mentioned.sum(1) / count)
+        textual = self.log_text_scale.exp() * textual
         collaborative = self.text_to_history(text)
         if self.config.history:
             collaborative = collaborative + self.lru.query(tokens)

@@ -165,3 +165,98 @@ def fit(model, train: TurnExamples, val: TurnExamples, config: DialogueTrainConf
     model.load_state_dict(best_state)
     model.eval()
     return DialogueTrainResult(best, best_epoch, epoch, time.monotonic() - started, curve)
+
+
+# ---------------------------------------------------------------- from the pipeline's tables
+
+
+def encode_turns(frame, vocab, text_encoder, model_config, max_len: int, one_per_target: bool) -> TurnExamples:
+    """``conversation_turns`` rows as examples: mentioned films, the embedded conversation, targets."""
+    from training.dialogue_retriever import conversation_text
+
+    texts = [conversation_text(c, model_config.max_utterances, model_config.roles) for c in frame["context"].to_list()]
+    vectors = text_encoder.encode(texts) if texts else np.zeros((0, model_config.text_dim), np.float32)
+    histories = [vocab.encode(h or []) for h in frame["history_movie_ids"].to_list()]
+    targets = [vocab.encode(t or []) for t in frame["target_movie_ids"].to_list()]
+    return turn_examples(histories, vectors, targets, max_len, one_per_target)
+
+
+def log_popularity(frame, vocab) -> np.ndarray:
+    """[N + 1] log(1 + mentions) of every film in ``frame``'s histories and targets (row 0: padding)."""
+    counts = np.zeros(len(vocab) + 1, dtype=np.float32)
+    for column in ("history_movie_ids", "target_movie_ids"):
+        for row in frame[column].to_list():
+            for index in vocab.encode(row or []):
+                counts[index] += 1
+    return np.log1p(counts)
+
+
+def train_from_tables(
+    turns_path, corpus_path, out_dir, load_vectors: Callable[[list[str]], np.ndarray], text_encoder,
+    text_model: str, config: DialogueTrainConfig, model_config: dict | None = None, datasets: Sequence[str] = ("redial",),
+    folds=None, pretrained_checkpoint=None, learn_from_rl_fold: bool = True, log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train the dialogue-aware retriever from ``conversation_turns`` and ``movie_vectors``; returns metrics
+    and the exported checkpoint's path (in ``out_dir``).
+
+    Items are every corpus film, tied to its text vector (``load_vectors``). Training turns: the SFT fold of
+    the learning pool of ``datasets`` (``folds``, :class:`training.turn_pools.Folds`), and also the
+    rounds' RL fold when ``learn_from_rl_fold`` (a stronger retriever; the rounds then learn on turns it has
+    seen); validation on the SFT validation slice, never the gate's. The item bias starts at the log
+    popularity in the turns learned from; with ``pretrained_checkpoint`` (a text-tied LRURec over the same
+    films, e.g. lrurec_pretrained) the history encoder and the item projection start from it."""
+    import polars as pl
+
+    from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig
+    from training.retriever import export_retriever, item_text_matrix
+    from training.sequences import ItemVocab
+    from training.turn_pools import Folds
+
+    log = log or (lambda message: print(message, flush=True))
+    from corpus_build.storage import as_path, read_parquet
+    from training.layout import exported_checkpoint
+
+    for path in (turns_path, corpus_path):
+        if not as_path(path).is_file():
+            raise FileNotFoundError(f"{path} not found: materialise its asset first")
+    vocab = ItemVocab(read_parquet(corpus_path, columns=["movie_id"])["movie_id"].to_list())
+    turns = read_parquet(turns_path)
+    pools = (folds or Folds()).split(turns, list(datasets))
+    train_frame = pl.concat([pools["sft_train"], pools["rl"]]) if learn_from_rl_fold else pools["sft_train"]
+    text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab))
+    model_config = DialogueRetrieverConfig(num_items=len(vocab), text_dim=text.shape[1], **(model_config or {}))
+    torch.manual_seed(config.seed)
+    model = DialogueRetriever(model_config, text)
+    if pretrained_checkpoint is not None:
+        _start_from_pretrained(model, pretrained_checkpoint, vocab.movie_ids, log)
+    with torch.no_grad():
+        model.bias.copy_(torch.from_numpy(log_popularity(pl.concat([train_frame, pools["sft_validation"]]), vocab)))
+    started = time.monotonic()
+    train = encode_turns(train_frame, vocab, text_encoder, model_config, config.max_len, one_per_target=True)
+    val = encode_turns(pools["sft_validation"], vocab, text_encoder, model_config, config.max_len, one_per_target=False)
+    log(f"{len(train)} training examples ({train_frame.height} turns), {len(val)} validation turns; "
+        f"conversations embedded in {time.monotonic() - started:.0f}s")
+    if len(train) == 0:
+        raise ValueError(f"{turns_path}: no training turn of {list(datasets)} has a target outside its history")
+    result = fit(model, train, val, config, log=log)
+    model.text_model = text_model
+    path = export_retriever(model, vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, result.best_metrics)
+    return {
+        "checkpoint": path, "items": len(vocab), "training_examples": len(train), "training_turns": train_frame.height,
+        "val_turns": len(val), "val": result.best_metrics, "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "seconds": result.seconds, "curve": result.curve,
+    }
+
+
+def _start_from_pretrained(model, checkpoint, movie_ids: Sequence[str], log: Callable[[str], None]) -> None:
+    """Copy a text-tied LRURec's weights (history encoder, item projection and residuals) into ``model``."""
+    from corpus_build.storage import local_copy
+
+    saved = torch.load(local_copy(checkpoint), map_location="cpu", weights_only=False)
+    if list(saved["movie_ids"]) != list(movie_ids) or saved.get("kind", "lrurec") != "lrurec":
+        raise ValueError(f"{checkpoint} is not an LRURec over the same films: cannot start from it")
+    state = {k: v for k, v in saved["state"].items() if k != "bias"}
+    missing, unexpected = model.lru.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k != "bias"]:
+        raise ValueError(f"{checkpoint} does not fit the history encoder: missing {missing}, unexpected {unexpected}")
+    log(f"history encoder and item table start from {checkpoint}")

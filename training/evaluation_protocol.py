@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-DEFAULT_KS = (1, 5, 10, 20)
+DEFAULT_KS = (1, 5, 10, 20, 50)
 
 
 @dataclass(frozen=True)

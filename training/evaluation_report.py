@@ -1,8 +1,9 @@
 """The evaluation report: every system on every evaluation set, per turn, summarised with CIs.
 
-Systems: ``popularity`` (most frequent films of the training data), each LRURec checkpoint that exists
-(``pretrained``, ``sft``, ``aligned``) alone, and each retriever followed by the generator
-(``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``).
+Systems: ``popularity`` (most frequent films of the conversations the retrievers learn from), each
+retriever checkpoint that exists (``pretrained``, ``sft``: the paper's history-only LRURec; ``dialogue``:
+the dialogue-aware retriever; ``aligned``) alone, and each retriever followed by the generator
+(``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``, K).
 Evaluation sets: each conversation dataset's held-out split (:func:`training.turn_pools.held_out_split`:
 ``test``, else ``validation``, as INSPIRED dev offline), which no stage learns from; plus MovieLens
 next-item prediction on ``user_sequences`` (retrievers and popularity only: there is no dialogue).
@@ -19,7 +20,7 @@ import polars as pl
 
 from corpus_build.storage import as_path, read_parquet
 from training.evaluation_protocol import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
-from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir
+from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir, text_vectors_dir
 from training.turn_pools import held_out_split
 
 HEADLINE = "ndcg@10"
@@ -65,12 +66,26 @@ def next_item_turns(sequences: pl.DataFrame) -> pl.DataFrame:
     })
 
 
-def popularity_counts(turns: pl.DataFrame, sequences: pl.DataFrame | None) -> Counter:
-    """Film frequencies in the training data (histories and targets of training turns, train sequences)."""
+def popularity_counts(turns: pl.DataFrame, datasets: Sequence[str], folds) -> Counter:
+    """Film frequencies in the conversations the retrievers learn from: histories and targets of the
+    learning pool of ``datasets`` (train and validation turns, held-out splits excluded) minus the
+    promotion gate's slice (``folds``, a :class:`training.turn_pools.Folds`). This is the popularity a
+    user of these dialogues would compare a recommender against; MovieLens next-item sets use
+    :func:`sequence_counts` instead."""
+    try:
+        pool = folds.split(turns, datasets)
+    except ValueError:  # no learning pool (no dialogue dataset learned from): an empty count
+        return Counter()
+    learned = pl.concat([frame for name, frame in pool.items() if name != "gate"])
     counts: Counter = Counter()
-    train = turns.filter(pl.col("split") == "train")
     for column in ("history_movie_ids", "target_movie_ids"):
-        counts.update(m for row in train[column].to_list() for m in row)
+        counts.update(m for row in learned[column].to_list() for m in row)
+    return counts
+
+
+def sequence_counts(sequences: pl.DataFrame | None) -> Counter:
+    """Film frequencies in the MovieLens training histories (the popularity of next-item prediction)."""
+    counts: Counter = Counter()
     if sequences is not None:
         counts.update(m for row in sequences["train_movie_ids"].to_list() for m in row)
     return counts
@@ -109,18 +124,27 @@ def generator_rankings(generator, turns: pl.DataFrame, candidates: list[list[str
 def evaluate_systems(
     sets: Sequence[EvaluationSet], retrievers: dict, generator, movies_for, popularity: Counter,
     item_set: set[str], candidates: int = 20, log: Callable[[str], None] = print,
+    sequence_popularity: Counter | None = None, depth: int | None = None,
 ) -> pl.DataFrame:
-    """Per-turn results of every system on every evaluation set (one frame)."""
+    """Per-turn results of every system on every evaluation set (one frame).
+
+    Each retriever ranks ``depth`` films (default: the largest k of the metrics); the generator re-orders
+    its top ``candidates`` (K) and the rest keep the retriever's order, so Recall@k beyond K is the
+    retriever's. ``sequence_popularity`` is the popularity list of the sets without dialogue
+    (MovieLens next-item; default ``popularity``)."""
     frames = []
     protocol = Protocol(exclude_mentioned=True, in_corpus_only=True)
+    depth = max(depth or max(DEFAULT_KS), candidates)
     for eval_set in sets:
         turns = eval_set.turns
-        systems = {"popularity": popularity_rankings(turns, popularity, candidates)}
+        counts = popularity if (eval_set.has_dialogue and popularity) or sequence_popularity is None else sequence_popularity
+        systems = {"popularity": popularity_rankings(turns, counts, depth)}
         for name, retriever in retrievers.items():
-            top = retriever_rankings(retriever, turns, candidates)
+            top = retriever_rankings(retriever, turns, depth)
             systems[name] = top
             if eval_set.has_dialogue and generator is not None:
-                systems[f"{name}+{generator.name}"] = generator_rankings(generator, turns, top, movies_for)
+                reranked = generator_rankings(generator, turns, [t[:candidates] for t in top], movies_for)
+                systems[f"{name}+{generator.name}"] = [r + t[candidates:] for r, t in zip(reranked, top, strict=True)]
         for system, rankings in systems.items():
             frame = per_turn_results(turns, rankings, system, item_set=item_set, protocol=protocol)
             if frame.height:
@@ -139,7 +163,7 @@ def rounds_curve(rounds_dir: Path) -> dict[str, float]:
 def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, seed: int):
     """(summary frame, markdown, PNG bytes) of the per-turn results."""
     summary = summarise(per_turn, REPORT_METRICS, n_boot=n_boot, seed=seed)
-    markdown = markdown_table(summary, [f"ndcg@{k}" for k in DEFAULT_KS] + ["recall@10", "recall@20", "mrr"],
+    markdown = markdown_table(summary, [f"ndcg@{k}" for k in (1, 5, 10, 20)] + ["recall@10", "recall@20", "recall@50", "mrr"],
                               with_ci=[HEADLINE])
     png = chart_png(summary, HEADLINE, rounds or None)
     return summary, markdown, png
@@ -148,7 +172,7 @@ def build_report(per_turn: pl.DataFrame, rounds: dict[str, float], n_boot: int, 
 def headline(summary: pl.DataFrame, dialogue_sets: Sequence[str]) -> dict:
     """The headline figure: NDCG@10 of the most trained system with the generator on the largest
     dialogue evaluation set (falling back to the most trained system that exists)."""
-    preference = ["aligned+", "sft+", "pretrained+", "aligned", "sft", "pretrained", "popularity"]
+    preference = ["aligned+", "dialogue+", "sft+", "pretrained+", "aligned", "dialogue", "sft", "pretrained", "popularity"]
     dialogue = summary.filter(pl.col("dataset").is_in(list(dialogue_sets)))
     table = dialogue if dialogue.height else summary
     largest = table.group_by("dataset").agg(pl.col("turns").max()).sort(["turns", "dataset"], descending=[True, False])
@@ -180,23 +204,24 @@ class EvaluationReport:
 
 
 def current_retrievers(home: Path) -> dict:
-    """Every retriever checkpoint under ``home``, least to most trained (pretrained, sft, aligned)."""
+    """Every retriever checkpoint under ``home``, least to most trained (pretrained, sft, dialogue, aligned)."""
     from training.retriever import Retriever
 
     return {
-        system: Retriever.from_checkpoint(checkpoint_path(home, system))
+        system: Retriever.from_checkpoint(checkpoint_path(home, system), text_cache_dir=text_vectors_dir(home))
         for system in reversed(SYSTEMS) if checkpoint_path(home, system).is_file()
     }
 
 
 def report_from_tables(
     home: Path, turns_path: Path, sequences_path: Path, corpus_path: Path, make_generator: Callable[[], object],
-    out_turns_path: Path, *, max_turns: int, seed: int, candidates: int, n_boot: int = 1000,
-    log: Callable[[str], None] = print,
+    out_turns_path: Path, *, max_turns: int, seed: int, candidates: int, datasets: Sequence[str], folds,
+    n_boot: int = 1000, log: Callable[[str], None] = print,
 ) -> EvaluationReport:
     """The evaluation report of every retriever under ``home`` (alone and re-ranked by the generator that
     ``make_generator`` opens; it is closed here) on every evaluation set of the tables (``sequences_path``
-    may be missing). Writes the per-turn results to ``out_turns_path`` and the chart under ``home``."""
+    may be missing). ``popularity`` counts the learning pool of ``datasets`` minus the gate slice of
+    ``folds``. Writes the per-turn results to ``out_turns_path`` and the chart under ``home``."""
     from corpus_build.atomic import write_bytes_atomic, write_parquet_atomic
     from training.turn_pools import CorpusLookup
 
@@ -210,8 +235,9 @@ def report_from_tables(
     generator = make_generator()
     try:
         per_turn = evaluate_systems(
-            sets, retrievers, generator, lookup, popularity_counts(turns, sequences),
+            sets, retrievers, generator, lookup, popularity_counts(turns, datasets, folds),
             set(lookup.corpus["movie_id"].to_list()), candidates=candidates, log=log,
+            sequence_popularity=sequence_counts(sequences),
         )
     finally:
         generator.close()

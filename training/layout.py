@@ -3,13 +3,15 @@
 Every other module asks here for a checkpoint, a training run's folder, a round's folder or the
 promoted pointer, so moving the artefacts (another folder, an object store) changes this file only::
 
-    retriever/<system>/retriever.pt             the exported retriever of pretrained, sft, aligned
+    retriever/<system>/retriever.pt             the exported retriever of pretrained, sft (the history-only
+                                                LRURec), dialogue (the dialogue-aware retriever), aligned
     retriever/<system>/checkpoints-<key>/       one training run of it: last.pt (resume), best.pt
     retriever/aligned/promoted.json             which round is promoted, its parent and gate figures
     alignment/rounds/<round>/                   one alignment round: rollouts/, epochs/ (until it finishes),
                                                 retriever.pt, round.json
     evaluation/report.png                       the evaluation report's chart
     generator_cache/responses.sqlite            the generator's response cache (segments/ on an object store)
+    text_vectors/                               dialogue and request vectors, cached by text hash
     benchmarks/<name>/                          what a benchmark script keeps between runs
 
 Parquet tables live in ``tables/<name>.parquet`` (the code location names them); movie vectors in LanceDB.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 from corpus_build.storage import as_path, is_remote
 
-SYSTEMS = ("aligned", "sft", "pretrained")  # most to least trained
+SYSTEMS = ("aligned", "dialogue", "sft", "pretrained")  # most to least trained
+# The fine-tuned system of each retriever kind (RAR_RETRIEVER_KIND) and the asset that writes it.
+FINE_TUNED = {"dialogue": ("dialogue", "dialogue_retriever"), "lrurec": ("sft", "lrurec_sft")}
 CHECKPOINT_FILE = "retriever.pt"  # an exported retriever (training.retriever.export_retriever)
 ROUND_FILE = "round.json"  # a round's record, written last: its presence marks the round finished
 PROMOTED_FILE = "promoted.json"
@@ -34,7 +38,7 @@ LAST_FILE, BEST_FILE = "last.pt", "best.pt"  # a training run's resume and best-
 
 
 def system_dir(home: Path, system: str) -> Path:
-    """The folder of one retriever system (``pretrained``, ``sft`` or ``aligned``)."""
+    """The folder of one retriever system (``pretrained``, ``sft``, ``dialogue`` or ``aligned``)."""
     return as_path(home) / "retriever" / system
 
 
@@ -125,3 +129,8 @@ def generator_cache_path(home: Path) -> Path:
 
 def benchmark_dir(home: Path, name: str) -> Path:
     return as_path(home) / "benchmarks" / name
+
+
+def text_vectors_dir(home: Path) -> Path:
+    """The cache of embedded dialogue and request texts (:class:`training.text_cache.TextVectorCache`)."""
+    return as_path(home) / "text_vectors"

@@ -16,6 +16,7 @@ import numpy as np
 
 from corpus_build.atomic import copy_file_atomic, write_json_atomic
 from training.layout import (
+    FINE_TUNED,
     SYSTEMS,
     checkpoint_path,
     exported_checkpoint,
@@ -80,15 +81,23 @@ def gate_verdict(before: Sequence[float], after: Sequence[float], rule: GateRule
 
 
 
-def round_parent(home: Path) -> tuple[Path, str]:
-    """The checkpoint a new round starts from: the promoted round, else the SFT retriever."""
+def round_parent(home: Path, kind: str = "dialogue") -> tuple[Path, str]:
+    """The checkpoint a new round starts from: the promoted round, else the fine-tuned retriever of
+    ``kind`` (``dialogue``: dialogue_retriever; ``lrurec``: lrurec_sft)."""
     record = promoted_record(home)
     if record is not None:
         return checkpoint_path(home, "aligned"), record["round"]
-    sft = checkpoint_path(home, "sft")
-    if not sft.is_file():
-        raise FileNotFoundError(f"{sft} not found: materialise lrurec_sft before an alignment round")
-    return sft, "sft"
+    system, asset = FINE_TUNED[kind]
+    path = checkpoint_path(home, system)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: materialise {asset} before an alignment round")
+    return path, system
+
+
+def preference(kind: str) -> list[str]:
+    """Systems from most to least trained, the fine-tuned retriever of ``kind`` before the other kind's."""
+    mine = FINE_TUNED[kind][0]
+    return ["aligned", mine] + [s for s in SYSTEMS if s not in ("aligned", mine)]
 
 
 def latest_passed_round(home: Path) -> str | None:
@@ -114,14 +123,16 @@ def promote(home: Path, round_name: str) -> dict:
     return pointer
 
 
-def load_current_retriever(home: Path, device: str = "cpu"):
-    """The most trained retriever that exists under ``home`` (aligned > sft > pretrained), named, or None."""
+def load_current_retriever(home: Path, kind: str = "dialogue", device: str = "cpu", text_cache_dir: Path | None = None):
+    """The most trained retriever that exists under ``home`` (aligned > the fine-tuned one of ``kind`` >
+    the other kind's > pretrained), named, or None. ``text_cache_dir``: where a dialogue-aware retriever
+    keeps the vectors of the texts it embeds."""
     from training.retriever import Retriever
 
-    for system in SYSTEMS:
+    for system in preference(kind):
         path = checkpoint_path(home, system)
         if path.is_file():
-            retriever = Retriever.from_checkpoint(path, device=device)
-            retriever.name = f"LRURec ({system})"
+            retriever = Retriever.from_checkpoint(path, device=device, text_cache_dir=text_cache_dir)
+            retriever.name = f"{'dialogue-aware' if retriever.reads_dialogue else 'LRURec'} ({system})"
             return retriever
     return None

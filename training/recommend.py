@@ -9,9 +9,6 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import polars as pl
-
-from corpus_build.storage import scan_parquet
 from training.generator.base import Generator, RankRequest
 
 # Capitalised one-word spans that are everyday words, not film mentions, in a chat message.
@@ -55,22 +52,32 @@ def find_mentions(text: str, linker, max_words: int = 8) -> list[str]:
     return list(dict.fromkeys(movie_id for _, movie_id in sorted(found)))
 
 
-def corpus_rows(corpus_path: str | Path, movie_ids: Sequence[str]) -> dict[str, dict]:
-    """Corpus rows (prompt metadata) of ``movie_ids``, by id."""
-    frame = scan_parquet(corpus_path).filter(pl.col("movie_id").is_in(list(movie_ids))).collect()
-    return {row["movie_id"]: row for row in frame.iter_rows(named=True)}
+class Recommender:
+    """Everything ``rar recommend`` needs, loaded once and reused across messages: the title linker, the
+    corpus rows, a retrieve function and the generator (the recommend service keeps one alive)."""
+
+    def __init__(self, corpus_path: str | Path, retrieve: Retrieve, generator: Generator, candidates: int = 20,
+                 linker=None):
+        from corpus_build.linking import Linker
+        from training.turn_pools import CorpusLookup
+
+        self.retrieve, self.generator, self.candidates = retrieve, generator, candidates
+        self.corpus = CorpusLookup.from_parquet(corpus_path)
+        self.linker = linker or Linker(self.corpus.corpus, fuzzy_threshold=101.0)  # no fuzzy links in free text
+
+    def recommend(self, text: str, k: int) -> tuple[list[dict], list[str]]:
+        """(top-``k`` recommended corpus rows with their rank, the movie_ids the message mentioned).
+
+        The generator ranks the retriever's top ``max(k, candidates)`` films (mentioned films excluded)."""
+        mentioned = find_mentions(text, self.linker)
+        retrieved = [movie_id for movie_id, _ in self.retrieve(mentioned, text, max(k, self.candidates))]
+        retrieved = [m for m in dict.fromkeys(retrieved) if m not in mentioned]
+        movies = self.corpus(retrieved + mentioned)
+        result = self.generator.rank(RankRequest.from_text(text, retrieved, movies))
+        return [{"rank": i + 1, **movies.get(m, {"movie_id": m})} for i, m in enumerate(result.ranking[:k])], mentioned
 
 
 def recommend(text: str, k: int, corpus_path: str | Path, retrieve: Retrieve, generator: Generator,
               linker=None, candidates: int = 20) -> tuple[list[dict], list[str]]:
     """(top-``k`` recommended corpus rows with their rank, the movie_ids the message mentioned)."""
-    from corpus_build.linking import Linker
-
-    linker = linker or Linker.from_parquet(corpus_path, fuzzy_threshold=101.0)  # no fuzzy links in free text
-    mentioned = find_mentions(text, linker)
-    retrieved = [movie_id for movie_id, _ in retrieve(mentioned, text, max(k, candidates))]
-    retrieved = [m for m in dict.fromkeys(retrieved) if m not in mentioned]
-    movies = corpus_rows(corpus_path, retrieved + mentioned)
-    request = RankRequest.from_text(text, retrieved, movies)
-    result = generator.rank(request)
-    return [{"rank": i + 1, **movies.get(m, {"movie_id": m})} for i, m in enumerate(result.ranking[:k])], mentioned
+    return Recommender(corpus_path, retrieve, generator, candidates, linker).recommend(text, k)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus_build.atomic import atomic_path
+from corpus_build.storage import as_path, local_copy
 
 KEY_BYTES = 16
 MERGE_AT = 32  # shards; above this, a save merges them into one
@@ -38,7 +39,7 @@ class TextVectorCache:
     def __init__(self, embedder, folder: str | Path | None = None):
         self.embedder = embedder
         self.model = str(getattr(embedder, "model_name", type(embedder).__name__))
-        self.folder = Path(folder) if folder is not None else None
+        self.folder = as_path(folder) if folder is not None else None  # a local folder or an object-store path
         self._vectors: dict[bytes, np.ndarray] = {}
         self.embedded = 0  # texts embedded by this object (cache misses)
         if self.folder is not None and self.folder.is_dir():
@@ -47,9 +48,9 @@ class TextVectorCache:
 
     def _load(self, shard: Path) -> None:
         try:
-            with np.load(shard, allow_pickle=False) as saved:
+            with np.load(local_copy(shard), allow_pickle=False) as saved:
                 keys, vectors = saved["keys"], saved["vectors"]
-        except (OSError, ValueError, KeyError):  # a foreign or damaged file: ignore it, the texts get re-embedded
+        except (OSError, ValueError, KeyError, EOFError):  # a foreign or damaged file: its texts get re-embedded
             return
         for key, vector in zip(keys, vectors):
             self._vectors[key.tobytes()] = vector
@@ -73,7 +74,6 @@ class TextVectorCache:
     def _save(self, fresh: dict[bytes, np.ndarray]) -> None:
         if self.folder is None or not fresh:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         shards = sorted(self.folder.glob("*.npz"))
         if len(shards) >= MERGE_AT:  # merge everything known into one shard, then drop the old ones
             self._write(self.folder / f"merged-{uuid.uuid4().hex}.npz", self._vectors)
@@ -83,7 +83,7 @@ class TextVectorCache:
             self._write(self.folder / f"part-{uuid.uuid4().hex}.npz", fresh)
 
     @staticmethod
-    def _write(path: Path, entries: dict[bytes, np.ndarray]) -> None:
+    def _write(path, entries: dict[bytes, np.ndarray]) -> None:
         keys = np.frombuffer(b"".join(entries), dtype=np.uint8).reshape(len(entries), KEY_BYTES)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:  # np.savez on a path would append ".npz" to the temp name
