@@ -120,7 +120,8 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(key=DIALOGUE, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS, CORPUS, VECTORS])
+@dg.asset(key=DIALOGUE, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS,
+          deps=[PRETRAINED, TURNS, SEQUENCES, CORPUS, VECTORS])
 def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The dialogue-aware retriever (the default of RAR_RETRIEVER_KIND): the conversation so far, embedded
     with the movie_vectors model, matched against every film's text vector and fused with the LRU state
@@ -150,7 +151,8 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
         s.table_path("conversation_turns"), s.table_path("movie_corpus"), system_dir(s.home, "dialogue"),
         store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
         model_config={"hidden": s.retriever_hidden}, datasets=s.alignment_datasets, folds=s.learning_folds(),
-        pretrained_checkpoint=pretrained if _text_tied(pretrained) else None, log=context.log.info,
+        pretrained_checkpoint=pretrained if _text_tied(pretrained) else None,
+        sequences_path=s.table_path("user_sequences"), log=context.log.info,
     )
     return dg.MaterializeResult(
         metadata=readable({

@@ -236,7 +236,7 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     result = dg.materialize([dialogue_retriever])
     assert result.success
     meta = result.asset_materializations_for_node("dialogue_retriever")[0].metadata
-    assert meta["training_turns"].value > 0 and isinstance(meta["val/Recall@20"].value, float)
+    assert meta["training_turns"].value > 0 and 0 <= meta["val/Recall@20"].value <= 1
 
     retriever = Retriever.from_checkpoint(settings.path("retriever", "dialogue", "retriever.pt"),
                                           text_cache_dir=settings.path("text_vectors", "x").parent)

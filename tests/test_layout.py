@@ -100,6 +100,8 @@ def test_the_layout_is_the_documented_one(tmp_path):
 def test_round_parent_needs_an_sft_retriever_and_promote_records_the_round(tmp_path):
     home = tmp_path / "home"
     with pytest.raises(FileNotFoundError, match="materialise lrurec_sft before an alignment round"):
+        round_parent(home, "lrurec")
+    with pytest.raises(FileNotFoundError, match="materialise dialogue_retriever before an alignment round"):
         round_parent(home)
     _finish_round(home, "round-20250101-000000", passed=True, parent="sft")
     pointer = promote(home, "round-20250101-000000")

@@ -14,7 +14,9 @@ model as ``movie_vectors`` and scored against every film's text vector. Films st
 - collaborative match: the LRU state of the mentioned films (the paper's retriever) plus the dialogue
   projected into the same space (``W``, starts at 0), against items that are a projection of their text
   plus a residual (``r_i`` starts at 0, weight-decayed, so unseen films stay near their text);
-- ``b_i``: item bias, initialised from log popularity in the learning pool.
+- ``b_i``: item bias, initialised from log popularity in the learning pool, plus ``w . f_i``: a learned
+  weighting of fixed film features (log MovieLens popularity, release-year buckets), so a film no
+  dialogue ever named is still placed by how widely watched and how recent it is.
 
 The query is ``[s (u + D u), h + W u]`` and the item table ``[t_i, e_i]``, so ``logits(query)`` has the
 same shape as LRURec's and the RL rounds treat both retrievers alike (:meth:`query`, :meth:`logits`).
@@ -65,6 +67,7 @@ class DialogueRetrieverConfig:
     roles: bool = False
     history_text: bool = False  # also match films against the mean text vector of the mentioned films
     text_dropout: float = 0.0  # dropout on the dialogue vector while training
+    item_features: int = 0  # width of the fixed film features f_i (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,8 +80,10 @@ class DialogueRetrieverConfig:
 class DialogueRetriever(nn.Module):
     reads_dialogue = True
 
-    def __init__(self, config: DialogueRetrieverConfig, text_vectors: torch.Tensor):
-        """``text_vectors``: [num_items + 1, text_dim] film text vectors, row 0 (padding) zeros."""
+    def __init__(self, config: DialogueRetrieverConfig, text_vectors: torch.Tensor,
+                 item_features: torch.Tensor | None = None):
+        """``text_vectors``: [num_items + 1, text_dim] film text vectors, row 0 (padding) zeros;
+        ``item_features``: [num_items + 1, config.item_features] (see :func:`film_features`)."""
         super().__init__()
         self.config = config
         self.lru = LRURec(config.lrurec_config(), text_vectors)
@@ -86,6 +91,11 @@ class DialogueRetriever(nn.Module):
         self.text_to_history = nn.Linear(config.text_dim, config.hidden, bias=False)  # W
         self.log_text_scale = nn.Parameter(torch.tensor(math.log(config.text_scale)))
         self.history_text = nn.Linear(config.text_dim, config.text_dim, bias=False) if config.history_text else None
+        features = torch.zeros(config.num_items + 1, config.item_features) if item_features is None else item_features
+        if features.shape != (config.num_items + 1, config.item_features):
+            raise ValueError(f"item_features must be [{config.num_items + 1}, {config.item_features}], got {tuple(features.shape)}")
+        self.register_buffer("item_features", features.float())
+        self.feature_weights = nn.Parameter(torch.zeros(config.item_features))
         with torch.no_grad():
             self.query_delta.weight.zero_()
             self.text_to_history.weight.zero_()
@@ -124,4 +134,25 @@ class DialogueRetriever(nn.Module):
     def logits(self, query: torch.Tensor) -> torch.Tensor:
         """[B, num_items + 1] scores (column 0 is padding)."""
         textual, collaborative = query.split([self.config.text_dim, self.config.hidden], dim=1)
-        return textual @ self.text.t() + collaborative @ self.items.weight().t() + self.bias
+        return textual @ self.text.t() + collaborative @ self.items.weight().t() + self.item_bias()
+
+    def item_bias(self) -> torch.Tensor:
+        """[num_items + 1] b_i + w . f_i."""
+        return self.bias + self.item_features @ self.feature_weights
+
+
+YEAR_EDGES = (1960, 1970, 1980, 1990, 2000, 2005, 2010, 2015, 2020)  # release-year buckets of film_features
+
+
+def film_features(years: Sequence[int | None], watch_counts) -> torch.Tensor:
+    """[N + 1, 2 + len(YEAR_EDGES) + 1] fixed film features (row 0: padding): log(1 + MovieLens ratings),
+    an unknown-year flag and a one-hot release-year bucket."""
+    import numpy as np
+
+    years_array = np.array([y if y is not None else -1 for y in years])
+    buckets = np.searchsorted(np.array(YEAR_EDGES), years_array, side="right")
+    features = np.zeros((len(years_array) + 1, 2 + len(YEAR_EDGES) + 1), dtype=np.float32)
+    features[1:, 0] = np.log1p(np.asarray(watch_counts, dtype=np.float32))
+    features[1:, 1] = years_array < 0
+    features[1 + np.arange(len(years_array)), 2 + buckets] = years_array >= 0
+    return torch.from_numpy(features)

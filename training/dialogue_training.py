@@ -194,7 +194,8 @@ def log_popularity(frame, vocab) -> np.ndarray:
 def train_from_tables(
     turns_path, corpus_path, out_dir, load_vectors: Callable[[list[str]], np.ndarray], text_encoder,
     text_model: str, config: DialogueTrainConfig, model_config: dict | None = None, datasets: Sequence[str] = ("redial",),
-    folds=None, pretrained_checkpoint=None, learn_from_rl_fold: bool = True, log: Callable[[str], None] | None = None,
+    folds=None, pretrained_checkpoint=None, learn_from_rl_fold: bool = True, sequences_path=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train the dialogue-aware retriever from ``conversation_turns`` and ``movie_vectors``; returns metrics
     and the exported checkpoint's path (in ``out_dir``).
@@ -203,11 +204,13 @@ def train_from_tables(
     the learning pool of ``datasets`` (``folds``, :class:`training.turn_pools.Folds`), and also the
     rounds' RL fold when ``learn_from_rl_fold`` (a stronger retriever; the rounds then learn on turns it has
     seen); validation on the SFT validation slice, never the gate's. The item bias starts at the log
-    popularity in the turns learned from; with ``pretrained_checkpoint`` (a text-tied LRURec over the same
-    films, e.g. lrurec_pretrained) the history encoder and the item projection start from it."""
+    popularity in the turns learned from, plus learned weights of film features (release-year buckets and,
+    with ``sequences_path`` (user_sequences), log MovieLens popularity); with ``pretrained_checkpoint`` (a
+    text-tied LRURec over the same films, e.g. lrurec_pretrained) the history encoder and the item
+    projection start from it."""
     import polars as pl
 
-    from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig
+    from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig, film_features
     from training.retriever import export_retriever, item_text_matrix
     from training.sequences import ItemVocab
     from training.turn_pools import Folds
@@ -219,14 +222,22 @@ def train_from_tables(
     for path in (turns_path, corpus_path):
         if not as_path(path).is_file():
             raise FileNotFoundError(f"{path} not found: materialise its asset first")
-    vocab = ItemVocab(read_parquet(corpus_path, columns=["movie_id"])["movie_id"].to_list())
+    corpus = read_parquet(corpus_path, columns=["movie_id", "year"])
+    vocab = ItemVocab(corpus["movie_id"].to_list())
     turns = read_parquet(turns_path)
+    watched = np.zeros(len(vocab), dtype=np.float32)
+    if sequences_path is not None and as_path(sequences_path).is_file():
+        for row in read_parquet(sequences_path, columns=["train_movie_ids"])["train_movie_ids"].to_list():
+            for index in vocab.encode(row or []):
+                watched[index - 1] += 1
+    features = film_features(corpus["year"].to_list(), watched)
     pools = (folds or Folds()).split(turns, list(datasets))
     train_frame = pl.concat([pools["sft_train"], pools["rl"]]) if learn_from_rl_fold else pools["sft_train"]
     text = item_text_matrix(load_vectors(vocab.movie_ids), len(vocab))
-    model_config = DialogueRetrieverConfig(num_items=len(vocab), text_dim=text.shape[1], **(model_config or {}))
+    model_config = DialogueRetrieverConfig(num_items=len(vocab), text_dim=text.shape[1],
+                                           item_features=features.shape[1], **(model_config or {}))
     torch.manual_seed(config.seed)
-    model = DialogueRetriever(model_config, text)
+    model = DialogueRetriever(model_config, text, features)
     if pretrained_checkpoint is not None:
         _start_from_pretrained(model, pretrained_checkpoint, vocab.movie_ids, log)
     with torch.no_grad():
