@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.keys import ALIGNED, ALIGNMENT_ROUND, CORPUS, DIALOGUE, OWNERS, SFT, TURNS, VECTORS
 from assets.metadata import readable
+from rar_pipeline.execution import gpu_step_tags
 from rar_pipeline.partitions import ALIGNMENT_ROUNDS
 from rar_pipeline.resources import GeneratorResource
 from rar_pipeline.settings import get_settings
@@ -97,6 +98,7 @@ def _round_metadata(record: dict, generator) -> dict:
 
 @dg.asset(
     key=ALIGNMENT_ROUND,
+    op_tags=gpu_step_tags(),
     partitions_def=ALIGNMENT_ROUNDS,
     group_name=GROUP,
     kinds={"pytorch"},

@@ -117,7 +117,7 @@ def movie_corpus_build(context: dg.AssetExecutionContext):
 
 
 def _merge(context: dg.AssetExecutionContext, settings, selected):
-    from corpus_build.merge import build_corpus, read_fetched_sources, write_corpus
+    from corpus_build.merge import build_corpus, most_voted, read_fetched_sources, write_corpus
     from corpus_build.quality import films_split_since
 
     specs = sources_for_profile(settings.profile, settings.source_mirror)
@@ -127,6 +127,9 @@ def _merge(context: dg.AssetExecutionContext, settings, selected):
     if not results:
         raise dg.Failure(f"no source of profile {settings.profile!r} has been fetched: {skipped}")
     merged = build_corpus(results)
+    if settings.profile == "sample" and settings.sample_films:
+        merged.corpus = most_voted(merged.corpus, settings.sample_films)
+        context.log.info(f"RAR_SAMPLE_FILMS: the {merged.corpus.height} most voted films kept")
     corpus_path, quarantine_path = settings.table_path("movie_corpus"), settings.table_path("movie_corpus_quarantine")
     split = films_split_since(corpus_path, merged.corpus)  # the file still holds the previous corpus
     write_corpus(merged, corpus_path, quarantine_path)

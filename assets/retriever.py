@@ -5,6 +5,7 @@ import dagster as dg
 
 from assets.keys import CORPUS, DIALOGUE, OWNERS, PRETRAINED, SEQUENCES, SFT, TURNS, VECTORS
 from assets.metadata import latest_metadata, readable, records_table
+from rar_pipeline.execution import gpu_step_tags
 from rar_pipeline.settings import get_settings
 
 GROUP = "retriever"
@@ -41,7 +42,8 @@ def _metrics(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{name}": value for name, value in metrics.items()}
 
 
-@dg.asset(key=PRETRAINED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS])
+@dg.asset(key=PRETRAINED, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[SEQUENCES, TURNS, CORPUS, VECTORS],
+          op_tags=gpu_step_tags())
 def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """LRURec (2 LRU blocks, tied item table over the whole corpus) pretrained on every MovieLens history
     of user_sequences (RAR_RETRIEVER_PRETRAIN_DATASETS narrows them; users kept apart per dataset) with
@@ -84,7 +86,7 @@ def lrurec_pretrained(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     )
 
 
-@dg.asset(key=SFT, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS])
+@dg.asset(key=SFT, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS, deps=[PRETRAINED, TURNS], op_tags=gpu_step_tags())
 def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """lrurec_pretrained fine-tuned on the SFT fold of the learning dialogues (train/validation turns of
     RAR_ALIGNMENT_DATASETS outside the gate slice and the rounds' RL fold, RAR_ALIGNMENT_RL_SHARE;

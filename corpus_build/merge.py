@@ -145,6 +145,12 @@ def build_corpus(
     return merged
 
 
+def most_voted(corpus: pl.DataFrame, films: int) -> pl.DataFrame:
+    """The ``films`` films of ``corpus`` with the most IMDb votes (ties: by movie_id), in corpus order."""
+    top = corpus.sort(["imdb_votes", "movie_id"], descending=[True, False], nulls_last=True).head(films)["movie_id"]
+    return corpus.filter(pl.col("movie_id").is_in(top.implode()))
+
+
 def write_corpus(result: MergeResult, corpus_path: Path, quarantine_path: Path) -> None:
     """Write both tables as zstd Parquet, atomically (quarantine first: the corpus is the signal)."""
     write_parquet_atomic(result.quarantine, quarantine_path)

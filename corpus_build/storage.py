@@ -149,6 +149,19 @@ def parquet_rows(path) -> int:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
+def arrow_dataset(path):
+    """A lazy ``pyarrow.dataset`` over a Parquet file or object (columns and filters pushed down), read
+    through the same filesystem as every other object (DuckDB scans it in ``rar sql``)."""
+    import pyarrow.dataset as ds
+
+    if not is_remote(path):
+        return ds.dataset(str(path), format="parquet")
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    target = as_path(path)
+    return ds.dataset(target.path, filesystem=PyFileSystem(FSSpecHandler(target.fs)), format="parquet")
+
+
 # --- whole files ------------------------------------------------------------------------------------
 
 

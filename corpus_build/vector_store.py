@@ -407,7 +407,7 @@ def plan_sync(corpus: pl.DataFrame, stored: pl.DataFrame, model: str) -> tuple[p
     return to_embed, gone
 
 
-def _arrow_rows(chunk: pl.DataFrame, vectors: np.ndarray, model: str, dimension: int):
+def arrow_rows(chunk: pl.DataFrame, vectors: np.ndarray, model: str, dimension: int):
     import pyarrow as pa
 
     schema = table_schema(dimension)
@@ -444,7 +444,7 @@ def _sync_locked(corpus, store, embedder, commit_rows, index_min_rows, progress,
     started = time.perf_counter()
     corpus = fill_content_hash(corpus.select(CORPUS_COLUMNS))
     model = embedder.model_name
-    if store.exists() and corpus.height and store.count() and _model_changed(store, embedder):
+    if store.exists() and corpus.height and store.count() and model_changed(store, embedder):
         store.create(embedder.dimension, replace=True)  # another vector space: start over
     stored = store.content_hashes()
     repeated = stored.filter(pl.col("movie_id").is_duplicated())["movie_id"].unique().to_list()
@@ -461,7 +461,7 @@ def _sync_locked(corpus, store, embedder, commit_rows, index_min_rows, progress,
             tick = time.perf_counter()
             vectors = embedder.encode([movie_text(row) for row in chunk.iter_rows(named=True)])
             embed_seconds += time.perf_counter() - tick
-            store.upsert(_arrow_rows(chunk, vectors, model, dimension))
+            store.upsert(arrow_rows(chunk, vectors, model, dimension))
             done += chunk.height
             bar.update(chunk.height)
             if on_commit:
@@ -481,7 +481,7 @@ def _sync_locked(corpus, store, embedder, commit_rows, index_min_rows, progress,
     )
 
 
-def _model_changed(store: VectorStore, embedder) -> bool:
+def model_changed(store: VectorStore, embedder) -> bool:
     """True when the stored vectors come from another model with another dimension."""
     stored_dim = store.dimension()
     models = store.read_columns(["model"])["model"].unique().to_list()

@@ -50,7 +50,19 @@ def printable(value) -> str:
 
 
 def require_writable(folder: Path) -> None:
-    """Stop in one line when ``folder`` cannot be written, before any work starts."""
+    """Stop in one line when ``folder`` (or the object store under an s3:// home) cannot be written,
+    before any work starts."""
+    from corpus_build.storage import describe, is_remote
+
+    if is_remote(folder):
+        probe = folder / ".rar-write-test"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except Exception as error:  # noqa: BLE001 - any SDK error: credentials, endpoint, bucket, permissions
+            raise click.ClickException(f"RAR_HOME={describe(folder)} is not writable ({_first_line(error)}): check "
+                                       "the bucket and the AWS_* credentials and endpoint") from None
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".rar-write-test-"):
@@ -69,9 +81,14 @@ DAGSTER_YAML = """\
 
 
 def ensure_dagster_home() -> str:
-    """Use ``$DAGSTER_HOME`` if set, else ``$RAR_HOME/dagster``, so runs appear in ``dagster dev``; the folder
-    gets a ``dagster.yaml`` when it has none (Dagster warns at every start without one)."""
-    home = os.environ.get("DAGSTER_HOME") or str(get_settings().path("dagster", "dagster.yaml").parent)
+    """Use ``$DAGSTER_HOME`` if set, else ``$RAR_HOME/dagster`` (under an object-store RAR_HOME: a local folder
+    that belongs to it, since Dagster's SQLite storage needs a disk), so runs appear in ``dagster dev``; the
+    folder gets a ``dagster.yaml`` when it has none (Dagster warns at every start without one)."""
+    from corpus_build.storage import is_remote, working_folder
+
+    settings = get_settings()
+    default = working_folder(settings.home / "dagster") if is_remote(settings.home) else settings.path("dagster", "dagster.yaml").parent
+    home = os.environ.get("DAGSTER_HOME") or str(default)
     os.makedirs(home, exist_ok=True)
     config = Path(home) / "dagster.yaml"
     if not config.exists():
@@ -135,8 +152,9 @@ def interrupt_on_termination() -> None:
 @click.option("--job", "job_name", default="main", show_default=True,
               help="Job to execute: main (everything), nightly_alignment, evaluation, corpus_refresh.")
 def materialize(job_name: str) -> None:
-    """Execute a job in this process (default: the main job: every asset, with a new alignment round),
-    recorded like a run launched from the UI: it shows under its job and on the timeline of `dagster dev`.
+    """Execute a job from this process (default: the main job: every asset, with a new alignment round),
+    its steps under RAR_EXECUTOR (default: one process per step), recorded like a run launched from the UI:
+    it shows under its job and on the timeline of `dagster dev`.
 
     A round that the promotion gate rejects is kept for inspection and is not an error: the run succeeds,
     the round's promotion_gate check warns with the gate's figures, and the aligned retriever stays where
@@ -176,6 +194,7 @@ def materialize(job_name: str) -> None:
     sys.exit(0)
 
 
+
 @main.command()
 @click.argument("query")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to print at most.")
@@ -183,16 +202,22 @@ def sql(query: str, limit: int) -> None:
     """Run a read-only DuckDB QUERY over the pipeline's Parquet tables, each a view named after its table.
 
     Only queries run (SELECT, DESCRIBE, SUMMARIZE, EXPLAIN); DuckDB may read the tables' files and
-    nothing else, so COPY, ATTACH, read_csv('/etc/passwd') and the like fail. The tables are the
-    pipeline's outputs: change them by materialising, not by hand."""
+    nothing else, so COPY, ATTACH, read_csv('/etc/passwd') and the like fail. Under an object-store
+    RAR_HOME the tables are Arrow datasets read through the storage layer and DuckDB opens no file at
+    all. The tables are the pipeline's outputs: change them by materialising, not by hand."""
     import duckdb
+
+    from corpus_build.storage import arrow_dataset, is_remote
 
     tables_dir = get_settings().tables_dir
     paths = sorted(tables_dir.glob("*.parquet")) if tables_dir.is_dir() else []
     con = duckdb.connect()
     for path in paths:
-        con.execute(f"create view \"{path.stem}\" as select * from read_parquet({_sql_text(path)})")
-    _lock_to_files(con, paths)
+        if is_remote(path):  # scanned through Arrow (no DuckDB extension, no file access for DuckDB itself)
+            con.register(path.stem, arrow_dataset(path))
+        else:
+            con.execute(f"create view \"{path.stem}\" as select * from read_parquet({_sql_text(path)})")
+    _lock_to_files(con, [path for path in paths if not is_remote(path)])
     known = ", ".join(p.stem for p in paths) or f"none yet under {tables_dir}"
     try:
         statements = con.extract_statements(query)
@@ -235,9 +260,9 @@ def vectors_coverage_note(store, corpus_path: Path) -> str | None:
     interrupted or is still running); None when the counts agree or there is no corpus to compare."""
     if not corpus_path.exists():
         return None
-    import pyarrow.parquet as pq
+    from corpus_build.storage import parquet_rows
 
-    films, vectors = pq.ParquetFile(corpus_path).metadata.num_rows, store.count()
+    films, vectors = parquet_rows(corpus_path), store.count()
     if vectors == films:
         return None
     return (f"movie_vectors holds {vectors:,} vectors for the {films:,} films of movie_corpus (a build was "

@@ -1,4 +1,5 @@
-"""The code location: every asset and check of ``assets/``, plus jobs, schedules, sensors, resources.
+"""The code location: every asset and check of ``assets/``, plus jobs, schedules, sensors, resources, and
+the executor that ``RAR_EXECUTOR`` names (``rar_pipeline.execution``).
 
 Assets carry links to their source code: the local file and line (Dagster's code references) and, when a
 Dagster+ build sets DAGSTER_CLOUD_GIT_URL and DAGSTER_CLOUD_GIT_SHA, the same lines in the repository."""
@@ -10,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 import assets
+from rar_pipeline.execution import executor
 from rar_pipeline.jobs import JOBS
 from rar_pipeline.resources import RESOURCES
 from rar_pipeline.schedules import SCHEDULES
@@ -37,4 +39,11 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=RESOURCES,
+    executor=executor(),
 )
+
+
+def resolved_job(name: str) -> dg.JobDefinition:
+    """The job ``name`` of these definitions, resolved: how ``rar materialize`` rebuilds it in every
+    step process (``dg.build_reconstructable_job``)."""
+    return defs.resolve_job_def(name)

@@ -3,8 +3,9 @@
 A run from ``JobDefinition.execute_in_process`` carries no code-location origin, so Dagster's UI leaves it
 out of Jobs > main > Runs and of the Overview timeline (it shows only under Runs). :func:`execute_job`
 creates the run from the code location's remote job instead, with the same origin, snapshot and tags a run
-launched from the UI gets, then executes it in this process (the in-process executor: the command owns
-every step, and a signal that stops it stops the run).
+launched from the UI gets, then executes it from this process with the job's own executor (RAR_EXECUTOR,
+``rar_pipeline.execution``: by default each step in its own process, orchestrated by this one, so a signal
+that stops the command stops the run and its steps).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dagster as dg
 
 CODE_LOCATION = "rar_pipeline"  # the location name of workspace.yaml, [tool.dagster] and dagster_cloud.yaml
 DEFINITIONS_MODULE = "rar_pipeline.definitions"
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+RUN_CONFIG: dict = {}  # the executor is the definitions' (RAR_EXECUTOR), configured there
 
 
 def create_run(instance: dg.DagsterInstance, job_name: str, *, partition_key: str | None = None,
@@ -37,11 +38,11 @@ def create_run(instance: dg.DagsterInstance, job_name: str, *, partition_key: st
     with origin.create_location(instance) as location:
         [repository] = location.get_repositories().values()
         remote_job = repository.get_full_job(job_name)
-        run_tags = merge_run_tags(defs.resolve_job_def(job_name), partition_key, tags, None, instance, IN_PROCESS)
-        plan = location.get_execution_plan(remote_job, IN_PROCESS, step_keys_to_execute=None, known_state=None,
+        run_tags = merge_run_tags(defs.resolve_job_def(job_name), partition_key, tags, None, instance, RUN_CONFIG)
+        plan = location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
                                            instance=instance)
         return instance.create_run(
-            job_name=job_name, run_id=None, run_config=IN_PROCESS, resolved_op_selection=None,
+            job_name=job_name, run_id=None, run_config=RUN_CONFIG, resolved_op_selection=None,
             step_keys_to_execute=None, status=None, tags=run_tags, root_run_id=None, parent_run_id=None,
             job_snapshot=remote_job.job_snapshot, execution_plan_snapshot=plan.execution_plan_snapshot,
             parent_job_snapshot=remote_job.parent_job_snapshot, asset_selection=None, asset_check_selection=None,

@@ -72,6 +72,18 @@ def generator_api_key() -> dg.EnvVar | None:
     return dg.EnvVar(GENERATOR_API_KEY_ENV) if os.environ.get(GENERATOR_API_KEY_ENV) else None
 
 
+class StepValues(dg.FilesystemIOManager):
+    """Where steps hand each other small values (the shard descriptions of movie_vectors): pickles under
+    `$RAR_HOME/dagster_io`, so a step in another process or pod (the k8s executor) reads what a step wrote,
+    on the local disk or on the object store."""
+
+
+def step_io_manager() -> StepValues:
+    """The io_manager of every step, under RAR_HOME."""
+    return StepValues(base_dir=str(get_settings().home / "dagster_io"))
+
+
 RESOURCES: dict = {
     "generator": GeneratorResource.from_settings(),
+    "io_manager": step_io_manager(),
 }

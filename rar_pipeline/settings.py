@@ -8,7 +8,7 @@ upstream files from a local folder laid out like ``../shared/data``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         default=None, description="Local folder that serves upstream files instead of the network."
     )
     seed: int = Field(default=1234, description="Seed for sampling and training.")
+    sample_films: int | None = Field(
+        default=None, ge=100, description="sample profile: keep only this many films, the most voted (a deployment's "
+        "smoke test in minutes; far fewer films than the ratings name, so lower RAR_MIN_LINK_RATE with it).",
+    )
+    min_link_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Replaces every link-rate floor of the profile (PROFILE_LIMITS).",
+    )
     lancedb_uri: str | None = Field(
         default=None,
         description="LanceDB URI (a folder or an object-store URI); default $RAR_HOME/lancedb.",
@@ -67,6 +74,10 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(default=64, ge=1, description="Texts per forward pass.")
     embedding_precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."
+    )
+    embedding_shards: int = Field(
+        default=1, ge=1, le=64, description="movie_vectors embeds the films to (re)embed in this many shards, each its "
+        "own step (its own pod under the k8s executor), then commits them in one step.",
     )
     # Generator. The API key is deliberately not a setting: GeneratorResource reads
     # RAR_GENERATOR_API_KEY through dg.EnvVar only.
@@ -202,6 +213,29 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Turns per dataset at most (a seeded sample), bounding LLM calls."
     )
 
+    # Execution (rar_pipeline/execution.py).
+    executor: Literal["multiprocess", "k8s", "in_process"] = Field(
+        default="multiprocess", description="multiprocess: steps in parallel processes; k8s: one Kubernetes pod per "
+        "step (dagster-k8s); in_process: every step in the run's process.",
+    )
+    max_concurrent_steps: int | None = Field(
+        default=None, ge=1, description="Steps running at once (default: multiprocess: CPU cores; k8s: no limit).",
+    )
+    k8s_gpu_resources: dict = Field(
+        default={"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+                 "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}},
+        description="k8s: container resources of the GPU steps (movie_vectors' shards, lrurec_pretrained, "
+        "lrurec_sft, alignment_round), as JSON.",
+    )
+    k8s_cpu_resources: dict = Field(
+        default={"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},
+        description="k8s: container resources of every other step, as JSON.",
+    )
+    k8s_env_secrets: list[str] = Field(
+        default=[], description="k8s: Kubernetes secrets whose keys become environment variables of every step pod "
+        "(e.g. the object store's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).",
+    )
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value):
@@ -223,8 +257,11 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> ProfileLimits:
-        """The current profile's limits (PROFILE_LIMITS)."""
-        return PROFILE_LIMITS[self.profile]
+        """The current profile's limits (PROFILE_LIMITS; RAR_MIN_LINK_RATE replaces its floors)."""
+        limits = PROFILE_LIMITS[self.profile]
+        if self.min_link_rate is not None:
+            limits = replace(limits, min_link_rate={"default": self.min_link_rate})
+        return limits
 
     @property
     def pretraining_epochs(self) -> int:
@@ -269,6 +306,11 @@ class Settings(BaseSettings):
         path = self.table_file(name)
         ensure_folder(path.parent)
         return path
+
+    @property
+    def vector_work_dir(self) -> Path:
+        """Where movie_vectors keeps the plan and the embedded shards until they are committed."""
+        return self.home / "work" / "movie_vectors"
 
     def read_table(self, name: str, **kwargs):
         """The Parquet table ``name`` as a polars DataFrame (``polars.read_parquet`` keywords)."""

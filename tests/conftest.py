@@ -78,6 +78,14 @@ def s3_home(s3_server, s3_env, monkeypatch) -> str:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A one-layer sentence-transformers encoder folder (tests/tiny_encoder.py): embeds a corpus in seconds."""
+    from tiny_encoder import build_tiny_encoder
+
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (third-party datasets, never committed); skip the test when it is absent."""

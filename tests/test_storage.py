@@ -131,3 +131,18 @@ def test_response_cache_on_s3_publishes_segments_that_concurrent_runs_share(buck
     assert reader.get("k2") == {"ranking": ["b"]} and reader.get("k1") == {"ranking": ["a", "newer"]}
     assert len(reader) == 2
     reader.close()
+
+
+def test_settings_and_layout_compose_object_store_paths(s3_home):
+    from rar_pipeline.settings import get_settings
+    from training.layout import checkpoint_path, generator_cache_path, round_dir
+
+    settings = get_settings()
+    assert settings.remote and str(settings.home) == s3_home
+    assert str(settings.table_path("movie_corpus")) == f"{s3_home}/tables/movie_corpus.parquet"
+    assert settings.vector_db_uri == f"{s3_home}/lancedb"
+    assert str(checkpoint_path(settings.home, "sft")) == f"{s3_home}/retriever/sft/retriever.pt"
+    assert str(round_dir(settings.home, "round-1") / "round.json") == f"{s3_home}/alignment/rounds/round-1/round.json"
+    assert str(generator_cache_path(settings.home)) == f"{s3_home}/generator_cache/segments"
+    write_parquet_atomic(pl.DataFrame({"movie_id": ["tt1"]}), settings.table_path("movie_corpus"))
+    assert settings.read_table("movie_corpus")["movie_id"].to_list() == ["tt1"]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from corpus_build.storage import as_path
+
 
 class SourceFormatError(ValueError):
     """An upstream file that cannot be read at all (bad header, truncated archive, not JSON).
@@ -62,7 +64,7 @@ class SourceSpec:
 
 def source_dir(raw_root: Path, source: str) -> Path:
     """Where the fetched files of ``source`` live: ``raw_root/<source>/`` (``raw_root`` is $RAR_HOME/raw)."""
-    return Path(raw_root) / source
+    return as_path(raw_root) / source
 
 
 _UNIT_SEPARATOR = "\x1f"
