@@ -151,7 +151,10 @@ def interrupt_on_termination() -> None:
 @main.command()
 @click.option("--job", "job_name", default="main", show_default=True,
               help="Job to execute: main (everything), nightly_alignment, evaluation, corpus_refresh.")
-def materialize(job_name: str) -> None:
+@click.option("--select", "selection", default=None,
+              help="Only these assets of the job, in Dagster's asset selection syntax, e.g. '+movie_corpus' or "
+              "'not key:movie_vectors' (default: the whole job).")
+def materialize(job_name: str, selection: str | None) -> None:
     """Execute a job from this process (default: the main job: every asset, with a new alignment round),
     its steps under RAR_EXECUTOR (default: one process per step), recorded like a run launched from the UI:
     it shows under its job and on the timeline of `dagster dev`.
@@ -159,10 +162,12 @@ def materialize(job_name: str) -> None:
     A round that the promotion gate rejects is kept for inspection and is not an error: the run succeeds,
     the round's promotion_gate check warns with the gate's figures, and the aligned retriever stays where
     it was. Before any round has passed, the report is then built by a second run (the evaluation job)."""
+    from dagster import DagsterError
+
     from assets.alignment import GATE_CHECK
     from assets.keys import REPORT
     from rar_pipeline.definitions import defs
-    from rar_pipeline.job_runs import check_evaluations, execute_job, materialized
+    from rar_pipeline.job_runs import check_evaluations, execute_job, materialized, resolve_selection
     from rar_pipeline.jobs import JOBS
     from rar_pipeline.run_owner import fail_orphaned_runs, owner_tags
 
@@ -171,14 +176,19 @@ def materialize(job_name: str) -> None:
     if job_name not in {job.name for job in JOBS}:
         raise click.ClickException(f"no job {job_name!r}; jobs: {', '.join(job.name for job in JOBS)}")
     job = defs.resolve_job_def(job_name)
+    try:
+        assets = resolve_selection(job_name, selection)[0] if selection else job.asset_layer.executable_asset_keys
+    except (ValueError, DagsterError) as error:  # nothing selected, or not Dagster's selection syntax
+        raise click.ClickException(f"--select: {error}") from None
     instance = open_instance()
     for run_id in fail_orphaned_runs(instance):
         click.echo(f"run {run_id} was left in flight by a process that is gone: marked failed", err=True)
-    round_key = add_round(instance) if job.partitions_def is not None else None
+    partitioned = any(defs.resolve_asset_graph().get(key).partitions_def is not None for key in assets)
+    round_key = add_round(instance) if partitioned else None
     click.echo(f"profile={settings.profile} RAR_HOME={settings.home} DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                f"round={round_key}")
     interrupt_on_termination()
-    run = execute_job(instance, job_name, partition_key=round_key, tags=owner_tags())
+    run = execute_job(instance, job_name, partition_key=round_key, tags=owner_tags(), selection=selection)
     click.echo(f"run {run.run_id}: {run.status.value}")
     if not run.is_success:
         sys.exit(1)
@@ -186,7 +196,7 @@ def materialize(job_name: str) -> None:
         if not gate.passed:
             click.echo(f"{round_key} was rejected by the promotion gate: {gate.metadata['reason'].value} "
                        "(aligned_retriever unchanged; see the round's promotion_gate check)")
-    if REPORT in job.asset_layer.executable_asset_keys and REPORT not in materialized(instance, run.run_id):
+    if REPORT in assets and REPORT not in materialized(instance, run.run_id):
         click.echo("no round has passed the promotion gate yet: building the report in the evaluation job")
         report = execute_job(instance, "evaluation", tags=owner_tags())
         click.echo(f"run {report.run_id}: {report.status.value}")

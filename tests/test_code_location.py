@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from dagster_server import DAGSTER, free_port, start_dagster_dev, stop, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DAGSTER = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -72,67 +66,17 @@ def test_definitions_validate(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_dagster_dev_serves_the_ui(tmp_path):
-    port = _free_port()
-    # dagster dev ignores SIGTERM while SIGINT is ignored (as in a background job): reset SIGINT first
-    wrapper = (
-        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execvp(sys.argv[1], sys.argv[1:])"
-    )
-    command = [sys.executable, "-c", wrapper, DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-    log = open(tmp_path / "dagster_dev.log", "wb")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    port = free_port()
+    process = start_dagster_dev(REPO_ROOT, _env(tmp_path), tmp_path / "dagster_dev.log", port)
     try:
-        info = _poll(f"http://127.0.0.1:{port}/server_info", process, timeout=120)
+        info = wait_for(f"http://127.0.0.1:{port}/server_info", process, timeout=120)
         assert "dagster_webserver_version" in info
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
         assert "<html" in page.lower()
     finally:
-        _stop(process)
-        log.close()
+        stop(process)
     assert process.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(process.pid, 0)  # the whole process group (webserver + code server) is gone
-
-
-def _poll(url: str, process: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"dagster dev exited with {process.returncode}")
-        try:
-            return urllib.request.urlopen(url, timeout=5).read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT the group (dagster dev shuts down its children), then SIGKILL whatever is left after 5 s."""
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # children of the group may take a moment to be reaped
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
