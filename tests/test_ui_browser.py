@@ -126,7 +126,11 @@ def test_cli_run_is_under_the_main_job_and_on_the_timeline(page, ui, sample_home
     assert [(r["runId"], r["status"]) for r in runs] == [(main_run, "SUCCESS")]
     open_page(page, ui, f"/locations/{LOCATION}/jobs/main/runs", "main_job_runs", main_run[:8])
     assert page.get_by_text("Success").count() >= 1
-    open_page(page, ui, f"/runs/{main_run}", "main_run", "Success")  # the run view: green, the gate's warning in its log
+    open_page(page, ui, f"/runs/{main_run}", "main_run", "RUN_SUCCESS")  # the run view: green...
+    page.get_by_placeholder("Filter…").fill("promotion_gate")  # ...and the gate's verdict, with its figures, in its log
+    page.get_by_text("Check promotion_gate failed").first.wait_for()
+    page.screenshot(path=str(ui.screenshots / "main_run_gate.png"))
+    assert page.get_by_text("not promoted: ").count() >= 1
 
     everything = ui.query("{ runsOrError { ... on Runs { results { runId pipelineName repositoryOrigin { "
                           "repositoryLocationName } } } } }")["runsOrError"]["results"]
