@@ -69,7 +69,8 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
     )
 
 
-FIGURES = ("ndcg@10", "ndcg@10_lo", "ndcg@10_hi", "recall@10", "recall@20", "mrr")  # per dataset x system
+FIGURES = ("ndcg@10", "ndcg@10_lo", "ndcg@10_hi", "ndcg@1", "ndcg@5", "ndcg@20", "recall@1", "recall@5", "recall@10",
+           "recall@20", "mrr")  # per dataset x system, in the `figures` table entry
 HEADLINE_MAX_DROP = 0.5  # also warn on a fall below half the previous headline, where its CI reaches 0
 
 

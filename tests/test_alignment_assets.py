@@ -207,3 +207,15 @@ def test_rar_materialize_runs_a_round_headless_and_survives_a_rejection(tiny_pip
     failed = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "nightly_alignment"],
                             env=env, capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1 and ": FAILURE" in failed.stdout, failed.stdout[-2000:]
+
+
+def test_aligned_retriever_check_fails_without_a_sound_promoted_checkpoint(tiny_pipeline):
+    from assets.alignment import serves_a_sound_checkpoint
+    from corpus_build.atomic import write_json_atomic
+    from training.layout import checkpoint_path, promoted_pointer
+
+    assert "nothing is promoted" in serves_a_sound_checkpoint().metadata["problems"].value[0]
+    write_json_atomic({"round": "round-9", "parent_round": "sft"}, promoted_pointer(tiny_pipeline.home))
+    problems = serves_a_sound_checkpoint().metadata["problems"].value
+    assert "round-9 has no finished round record" in problems
+    assert any(str(checkpoint_path(tiny_pipeline.home, "aligned")) in p and "does not exist" in p for p in problems)

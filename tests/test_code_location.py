@@ -57,6 +57,28 @@ def test_assets_link_their_source_freshness_and_automation():
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
 
+def test_every_declaration_names_the_same_code_location():
+    """workspace.yaml, [tool.dagster], [tool.dg] and dagster_cloud.yaml agree with the origin that `rar
+    materialize` records (job_runs), so its runs land under the location the UI serves."""
+    import yaml
+
+    from rar_pipeline.job_runs import CODE_LOCATION, DEFINITIONS_MODULE
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]
+    [workspace] = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())["load_from"]
+    [cloud] = yaml.safe_load((REPO_ROOT / "dagster_cloud.yaml").read_text())["locations"]
+    declared = {
+        "workspace.yaml": (workspace["python_module"]["location_name"], workspace["python_module"]["module_name"]),
+        "tool.dagster": (pyproject["dagster"]["code_location_name"], pyproject["dagster"]["module_name"]),
+        "tool.dg": (pyproject["dg"]["project"]["code_location_name"],
+                    pyproject["dg"]["project"]["code_location_target_module"]),
+        "dagster_cloud.yaml": (cloud["location_name"], cloud["code_source"]["module_name"]),
+    }
+    assert set(declared.values()) == {(CODE_LOCATION, DEFINITIONS_MODULE)}, declared
+
+
 @pytest.mark.slow
 def test_definitions_validate(tmp_path):
     result = subprocess.run(

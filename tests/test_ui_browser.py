@@ -107,9 +107,11 @@ def open_page(page, ui: DagsterUI, path: str, name: str, wait_for_text: str):
 def test_lineage_graph(page, ui):
     """The global lineage shows the five groups; the corpus group's graph shows every source and the corpus."""
     page.set_viewport_size({"width": VIEWPORT["width"], "height": 1600})  # the corpus group is tall
-    open_page(page, ui, "/asset-groups", "lineage", "Global asset lineage")
-    for group in ("corpus", "interactions", "retriever", "alignment", "evaluation"):
-        assert page.get_by_text(group, exact=True).count() >= 1, group
+    page.goto(ui.url + "/asset-groups")
+    for group in ("corpus", "interactions", "retriever", "alignment", "evaluation"):  # the graph lays out late
+        page.get_by_text(group, exact=True).first.wait_for()
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(ui.screenshots / "lineage.png"))
     open_page(page, ui, f"/locations/{LOCATION}/asset-groups/corpus", "lineage_corpus", "raw_wikidata_sample")
     for asset in ("raw_imdb", "raw_wikipedia", "movie_corpus", "movie_corpus_quarantine", "movie_vectors"):
         assert page.get_by_text(asset, exact=True).count() >= 1, asset
@@ -153,6 +155,7 @@ def test_evaluation_report_chart_fits_its_dialog(page, ui):
     markdown that carries it stays small."""
     report = latest_metadata(ui, "evaluation_report")
     assert len(report["report"]["mdStr"]) < 40_000 and "data:image/png;base64," in report["report"]["mdStr"]
+    page.set_viewport_size({"width": 1280, "height": 800})  # a laptop: the dialog is at most 80% of it
     open_page(page, ui, "/assets/evaluation_report", "evaluation_report", "[Show Markdown]")
     page.get_by_text("[Show Markdown]").first.click()
     dialog = page.get_by_role("dialog")
@@ -170,6 +173,7 @@ def test_evaluation_report_chart_fits_its_dialog(page, ui):
     assert fit["inside"] and fit["scrolling"] == 0 and fit["drawn"] == fit["width"], fit  # shown whole, unscaled
     assert 500 < fit["width"] and fit["height"] < fit["width"], fit
     page.keyboard.press("Escape")
+    page.set_viewport_size(VIEWPORT)
 
 
 def test_skipped_source_is_not_shown_as_ingested(page, ui):

@@ -84,3 +84,20 @@ def test_the_generator_resource_shows_the_settings_in_effect(monkeypatch):
     finally:
         get_settings.cache_clear()
     assert (resource.backend, resource.model) == ("openai", "gpt-test")
+
+
+def test_metadata_numbers_are_rounded_for_people():
+    import dagster as dg
+
+    from assets.metadata import readable, records_table
+
+    shown = readable({"ndcg": 0.0029806259314456036, "seconds": 61.379688493, "films": 671.0, "gone": None,
+                      "nested": {"rates": [0.123456789, 2.0]}, "json": dg.MetadataValue.json({"r": 0.98765432}),
+                      "flag": True, "nan": float("nan")})
+    assert shown["ndcg"] == 0.002981 and shown["seconds"] == 61.38 and shown["films"] == 671
+    assert isinstance(shown["films"], int) and "gone" not in shown and shown["flag"] is True
+    assert shown["nested"] == {"rates": [0.1235, 2]} and shown["json"].data == {"r": 0.9877}
+    table = records_table([{"dataset": "a", "users": 3.0, "rate": 0.123456}, {"dataset": "b", "extra": "x"}])
+    assert [c.name for c in table.schema.columns] == ["dataset", "users", "rate", "extra"]
+    assert [c.type for c in table.schema.columns] == ["string", "int", "float", "string"]
+    assert table.records[0].data == {"dataset": "a", "users": 3, "rate": 0.1235, "extra": None}
