@@ -161,6 +161,7 @@ def test_evaluation_report_chart_fits_its_dialog(page, ui):
     dialog = page.get_by_role("dialog")
     dialog.locator("img").first.wait_for()
     page.wait_for_function("() => document.querySelector('[role=dialog] img').complete")
+    page.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running')")  # faded in
     page.screenshot(path=str(ui.screenshots / "evaluation_report_dialog.png"))
     fit = page.evaluate("""() => {
         const dialog = document.querySelector('[role=dialog]'), img = dialog.querySelector('img');
