@@ -14,16 +14,18 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dagster_server import free_port, graphql, start_dagster_dev, stop, wait_for
 
+from rar_pipeline.job_runs import CODE_LOCATION as LOCATION
+
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCATION = "rar_pipeline"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1440, "height": 900}
@@ -88,8 +90,6 @@ def ui(sample_home, tmp_path_factory) -> DagsterUI:
 
 
 def _wait_for_location(url: str, timeout: float = 180) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
     while time.monotonic() < deadline:
