@@ -76,7 +76,7 @@ def create_run(instance: dg.DagsterInstance, job_name: str, *, partition_key: st
 
 def execute_job(instance: dg.DagsterInstance, job_name: str, *, partition_key: str | None = None,
                 tags: Mapping[str, str] | None = None, selection: str | None = None) -> dg.DagsterRun:
-    """Create a run of ``job_name`` (:func:`create_run`), execute it in this process and return it, finished.
+    """Create a run of ``job_name`` (:func:`create_run`), execute it from this process and return it, finished.
     Step failures are recorded in the run, not raised."""
     from dagster._core.execution.api import execute_run
     from dagster._utils.hosted_user_process import recon_job_from_origin

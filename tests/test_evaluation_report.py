@@ -187,9 +187,10 @@ def test_summary_means_turn_counts_and_headline_by_hand(report):
     assert out.headline["value"] == pytest.approx((H + 1) / 3)
     assert out.generator_name == "preference"
     row = next(r for r in out.markdown.splitlines() if r.startswith("| redial/test | sft+preference | 3 | "))
-    cells = [cell.strip(" |") for cell in row.split(" | ")[3:]]  # ndcg@10 [95% CI], recall@10, recall@20, mrr
-    assert cells[0].startswith("0.5436 [") and len(cells) == 4
-    assert cells[1:] == [f"{summary[('redial/test', 'sft+preference')][m]:.4f}" for m in ("recall@10", "recall@20", "mrr")]
+    cells = [cell.strip(" |") for cell in row.split(" | ")[3:]]  # ndcg@10 [95% CI], recall@10/20/50, mrr
+    assert cells[0].startswith("0.5436 [") and len(cells) == 5
+    recalls_mrr = ("recall@10", "recall@20", "recall@50", "mrr")
+    assert cells[1:] == [f"{summary[('redial/test', 'sft+preference')][m]:.4f}" for m in recalls_mrr]
 
 
 def test_report_writes_its_chart_under_home(report):
