@@ -123,7 +123,7 @@ def lrurec_sft(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 
 @dg.asset(key=DIALOGUE, group_name=GROUP, kinds={"pytorch"}, owners=OWNERS,
-          deps=[PRETRAINED, TURNS, SEQUENCES, CORPUS, VECTORS])
+          deps=[PRETRAINED, TURNS, SEQUENCES, CORPUS, VECTORS], op_tags=gpu_step_tags())
 def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The dialogue-aware retriever (the default of RAR_RETRIEVER_KIND): the conversation so far, embedded
     with the movie_vectors model, matched against every film's text vector and fused with the LRU state

@@ -21,7 +21,7 @@ import dagster as dg
 from rar_pipeline.settings import get_settings
 
 # The assets whose steps pay for a GPU: embedding the corpus and training the retriever.
-GPU_STEPS = ("movie_vectors", "lrurec_pretrained", "lrurec_sft", "alignment_round")
+GPU_STEPS = ("movie_vectors", "lrurec_pretrained", "lrurec_sft", "dialogue_retriever", "alignment_round")
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 STEP_KIND_TAG = "rar/step"  # "gpu" on GPU steps: e.g. a tag_concurrency_limits key
 # Variables that step pods must never receive in plain text: they come from RAR_K8S_ENV_SECRETS.

@@ -225,7 +225,7 @@ class Settings(BaseSettings):
         default={"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
                  "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}},
         description="k8s: container resources of the GPU steps (movie_vectors' shards, lrurec_pretrained, "
-        "lrurec_sft, alignment_round), as JSON.",
+        "lrurec_sft, dialogue_retriever, alignment_round), as JSON.",
     )
     k8s_cpu_resources: dict = Field(
         default={"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}},

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rar_pipeline.execution import GPU_STEPS
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Renders the step pod of every op of the main job with dagster-k8s: the container context the
@@ -45,7 +47,8 @@ for op in job.graph.iterate_op_defs():
 print(json.dumps(pods, default=str))
 """
 
-GPU_OPS = ("embed_vector_shard", "lrurec_pretrained", "lrurec_sft", "alignment_round")
+# The ops of the GPU steps: movie_vectors embeds in its embed_vector_shard op, the others are one op each.
+GPU_OPS = tuple("embed_vector_shard" if step == "movie_vectors" else step for step in GPU_STEPS)
 
 
 def _env(**extra: str) -> dict[str, str]:
