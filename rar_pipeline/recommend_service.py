@@ -48,7 +48,10 @@ class ServiceError(RuntimeError):
 def service_key(environ: Mapping[str, str], home: Path) -> str:
     """A short hash of the configuration a service answers for (RAR_* variables without the key)."""
     settings = sorted((k, v) for k, v in environ.items() if k.startswith("RAR_") and k not in _KEY_VARIABLES_EXCLUDED)
-    return hashlib.sha256(json.dumps([str(Path(home).resolve()), settings]).encode()).hexdigest()[:16]
+    from corpus_build.storage import is_remote
+
+    where = str(home) if is_remote(home) else str(Path(home).resolve())
+    return hashlib.sha256(json.dumps([where, settings]).encode()).hexdigest()[:16]
 
 
 def socket_dir() -> Path:
@@ -72,18 +75,20 @@ def log_path(key: str) -> Path:
 
 
 def input_fingerprint(settings) -> tuple:
-    """Size and mtime of every file a recommender is loaded from (checkpoints, corpus, vector table)."""
+    """Size and mtime (an object's: size and ETag) of every file a recommender is loaded from (checkpoints,
+    corpus, vector table)."""
+    from corpus_build.storage import as_path, fingerprint
     from training.layout import SYSTEMS, checkpoint_path
 
     paths = [checkpoint_path(settings.home, system) for system in SYSTEMS] + [settings.table_file("movie_corpus")]
-    vectors = Path(settings.vector_db_uri)
+    vectors = as_path(settings.vector_db_uri)
     if vectors.is_dir():
-        paths += sorted(vectors.glob("*/_versions"))
+        paths += sorted(vectors.glob("*/_versions"), key=str)
     out = []
     for path in paths:
         with contextlib.suppress(OSError):
-            stat = path.stat()
-            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+            if (stamp := fingerprint(path)) is not None:
+                out.append((str(path), stamp))
     return tuple(out)
 
 

@@ -81,7 +81,7 @@ def test_sample_main_job_on_s3_under_the_multiprocess_executor(s3_server, tiny_e
     assert refused.exit_code != 0 and "reads only the pipeline's tables" in refused.output
     search = runner.invoke(cli, ["search", "a war film", "--k", "3"])
     assert search.exit_code == 0 and len(re.findall(r"(?m)^ *\d+\. ", search.stdout)) == 3, search.output
-    recommend = runner.invoke(cli, ["recommend", "I loved The Matrix and Inception, what next?", "--k", "5"])
+    recommend = runner.invoke(cli, ["recommend", "I loved The Matrix and Inception, what next?", "--k", "5", "--no-service"])
     assert recommend.exit_code == 0 and "retriever: " in recommend.stdout, recommend.output
     assert "no trained retriever" not in recommend.stdout  # a retriever checkpoint read from the store
     assert len(re.findall(r"(?m)^ *\d+\. ", recommend.stdout)) == 5, recommend.output
