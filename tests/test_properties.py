@@ -15,7 +15,7 @@ from training.generator.prompt import LABELS, build_prompt
 from training.ranking_metrics import mean_metrics, ranking_metrics
 
 KS = (1, 3, 5, 10)
-settings.register_profile("rar", max_examples=100, deadline=None, derandomize=True)
+settings.register_profile("rar", max_examples=100, deadline=None, derandomize=True, database=None)
 settings.load_profile("rar")
 
 films = st.integers(min_value=1, max_value=40).map(lambda i: f"m{i}")
