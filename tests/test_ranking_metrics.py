@@ -84,3 +84,8 @@ def test_ranking_metrics_per_row_of_a_batch():
     out = ranking_metrics(scores, torch.tensor([[1, 2], [1, 0]]), ks=(2,))
     assert out["NDCG@2"].tolist() == [1.0, 0.0] and out["Recall@2"].tolist() == [1.0, 0.0]
     assert out["MRR"].tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_target_ranks_mark_padded_targets_minus_one():
+    scores = torch.tensor([[NEG_INF, 0.2, 0.9, 0.5]])
+    assert target_ranks(scores, torch.tensor([[3, 0, 2]])).tolist() == [[1, -1, 0]]
