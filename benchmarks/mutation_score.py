@@ -27,10 +27,6 @@ EQUIVALENT = {
     "training.ranking_metrics.x_metrics_from_ranks__mutmut_26":
         _ARANGE + "dtype=None gives int64 positions; log2(positions + 2.0) promotes them to float32 first",
     "training.ranking_metrics.x_metrics_from_ranks__mutmut_29": _ARANGE + "no dtype: the same as dtype=None",
-    "training.ranking_metrics.x_metrics_from_ranks__mutmut_27":
-        _ARANGE + "device=None is the CPU, where the ranks are in every test (a GPU run would stop on the "
-        "device mismatch at once)",
-    "training.ranking_metrics.x_metrics_from_ranks__mutmut_30": _ARANGE + "no device: the same as device=None",
 }
 
 

@@ -76,6 +76,8 @@ def test_the_current_retriever_is_the_most_trained_one(tmp_path):
     fixed_order_checkpoint(layout.checkpoint_path(home, "aligned"), films, [films[1], films[0], films[2]])
     current = load_current_retriever(home)
     assert current.name == "LRURec (aligned)" and current.retrieve([], k=1)[0][0] == films[1]
+    # the device reaches the model ("meta": a device every machine has, distinct from the default cpu)
+    assert load_current_retriever(home, device="meta").device.type == "meta"
 
 
 def test_the_layout_is_the_documented_one(tmp_path):

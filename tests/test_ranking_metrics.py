@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from training.ranking_metrics import NEG_INF, mask_history, mean_metrics, ranking_metrics, target_ranks
+from training.ranking_metrics import (
+    NEG_INF,
+    mask_history,
+    mean_metrics,
+    metrics_from_ranks,
+    ranking_metrics,
+    target_ranks,
+)
 
 
 def test_single_target_metrics_match_hand_computed_values():
@@ -89,3 +96,9 @@ def test_ranking_metrics_per_row_of_a_batch():
 def test_target_ranks_mark_padded_targets_minus_one():
     scores = torch.tensor([[NEG_INF, 0.2, 0.9, 0.5]])
     assert target_ranks(scores, torch.tensor([[3, 0, 2]])).tolist() == [[1, -1, 0]]
+
+
+def test_metrics_stay_on_the_device_of_the_ranks():
+    # "meta" stands for an accelerator: every tensor the metrics build must follow the ranks' device
+    ranks = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    assert {value.device.type for value in metrics_from_ranks(ranks, ks=(1, 5)).values()} == {"meta"}
