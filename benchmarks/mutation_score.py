@@ -27,6 +27,14 @@ EQUIVALENT = {
     "training.ranking_metrics.x_metrics_from_ranks__mutmut_26":
         _ARANGE + "dtype=None gives int64 positions; log2(positions + 2.0) promotes them to float32 first",
     "training.ranking_metrics.x_metrics_from_ranks__mutmut_29": _ARANGE + "no dtype: the same as dtype=None",
+    **dict.fromkeys(
+        ["training.promotion.x_gate_verdict__mutmut_4", "training.promotion.x_gate_verdict__mutmut_6",
+         "training.promotion.x_gate_verdict__mutmut_8", "training.promotion.x_gate_verdict__mutmut_10",
+         "training.promotion.x_paired_lower_bound__mutmut_4", "training.promotion.x_paired_lower_bound__mutmut_6"],
+        "np.asarray without dtype=float on one side of after - before: the other side is float, so the gains "
+        "are float whatever the input (numbers or booleans)"),
+    "training.promotion.x_paired_lower_bound__mutmut_18":
+        "rng.integers(n, size=...) draws from [0, n) exactly as rng.integers(0, n, size=...), from the same stream",
 }
 
 

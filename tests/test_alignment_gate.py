@@ -47,7 +47,8 @@ def test_a_gate_below_the_minimum_size_is_never_promoted_and_says_why():
 def test_non_finite_weights_are_never_promoted():
     before, after = _gate(400, 0.5, 0.01)
     verdict = gate_verdict(before, after, GateRule(), weights_finite=False)
-    assert not verdict["gate_passed"] and "non-finite" in verdict["gate_reason"]
+    assert not verdict["gate_passed"] and verdict["gate_gain_lower"] is None
+    assert verdict["gate_reason"] == "not promoted: the round's retriever has non-finite weights"
 
 
 def test_paired_lower_bound_uses_the_pairing():
