@@ -40,7 +40,9 @@ def test_a_gate_below_the_minimum_size_is_never_promoted_and_says_why():
     before, after = _gate(40, 0.5, 0.01)  # a huge, clean gain, but on 40 turns
     verdict = gate_verdict(before, after, GateRule(min_turns=100))
     assert not verdict["gate_passed"] and verdict["gate_gain_lower"] is None
-    assert "40 turns, fewer than the 100 needed" in verdict["gate_reason"]
+    assert verdict["gate_reason"] == (
+        "not promoted: the gate slice has 40 turns, fewer than the 100 needed to decide "
+        "(RAR_ALIGNMENT_GATE_MIN_TURNS); use more dialogues or a larger RAR_ALIGNMENT_GATE_FRACTION")
     assert gate_verdict(before, after, GateRule(min_turns=40))["gate_passed"]
 
 
@@ -140,3 +142,9 @@ def test_paired_lower_bound_by_hand():
     assert paired_lower_bound(before, after, 0.95, 4000, 0) == 0.0  # the 5% quantile
     assert paired_lower_bound(before, after, 0.6, 4000, 0) == 0.5  # the 40% quantile
     assert paired_lower_bound(before, after, 0.6, 4000, 0) == paired_lower_bound(before, after, 0.6, 4000, 0)
+
+
+def test_a_lower_bound_equal_to_min_delta_is_promoted():
+    before, after = np.zeros(8), np.full(8, 0.25)  # every resample's mean gain is exactly 0.25
+    assert gate_verdict(before, after, GateRule(min_delta=0.25, min_turns=8, n_boot=20))["gate_passed"]
+    assert not gate_verdict(before, after, GateRule(min_delta=0.2500001, min_turns=8, n_boot=20))["gate_passed"]
