@@ -91,7 +91,7 @@ def main() -> int:
         print(f"| {module} | {row['mutants']} | {run} | {row.get('killed', 0)} | {row.get('timeout', 0)} | "
               f"{row.get('survived', 0)} | {row.get('no tests', 0)} | {row.get('equivalent', 0)} | {score} |")
     if args.survivors:
-        for module, row in result.items():
+        for row in result.values():
             for survivor in row["survivors"]:
                 print(f"  {survivor}")
     return 0

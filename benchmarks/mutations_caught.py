@@ -8,6 +8,7 @@ code moved: update the list). The unmutated copy must pass the same tests first 
 that). Runs niced, one mutation at a time; the whole list takes ~15-30 minutes on the 2-core box.
 
     python benchmarks/mutations_caught.py [--only NAME_PART ...] [--json] [--check]
+    python benchmarks/mutations_caught.py --mutmut MUTANT_NAME ... --tests TEST ...   # re-check mutmut mutants
 
 Exit status 0 when every mutation is caught, 1 otherwise.
 """
@@ -144,6 +145,23 @@ MUTATIONS = [
 ]
 
 
+def mutmut_mutation(name: str, tests: tuple[str, ...]) -> Mutation:
+    """A mutant of a mutmut run (``mutmut show NAME``, run from this repository) as a :class:`Mutation`:
+    the hunk's context and removed lines become its added lines (indented like a method when need be)."""
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=REPO, capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, check=True).stdout
+    lines = shown.splitlines()
+    path = next(line[4:].strip() for line in lines if line.startswith("--- "))
+    hunk = lines[next(i for i, line in enumerate(lines) if line.startswith("@@")) + 1:]
+    old = "\n".join(line[1:] for line in hunk if line[:1] in (" ", "-"))
+    new = "\n".join(line[1:] for line in hunk if line[:1] in (" ", "+"))
+    source = (REPO / path).read_text()
+    if source.count(old) != 1:  # a method: mutmut shows it dedented
+        indent = lambda text: "\n".join("    " + line if line else line for line in text.split("\n"))  # noqa: E731
+        old, new = indent(old), indent(new)
+    return Mutation(f"mutmut {name}", path, old, new, tests)
+
+
 def copy_repository(destination: Path) -> None:
     """The working tree as git sees it (tracked and untracked, not ignored files)."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
@@ -188,8 +206,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--check", action="store_true", help="only say whether each mutation still applies")
+    parser.add_argument("--mutmut", nargs="*", default=[], metavar="NAME",
+                        help="instead of the list: these mutants of a mutmut run (e.g. survivors, against new tests)")
+    parser.add_argument("--tests", nargs="*", default=[], help="with --mutmut: the tests to run")
     args = parser.parse_args()
-    chosen = [m for m in MUTATIONS if not args.only or any(part in m.name for part in args.only)]
+    if args.mutmut:
+        chosen = [mutmut_mutation(name, tuple(args.tests)) for name in args.mutmut]
+    else:
+        chosen = [m for m in MUTATIONS if not args.only or any(part in m.name for part in args.only)]
     if args.check:
         stale = [(m.name, (REPO / m.path).read_text().count(m.old)) for m in chosen]
         stale = [(name, count) for name, count in stale if count != 1]
