@@ -99,6 +99,17 @@ def test_the_layout_is_the_documented_one(tmp_path):
     assert not list(home.iterdir())  # composing a path creates nothing
 
 
+
+def test_the_layout_on_an_object_store():
+    """The same layout under an s3:// home (composing paths contacts no server); the response cache is
+    a folder of segments there instead of one SQLite file."""
+    home = "s3://bucket/rar"
+    assert str(layout.checkpoint_path(home, "aligned")) == "s3://bucket/rar/retriever/aligned/retriever.pt"
+    assert str(layout.round_dir(home, "round-1")) == "s3://bucket/rar/alignment/rounds/round-1"
+    assert str(layout.generator_cache_path(home)) == "s3://bucket/rar/generator_cache/segments"
+    assert str(layout.evaluation_chart_path(home)) == "s3://bucket/rar/evaluation/report.png"
+
+
 def test_round_parent_needs_an_sft_retriever_and_promote_records_the_round(tmp_path):
     home = tmp_path / "home"
     with pytest.raises(FileNotFoundError, match="materialise lrurec_sft before an alignment round"):

@@ -73,15 +73,22 @@ def test_main_job_leaves_tables_checkpoints_and_a_report(main_run):
     assert {"popularity", "pretrained", "sft", "aligned"} <= set(report["system"])
 
 
-def test_rar_sql_and_recommend_after_the_main_job(main_run):
+def test_rar_sql_and_recommend_after_the_main_job(main_run, monkeypatch):
+    """In this process (the session already imported what they need): the main job's outputs serve them."""
+    from click.testing import CliRunner
+
+    from rar_pipeline.cli import main
+    from rar_pipeline.settings import get_settings
+
     home, env, done, _ = main_run
     assert done.returncode == 0, done.stderr[-3000:]
-    rar = [sys.executable, "-m", "rar_pipeline.cli"]
-    sql = subprocess.run([*rar, "sql", "select count(distinct system) as systems from evaluation_turns"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert sql.returncode == 0 and "systems" in sql.stdout, sql.stderr
-    recommend = subprocess.run([*rar, "recommend", "I loved The Matrix, what next?", "--k", "3"], env=env,
-                               capture_output=True, text=True, timeout=300)
-    assert recommend.returncode == 0, recommend.stderr[-2000:]
-    assert "retriever: LRURec (aligned)" in recommend.stdout
-    assert len([line for line in recommend.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]) == 3
+    for name in ("RAR_HOME", "RAR_EMBEDDING_MODEL", "RAR_EMBEDDING_PRECISION"):
+        monkeypatch.setenv(name, env[name])
+    get_settings.cache_clear()
+    runner = CliRunner()
+    sql = runner.invoke(main, ["sql", "select count(distinct system) as systems from evaluation_turns"])
+    assert sql.exit_code == 0 and "systems" in sql.output, sql.output
+    recommend = runner.invoke(main, ["recommend", "I loved The Matrix, what next?", "--k", "3"])
+    assert recommend.exit_code == 0, recommend.output[-2000:]
+    assert "retriever: LRURec (aligned)" in recommend.output
+    assert len([line for line in recommend.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]) == 3
