@@ -33,6 +33,10 @@ EQUIVALENT = {
          "training.promotion.x_paired_lower_bound__mutmut_4", "training.promotion.x_paired_lower_bound__mutmut_6"],
         "np.asarray without dtype=float on one side of after - before: the other side is float, so the gains "
         "are float whatever the input (numbers or booleans)"),
+    **dict.fromkeys(
+        ["training.layout.x_round_records__mutmut_2", "training.layout.x_round_records__mutmut_4"],
+        "sorting the record files by their whole path: every path is <rounds>/<round>/round.json, so it sorts by "
+        "the round's name exactly as the key did"),
     "training.promotion.x_paired_lower_bound__mutmut_18":
         "rng.integers(n, size=...) draws from [0, n) exactly as rng.integers(0, n, size=...), from the same stream",
 }

@@ -121,3 +121,14 @@ def test_round_parent_needs_an_sft_retriever_and_promote_records_the_round(tmp_p
     assert {k: v for k, v in pointer.items() if k != "promoted_at"} == {
         "round": "round-20250101-000000", "parent_round": "sft", "gate_ndcg_before": 0.1, "gate_ndcg_after": 0.2}
     assert pointer["promoted_at"].endswith("+00:00")  # UTC
+
+
+def test_a_round_is_finished_only_with_its_record_and_its_checkpoint(tmp_path):
+    folder = layout.round_dir(tmp_path, "round-1")
+    write_json_atomic({"round": "round-1"}, layout.round_record_path(folder))
+    assert layout.finished_round(folder) is None  # a record without the checkpoint
+    write_bytes_atomic(b"weights", layout.exported_checkpoint(folder))
+    assert layout.finished_round(folder) == {"round": "round-1"}
+    other = layout.round_dir(tmp_path, "round-2")
+    write_bytes_atomic(b"weights", layout.exported_checkpoint(other))
+    assert layout.finished_round(other) is None  # a checkpoint without the record
