@@ -118,8 +118,11 @@ def test_weights_finite_finds_one_bad_value():
 
 def test_gate_rule_refuses_meaningless_settings():
     GateRule(confidence=0.5, min_turns=1, n_boot=1)  # the limits themselves are fine
-    for bad in ({"confidence": 0.49}, {"confidence": 1.0}, {"min_turns": 0}, {"n_boot": 0}):
-        with pytest.raises(ValueError):
+    for bad, message in (({"confidence": 0.49}, r"^confidence must be in \[0.5, 1\), got 0.49$"),
+                         ({"confidence": 1.0}, r"^confidence must be in \[0.5, 1\), got 1.0$"),
+                         ({"min_turns": 0}, r"^min_turns and n_boot must be >= 1$"),
+                         ({"n_boot": 0}, r"^min_turns and n_boot must be >= 1$")):
+        with pytest.raises(ValueError, match=message):
             GateRule(**bad)
 
 
