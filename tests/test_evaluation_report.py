@@ -3,12 +3,14 @@
 Six films A..F (A 1975 and C 1978 are the only ones before 1980) and one film G outside the corpus.
 Two real LRURec checkpoints rank by their item bias alone (tests/retriever_fixtures.py):
 ``pretrained`` A > B > C > D > E > F, ``sft`` F > E > D > C > B > A. The generator is the real
-``preference`` backend with the trait ``year<1980``: it moves A and C to the front of a candidate
-list and keeps the retriever's order otherwise; a list that holds no target is not sent to it.
-Three candidates per turn, so every list is at most 3 long and @5 = @10 = @20.
+``preference`` backend with the trait ``year<1980``: it moves A and C to the front of the retriever's
+top three (K = 3) and keeps the retriever's order otherwise; a top three that holds no target is not sent
+to it. Every list ranks all films minus the history (at most 6), so every hit is within @5 = @10 = @20.
 
-Popularity counts the train turns (histories and targets) and the MovieLens train histories:
-B 5, D 4, E 3, F 2, A 1 (C never), so the popularity list is B, D, E, F, A minus the turn's history.
+Dialogue popularity counts the learning pool (histories and targets of the train and validation turns
+outside the held-out splits) minus the gate fold; with the default folds va1 is in the gate, so:
+B 4, D 3, E 3, F 1 (A and C never), the list B, D, E, F minus the turn's history. MovieLens popularity
+counts the train histories: A, D, F, B once each, in that order.
 
 Every evaluated turn keeps exactly one target under the protocol, so the ideal DCG is 1 and a target
 at 0-based rank r scores NDCG@k = 1 / log2(r + 2) when r < k, Recall@k = 1 when r < k, MRR = 1 / (r + 1).
@@ -24,16 +26,21 @@ import pytest
 from retriever_fixtures import fixed_order_checkpoint
 
 from corpus_build.schema import CONVERSATION_TURNS_SCHEMA, CORPUS_SCHEMA, USER_SEQUENCES_SCHEMA
+from training.turn_pools import Folds
 
 A, B, C, D, E, F, G = (f"tt000000{i}" for i in range(1, 8))  # G is not a corpus film
 YEARS = {A: 1975, B: 1995, C: 1978, D: 2001, E: 2005, F: 2010}
 PRETRAINED_ORDER, SFT_ORDER = [A, B, C, D, E, F], [F, E, D, C, B, A]
 CANDIDATES = 3
+DATASETS = ("redial", "inspired")  # the dialogue datasets popularity learns from
 
 H = 1 / math.log2(3)  # NDCG of a hit at rank 1
 Q = 1 / math.log2(4)  # NDCG of a hit at rank 2
-# (ndcg@1, ndcg@k>=5, recall@1, recall@k>=5, mrr) of a single target at rank 0, 1, 2, or missed
+T = 1 / math.log2(5)  # NDCG of a hit at rank 3
+S = 1 / math.log2(6)  # NDCG of a hit at rank 4
+# (ndcg@1, ndcg@k>=5, recall@1, recall@k>=5, mrr) of a single target at rank 0..4, or missed
 RANK0, RANK1, RANK2, MISS = (1, 1, 1, 1, 1), (0, H, 0, 1, 1 / 2), (0, Q, 0, 1, 1 / 3), (0, 0, 0, 0, 0)
+RANK3, RANK4 = (0, T, 0, 1, 1 / 4), (0, S, 0, 1, 1 / 5)
 
 
 def _turn(dataset, split, dialog_id, history, targets, mentioned):
@@ -48,7 +55,7 @@ TURNS = [
     _turn("redial", "train", "tr2", [B, D], [E], [False]),
     _turn("redial", "train", "tr3", [B], [D], [False]),
     _turn("inspired", "train", "in-tr1", [B], [E], [False]),
-    # redial has a test split: its validation split is learned from and must not be evaluated
+    # redial has a test split: its validation split is learned from (va1 falls in the gate fold) and never evaluated
     _turn("redial", "validation", "va1", [], [A], [False]),
     # redial/test
     _turn("redial", "test", "te1", [A], [C, B], [False, True]),  # B was mentioned before: only C counts
@@ -70,43 +77,44 @@ SEQUENCES = [  # next-item history = train films + the validation film; target =
 EXPECTED = {
     # in-va1: history E, target A
     ("inspired/validation", "popularity", "in-va1"): MISS,  # B D F
-    ("inspired/validation", "pretrained", "in-va1"): RANK0,  # A B C
-    ("inspired/validation", "pretrained+preference", "in-va1"): RANK0,  # A C B
-    ("inspired/validation", "sft", "in-va1"): MISS,  # F D C
-    ("inspired/validation", "sft+preference", "in-va1"): MISS,  # F D C (no target: not sent)
+    ("inspired/validation", "pretrained", "in-va1"): RANK0,  # A B C D F
+    ("inspired/validation", "pretrained+preference", "in-va1"): RANK0,  # A C B | D F
+    ("inspired/validation", "sft", "in-va1"): RANK4,  # F D C B A
+    ("inspired/validation", "sft+preference", "in-va1"): RANK4,  # F D C | B A (no target in the top 3: not sent)
     # te1: history A, target C
-    ("redial/test", "popularity", "te1"): MISS,  # B D E
-    ("redial/test", "pretrained", "te1"): RANK1,  # B C D
-    ("redial/test", "pretrained+preference", "te1"): RANK0,  # C B D: C is from 1978
-    ("redial/test", "sft", "te1"): MISS,  # F E D
-    ("redial/test", "sft+preference", "te1"): MISS,  # F E D
+    ("redial/test", "popularity", "te1"): MISS,  # B D E F
+    ("redial/test", "pretrained", "te1"): RANK1,  # B C D E F
+    ("redial/test", "pretrained+preference", "te1"): RANK0,  # C B D | E F: C is from 1978
+    ("redial/test", "sft", "te1"): RANK3,  # F E D C B
+    ("redial/test", "sft+preference", "te1"): RANK3,  # F E D | C B (not sent)
     # te2: no history, target E
-    ("redial/test", "popularity", "te2"): RANK2,  # B D E
-    ("redial/test", "pretrained", "te2"): MISS,  # A B C
-    ("redial/test", "pretrained+preference", "te2"): MISS,  # A B C (not sent)
-    ("redial/test", "sft", "te2"): RANK1,  # F E D
-    ("redial/test", "sft+preference", "te2"): RANK1,  # F E D: none before 1980
+    ("redial/test", "popularity", "te2"): RANK2,  # B D E F
+    ("redial/test", "pretrained", "te2"): RANK4,  # A B C D E F
+    ("redial/test", "pretrained+preference", "te2"): RANK4,  # A B C | D E F (not sent)
+    ("redial/test", "sft", "te2"): RANK1,  # F E D C B A
+    ("redial/test", "sft+preference", "te2"): RANK1,  # F E D | C B A: none before 1980
     # te5: history B, target F
     ("redial/test", "popularity", "te5"): RANK2,  # D E F
-    ("redial/test", "pretrained", "te5"): MISS,  # A C D
-    ("redial/test", "pretrained+preference", "te5"): MISS,  # A C D (not sent)
-    ("redial/test", "sft", "te5"): RANK0,  # F E D
-    ("redial/test", "sft+preference", "te5"): RANK0,  # F E D
+    ("redial/test", "pretrained", "te5"): RANK4,  # A C D E F
+    ("redial/test", "pretrained+preference", "te5"): RANK4,  # A C D | E F (not sent)
+    ("redial/test", "sft", "te5"): RANK0,  # F E D C A
+    ("redial/test", "sft+preference", "te5"): RANK0,  # F E D | C A
     # u1: history A D B, target C
-    ("ml-latest-small/test", "popularity", "u1"): MISS,  # E F (C was never seen)
+    ("ml-latest-small/test", "popularity", "u1"): MISS,  # F (C was never seen)
     ("ml-latest-small/test", "pretrained", "u1"): RANK0,  # C E F
     ("ml-latest-small/test", "sft", "u1"): RANK2,  # F E C
     # u2: history F B E, target D
-    ("ml-latest-small/test", "popularity", "u2"): RANK0,  # D A
+    ("ml-latest-small/test", "popularity", "u2"): RANK1,  # A D
     ("ml-latest-small/test", "pretrained", "u2"): RANK2,  # A C D
     ("ml-latest-small/test", "sft", "u2"): RANK0,  # D C A
 }
 TOP_LISTS = {  # the lists behind a few of the rows above
-    ("redial/test", "pretrained+preference", "te1"): [C, B, D],
+    ("redial/test", "pretrained+preference", "te1"): [C, B, D, E, F],
     ("redial/test", "popularity", "te5"): [D, E, F],
     ("ml-latest-small/test", "pretrained", "u1"): [C, E, F],
-    ("ml-latest-small/test", "popularity", "u1"): [E, F],
-    ("inspired/validation", "sft+preference", "in-va1"): [F, D, C],
+    ("ml-latest-small/test", "popularity", "u1"): [F],
+    ("ml-latest-small/test", "popularity", "u2"): [A, D],
+    ("inspired/validation", "sft+preference", "in-va1"): [F, D, C, B, A],
 }
 
 
@@ -137,7 +145,7 @@ def report(tmp_path_factory):
     return home, report_from_tables(
         home, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
         lambda: PreferenceGenerator("year<1980"), home / "evaluation_turns.parquet",
-        max_turns=100, seed=0, candidates=CANDIDATES, n_boot=200, log=lambda _: None,
+        max_turns=100, seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=200, log=lambda _: None,
     )
 
 
@@ -164,12 +172,12 @@ def test_summary_means_turn_counts_and_headline_by_hand(report):
     summary = {(r["dataset"], r["system"]): r for r in out.summary.iter_rows(named=True)}
     expected_ndcg10 = {
         ("inspired/validation", "popularity"): 0.0, ("inspired/validation", "pretrained"): 1.0,
-        ("inspired/validation", "pretrained+preference"): 1.0, ("inspired/validation", "sft"): 0.0,
-        ("inspired/validation", "sft+preference"): 0.0,
-        ("redial/test", "popularity"): (0 + Q + Q) / 3, ("redial/test", "pretrained"): H / 3,
-        ("redial/test", "pretrained+preference"): 1 / 3, ("redial/test", "sft"): (H + 1) / 3,
-        ("redial/test", "sft+preference"): (H + 1) / 3,
-        ("ml-latest-small/test", "popularity"): 0.5, ("ml-latest-small/test", "pretrained"): (1 + Q) / 2,
+        ("inspired/validation", "pretrained+preference"): 1.0, ("inspired/validation", "sft"): S,
+        ("inspired/validation", "sft+preference"): S,
+        ("redial/test", "popularity"): (0 + Q + Q) / 3, ("redial/test", "pretrained"): (H + S + S) / 3,
+        ("redial/test", "pretrained+preference"): (1 + S + S) / 3, ("redial/test", "sft"): (T + H + 1) / 3,
+        ("redial/test", "sft+preference"): (T + H + 1) / 3,
+        ("ml-latest-small/test", "popularity"): H / 2, ("ml-latest-small/test", "pretrained"): (1 + Q) / 2,
         ("ml-latest-small/test", "sft"): (Q + 1) / 2,
     }
     assert set(summary) == set(expected_ndcg10)
@@ -184,11 +192,11 @@ def test_summary_means_turn_counts_and_headline_by_hand(report):
     assert one_turn["ndcg@10_lo"] == one_turn["ndcg@10_hi"] == 1.0  # one turn: every resample is that turn
     # the headline: the most trained system with the generator on the largest dialogue set
     assert out.headline["dataset"] == "redial/test" and out.headline["system"] == "sft+preference"
-    assert out.headline["value"] == pytest.approx((H + 1) / 3)
+    assert out.headline["value"] == pytest.approx((T + H + 1) / 3)
     assert out.generator_name == "preference"
     row = next(r for r in out.markdown.splitlines() if r.startswith("| redial/test | sft+preference | 3 | "))
     cells = [cell.strip(" |") for cell in row.split(" | ")[3:]]  # ndcg@10 [95% CI], recall@10/20/50, mrr
-    assert cells[0].startswith("0.5436 [") and len(cells) == 5
+    assert cells[0].startswith("0.6872 [") and len(cells) == 5
     recalls_mrr = ("recall@10", "recall@20", "recall@50", "mrr")
     assert cells[1:] == [f"{summary[('redial/test', 'sft+preference')][m]:.4f}" for m in recalls_mrr]
 
@@ -211,7 +219,7 @@ def test_without_user_sequences_only_the_dialogue_sets_are_evaluated(tmp_path):
     fixed_order_checkpoint(checkpoint_path(tmp_path, "sft"), list(YEARS), SFT_ORDER)
     out = report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
                              lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
-                             seed=0, candidates=CANDIDATES, n_boot=50, log=lambda _: None)
+                             seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=50, log=lambda _: None)
     assert sorted(out.summary["dataset"].unique()) == ["inspired/validation", "redial/test"]
     # popularity without the MovieLens histories: B 4, D 3, E 3, F 1 (A no longer counted)
     te2 = out.per_turn.filter((pl.col("system") == "popularity") & (pl.col("dialog_id") == "te2"))
@@ -226,7 +234,7 @@ def test_no_retriever_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(NoRetrieverError, match="materialise lrurec_pretrained first"):
         report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
                            lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
-                           seed=0, candidates=CANDIDATES)
+                           seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds())
 
 
 def test_systems_appear_least_trained_first_then_each_with_the_generator(report):
