@@ -90,5 +90,5 @@ def test_rar_sql_and_recommend_after_the_main_job(main_run, monkeypatch):
     assert sql.exit_code == 0 and "systems" in sql.output, sql.output
     recommend = runner.invoke(main, ["recommend", "I loved The Matrix, what next?", "--k", "3"])
     assert recommend.exit_code == 0, recommend.output[-2000:]
-    assert "retriever: LRURec (aligned)" in recommend.output
+    assert "retriever: dialogue-aware (aligned)" in recommend.output  # the default kind, aligned by the round
     assert len([line for line in recommend.output.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]) == 3
