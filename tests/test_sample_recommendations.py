@@ -52,7 +52,7 @@ def recommender():
 
     genres = pl.read_parquet(corpus, columns=["movie_id", "genres"])
     with make_generator("embedding", film_vectors=film_vectors) as generator:
-        yield Recommender(corpus, retrieve, generator), dict(zip(genres["movie_id"], genres["genres"]))
+        yield Recommender(corpus, retrieve, generator), dict(zip(genres["movie_id"].to_list(), genres["genres"].to_list()))
 
 
 def _share(recommender, text: str, wanted: set[str]) -> tuple[int, list]:
