@@ -93,7 +93,7 @@ def materialise(log) -> dict[str, float]:
 def _keys(defs, selection: str):
     import dagster as dg
 
-    return dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
+    return sorted(dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph()))
 
 
 def _vectors_complete(s) -> bool:
