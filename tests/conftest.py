@@ -23,12 +23,15 @@ HARNESS_VARIABLES = {"RAR_TEST_DATA"}
 @pytest.fixture(autouse=True)
 def isolated_environment(monkeypatch):
     """Every test starts from the defaults, whatever the caller exported: no RAR_* setting (a test sets
-    what it needs), no DAGSTER_HOME (runs go to an ephemeral or test instance), no hub downloads.
+    what it needs) but RAR_RECOMMEND_SERVICE=false, no DAGSTER_HOME (runs go to an ephemeral or test instance), no hub downloads.
     ``rar materialize`` run in-process sets DAGSTER_HOME itself; it is restored after the test too."""
     for name in [n for n in os.environ if n.startswith("RAR_") and n not in HARNESS_VARIABLES]:
         monkeypatch.delenv(name)
     dagster_home = os.environ.pop("DAGSTER_HOME", None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # rar recommend answers in process: a background service would outlive the test (the service's own
+    # tests switch it on)
+    monkeypatch.setenv("RAR_RECOMMEND_SERVICE", "false")
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

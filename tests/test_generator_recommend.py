@@ -172,7 +172,7 @@ def _picks(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_recommend_service_answers_later_calls_and_reloads_what_changed(rar_home, torch_one_thread):
+def test_recommend_service_answers_later_calls_and_reloads_what_changed(rar_home, monkeypatch, torch_one_thread):
     """The first call starts the service; the next ones are answered by it (the same answer as in-process),
     a corpus rewritten on disk is picked up, and --stop-service ends it."""
     import time
@@ -183,6 +183,8 @@ def test_recommend_service_answers_later_calls_and_reloads_what_changed(rar_home
     from rar_pipeline.settings import get_settings
 
     _build_home()
+    monkeypatch.setenv("RAR_RECOMMEND_SERVICE", "true")
+    get_settings.cache_clear()
     message = ["recommend", "I loved Alien and Arrival, what next?", "--k", "3"]
     runner = CliRunner()
     try:
@@ -218,6 +220,7 @@ def test_recommend_service_exits_by_itself_when_idle(rar_home, monkeypatch, torc
 
     _build_home()
     monkeypatch.setenv("RAR_RECOMMEND_IDLE_MINUTES", "0.03")  # ~2 s
+    monkeypatch.setenv("RAR_RECOMMEND_SERVICE", "true")
     get_settings.cache_clear()
     key = recommend_service.service_key(os.environ, get_settings().home)
     try:

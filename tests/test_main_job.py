@@ -11,8 +11,6 @@ reads what it left.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
