@@ -85,6 +85,25 @@ MUTATIONS = [
     Mutation("latest_passed_round: ignores the verdict", "training/promotion.py",
              'if record.get("gate_passed"):\n            return name', "if record:\n            return name",
              ("tests/test_layout.py",)),
+    Mutation("gate: promoted on the mean gain, without the paired bootstrap bound", "training/promotion.py",
+             "passed = lower >= rule.min_delta", "passed = gain >= rule.min_delta", ("tests/test_alignment_gate.py",)),
+    Mutation("gate: decides on a gate slice of any size", "training/promotion.py",
+             "if len(before) < rule.min_turns:", "if False:", ("tests/test_alignment_gate.py",)),
+    # --- the alignment round's RL term
+    Mutation("round: the policy runs with dropout, the sampler and the reference without", "training/alignment_round.py",
+             "model.eval()  # no dropout: the policy is the same function as the sampler and the reference",
+             "model.train()",
+             ("tests/test_alignment_round.py::test_policy_equals_sampler_and_reference_at_step_zero_despite_dropout",)),
+    Mutation("round: set log-probabilities from all films minus the drawn mass in float32", "training/alignment.py",
+             "    floor = torch.finfo(logits.dtype).min\n"
+             "    outside = logits.clamp(min=floor).unsqueeze(1).expand(batch, groups, logits.shape[1]).scatter(-1, sets, floor)\n"
+             "    rest = torch.logsumexp(outside, dim=-1)\n",
+             "    total = torch.logsumexp(logits, dim=-1).view(batch, 1, 1)\n"
+             "    drawn = torch.logcumsumexp(chosen, dim=-1)\n"
+             "    drawn_before = torch.cat([torch.full_like(drawn[..., :1], -math.inf), drawn[..., :-1]], dim=-1)\n"
+             "    return chosen - (total + torch.log1p(-torch.exp(drawn_before - total).clamp(max=1.0 - 1e-6)))\n"
+             "    rest = None\n",
+             ("tests/test_alignment_losses.py::test_draw_log_probs_match_brute_force_on_peaked_logits",)),
     # --- blocking checks
     _checks("vectors_row_count_matches_corpus", "assets/vectors.py", "rows == corpus_ids.height", BLOCKING),
     _checks("vectors_ids_in_corpus", "assets/vectors.py", "not unknown", BLOCKING),
