@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 EVAL_SETS = ("redial/test", "inspired/validation")
 METRICS = ("ndcg@10", "recall@10", "recall@20", "recall@50")
 REFERENCE = "lrurec"
+GENERATOR = "embedding"  # the backend that re-ranks every system's top K
 ASSETS = ["movie_corpus", "movie_vectors", "user_sequences", "conversation_turns", "lrurec_pretrained", "lrurec_sft",
           "dialogue_retriever"]
 DENSE_UTTERANCES, DENSE_POPULARITY_WEIGHT, ADAPTER_EPOCHS, ADAPTER_LR = 6, 0.1, 6, 1e-2
@@ -212,9 +213,16 @@ def summary_rows(per_turn: pl.DataFrame, n_boot: int, seed: int) -> list[dict]:
     return rows
 
 
+def _split(system: str) -> tuple[str, str | None]:
+    """(retrieval system, generator or None): ``dense+pop+embedding`` is ``dense+pop`` re-ranked."""
+    base, _, generator = system.rpartition("+")
+    return (base, generator) if generator == GENERATOR else (system, None)
+
+
 def _reference_of(system: str) -> str:
     """Systems with the generator are compared with lrurec + the generator, the others with lrurec alone."""
-    return f"{REFERENCE}+{system.split('+', 1)[1]}" if "+" in system else REFERENCE
+    generator = _split(system)[1]
+    return f"{REFERENCE}+{generator}" if generator else REFERENCE
 
 
 def markdown(rows: list[dict]) -> str:
@@ -285,7 +293,7 @@ def main() -> None:
     for name, system in ((REFERENCE, "sft"), ("dialogue", "dialogue")):
         retrievers[name] = Retriever.from_checkpoint(checkpoint_path(s.home, system), text_encoder=text_encoder)
     sets = [e for e in evaluation_sets(turns, None, args.max_turns or 10**9, s.seed) if e.name in EVAL_SETS]
-    generator = GeneratorResource(backend="embedding").make_generator()
+    generator = GeneratorResource(backend=GENERATOR).make_generator()
     t_eval = time.monotonic()
     try:
         per_turn = evaluate_systems(sets, retrievers, generator, lookup,
@@ -298,7 +306,8 @@ def main() -> None:
     order = ["popularity", "dense+pop", "query-adapter", REFERENCE, "dialogue"]
     rank = {name: i for i, name in enumerate(order)}
     rows = sorted(summary_rows(per_turn, args.n_boot, s.seed),
-                  key=lambda r: (EVAL_SETS.index(r["dataset"]), "+" in r["system"], rank.get(r["system"].split("+")[0], 99)))
+                  key=lambda r: (EVAL_SETS.index(r["dataset"]), _split(r["system"])[1] is not None,
+                                 rank.get(_split(r["system"])[0], 99)))
     total = time.monotonic() - started
     print()
     print(markdown(rows))
