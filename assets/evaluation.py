@@ -45,7 +45,7 @@ def evaluation_report(context: dg.AssetExecutionContext, generator: GeneratorRes
             s.home, s.table_path("conversation_turns"), s.table_path("user_sequences"), s.table_path("movie_corpus"),
             generator.make_generator, s.table_path("evaluation_turns"), max_turns=s.evaluation_max_turns,
             seed=s.seed, candidates=s.alignment_set_size, datasets=s.alignment_datasets, folds=s.learning_folds(),
-            log=context.log.info,
+            log=context.log.info, generator_weight=s.pipeline_generator_weight,
         )
     except NoRetrieverError as error:
         raise dg.Failure(str(error)) from error

@@ -23,8 +23,9 @@ earlier and targets outside the corpus excluded; a turn left without a target dr
   dialogue retriever's training turns, the best epoch on its validation slice;
 - ``lrurec``: the paper's history-only LRURec (``lrurec_sft``);
 - ``dialogue``: the dialogue-aware retriever (``dialogue_retriever``), the pipeline's default;
-- each ``+embedding``: the generator re-orders the system's top K (RAR_ALIGNMENT_SET_SIZE, 20); the
-  rest keep the system's order, so Recall@K and beyond are the system's own.
+- each ``+embedding``: the generator re-orders the system's top K (RAR_ALIGNMENT_SET_SIZE, 20), fused with
+  the system's order at RAR_PIPELINE_GENERATOR_WEIGHT (1: the generator's order alone); the rest keep the
+  system's order, so Recall@K and beyond are the system's own.
 
 Metrics: NDCG@10, Recall@10/20/50, mean with a bootstrap 95% CI, and the paired bootstrap 95% CI of the
 difference to ``lrurec`` (the same turns resampled jointly).
@@ -298,7 +299,8 @@ def main() -> None:
     try:
         per_turn = evaluate_systems(sets, retrievers, generator, lookup,
                                     popularity_counts(turns, s.alignment_datasets, s.learning_folds()),
-                                    set(vocab.movie_ids), candidates=s.alignment_set_size, log=log)
+                                    set(vocab.movie_ids), candidates=s.alignment_set_size, log=log,
+                                    generator_weight=s.pipeline_generator_weight)
     finally:
         generator.close()
     eval_seconds = time.monotonic() - t_eval
@@ -312,13 +314,13 @@ def main() -> None:
     print()
     print(markdown(rows))
     print()
-    print(f"K (generator candidates) = {s.alignment_set_size}; learning datasets {s.alignment_datasets}; "
+    print(f"K (generator candidates) = {s.alignment_set_size}; generator weight {s.pipeline_generator_weight:g}; learning datasets {s.alignment_datasets}; "
           f"build {sum(build_seconds.values()) / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in build_seconds.items()) or 'all reused'}), "
           f"baselines {baseline_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min, total {total / 60:.1f} min; "
           f"load average {', '.join(f'{x:.1f}' for x in loads)} (start, after build, end) on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps({
-            "rows": rows, "k": s.alignment_set_size, "datasets": list(s.alignment_datasets),
+            "rows": rows, "k": s.alignment_set_size, "generator_weight": s.pipeline_generator_weight, "datasets": list(s.alignment_datasets),
             "seconds": {"build": build_seconds, "baselines": baseline_seconds, "evaluation": eval_seconds, "total": total},
             "load_average": loads, "cores": os.cpu_count(), "max_minutes": args.max_minutes,
         }, indent=2))

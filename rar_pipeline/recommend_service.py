@@ -128,7 +128,8 @@ def load_recommender(backend: str, api_key: str | None = None):
         raise ServiceError(f"{retriever_name}: run `rar materialize` first")
     generator = GeneratorResource(backend=backend, api_key=api_key).make_generator()
     recommender = Recommender(settings.table_file("movie_corpus"), retrieve, generator,
-                              candidates=settings.alignment_set_size)
+                              candidates=settings.alignment_set_size,
+                              generator_weight=settings.pipeline_generator_weight)
     return recommender, retriever_name, lambda: input_fingerprint(settings)
 
 

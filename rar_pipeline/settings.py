@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     alignment_max_turns: int = Field(default=2000, ge=1, description="Training turns per round at most.")
     alignment_num_sets: int = Field(default=4, ge=2, description="G: candidate sets sampled per turn.")
     alignment_set_size: int = Field(default=20, ge=2, description="K: films per candidate set.")
+    pipeline_generator_weight: float = Field(
+        default=1.0, ge=0, le=1, description="Weight of the generator's order in the pipeline's order of the K "
+        "candidates (evaluation, rar recommend): films sorted by the weighted sum of their rank in the generator's "
+        "and the retriever's order; 1: the generator's order alone, 0: the retriever's.",
+    )
     alignment_temperature: float = Field(
         default=0.2, gt=0, description="Temperature of the candidate-set draws; below 1 concentrates them on the "
         "retriever's top films (measured on the mirror's 82k films: a target lands in 0.2% of sets at 1.0, "

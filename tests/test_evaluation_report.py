@@ -302,3 +302,26 @@ def test_evaluate_systems_says_when_no_turn_keeps_a_target(tmp_path):
     with pytest.raises(ValueError, match="no evaluation set has a turn with a target left"):
         evaluate_systems([EvaluationSet("redial/test", turns, True)], {}, None, None, Counter({A: 1}), set(YEARS),
                          log=lambda _: None)
+
+
+@pytest.mark.parametrize(("weight", "top"), [(0.0, [B, C, D, E, F]), (0.5, [B, C, D, E, F]), (0.6, [C, B, D, E, F]),
+                                             (1.0, [C, B, D, E, F])])
+def test_the_generator_order_is_fused_with_the_retrievers_at_the_weight(tmp_path, weight, top):
+    """te1 (history A, target C): ``pretrained``'s top three B C D, the generator's C B D. Fused scores
+    (1 - w) x retriever rank + w x generator rank: B = w, C = 1 - w, D = 2; at w = 0.5 B and C tie and keep
+    the retriever's order; from w = 0.6 C leads."""
+    from training.evaluation_report import EvaluationSet, evaluate_systems
+    from training.generator.preference_backend import PreferenceGenerator
+    from training.retriever import Retriever
+    from training.turn_pools import CorpusLookup
+
+    paths = _write_tables(tmp_path)
+    fixed_order_checkpoint(tmp_path / "pretrained.pt", list(YEARS), PRETRAINED_ORDER)
+    turns = pl.DataFrame([t for t in TURNS if t["dialog_id"] == "te1"], schema=CONVERSATION_TURNS_SCHEMA)
+    per_turn = evaluate_systems(
+        [EvaluationSet("redial/test", turns, True)], {"pretrained": Retriever.from_checkpoint(tmp_path / "pretrained.pt")},
+        PreferenceGenerator("year<1980"), CorpusLookup.from_parquet(paths["movie_corpus"]), Counter({B: 1}),
+        set(YEARS), candidates=CANDIDATES, log=lambda _: None, generator_weight=weight)
+    row = per_turn.filter(pl.col("system") == "pretrained+preference").row(0, named=True)
+    assert row["top10"] == top
+    assert row["ndcg@10"] == pytest.approx(1.0 if top[0] == C else H)

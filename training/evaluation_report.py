@@ -3,7 +3,8 @@
 Systems: ``popularity`` (most frequent films of the conversations the retrievers learn from), each
 retriever checkpoint that exists (``pretrained``, ``sft``: the paper's history-only LRURec; ``dialogue``:
 the dialogue-aware retriever; ``aligned``) alone, and each retriever followed by the generator
-(``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``, K).
+(``<retriever>+<generator>``: the generator re-orders the retriever's top ``candidates``, K, and its
+order is fused with the retriever's, :func:`training.fusion.fuse_rankings`).
 Evaluation sets: each conversation dataset's held-out split (:func:`training.turn_pools.held_out_split`:
 ``test``, else ``validation``, as INSPIRED dev offline), which no stage learns from; plus MovieLens
 next-item prediction on ``user_sequences`` (retrievers and popularity only: there is no dialogue).
@@ -20,6 +21,7 @@ import polars as pl
 
 from corpus_build.storage import as_path, read_parquet
 from training.evaluation_protocol import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
+from training.fusion import fuse_rankings
 from training.layout import SYSTEMS, checkpoint_path, evaluation_chart_path, round_records, rounds_dir, text_vectors_dir
 from training.turn_pools import held_out_split
 
@@ -124,13 +126,13 @@ def generator_rankings(generator, turns: pl.DataFrame, candidates: list[list[str
 def evaluate_systems(
     sets: Sequence[EvaluationSet], retrievers: dict, generator, movies_for, popularity: Counter,
     item_set: set[str], candidates: int = 20, log: Callable[[str], None] = print,
-    sequence_popularity: Counter | None = None, depth: int | None = None,
+    sequence_popularity: Counter | None = None, depth: int | None = None, generator_weight: float = 1.0,
 ) -> pl.DataFrame:
     """Per-turn results of every system on every evaluation set (one frame).
 
     Each retriever ranks ``depth`` films (default: the largest k of the metrics); the generator re-orders
-    its top ``candidates`` (K) and the rest keep the retriever's order, so Recall@k beyond K is the
-    retriever's. ``sequence_popularity`` is the popularity list of the sets without dialogue
+    its top ``candidates`` (K), fused with the retriever's order at ``generator_weight`` (1: the generator's
+    order alone), and the rest keep the retriever's order, so Recall@k beyond K is the retriever's. ``sequence_popularity`` is the popularity list of the sets without dialogue
     (MovieLens next-item; default ``popularity``)."""
     frames = []
     protocol = Protocol(exclude_mentioned=True, in_corpus_only=True)
@@ -144,7 +146,8 @@ def evaluate_systems(
             systems[name] = top
             if eval_set.has_dialogue and generator is not None:
                 reranked = generator_rankings(generator, turns, [t[:candidates] for t in top], movies_for)
-                systems[f"{name}+{generator.name}"] = [r + t[candidates:] for r, t in zip(reranked, top, strict=True)]
+                systems[f"{name}+{generator.name}"] = [fuse_rankings(t[:candidates], r, generator_weight) + t[candidates:]
+                                                       for r, t in zip(reranked, top, strict=True)]
         for system, rankings in systems.items():
             frame = per_turn_results(turns, rankings, system, item_set=item_set, protocol=protocol)
             if frame.height:
@@ -217,11 +220,11 @@ def current_retrievers(home: Path) -> dict:
 def report_from_tables(
     home: Path, turns_path: Path, sequences_path: Path, corpus_path: Path, make_generator: Callable[[], object],
     out_turns_path: Path, *, max_turns: int, seed: int, candidates: int, datasets: Sequence[str], folds,
-    n_boot: int = 1000, log: Callable[[str], None] = print,
+    n_boot: int = 1000, log: Callable[[str], None] = print, generator_weight: float = 1.0,
 ) -> EvaluationReport:
     """The evaluation report of every retriever under ``home`` (alone and re-ranked by the generator that
-    ``make_generator`` opens; it is closed here) on every evaluation set of the tables (``sequences_path``
-    may be missing). ``popularity`` counts the learning pool of ``datasets`` minus the gate slice of
+    ``make_generator`` opens, fused with the retriever's order at ``generator_weight``; it is closed here) on
+    every evaluation set of the tables (``sequences_path`` may be missing). ``popularity`` counts the learning pool of ``datasets`` minus the gate slice of
     ``folds``. Writes the per-turn results to ``out_turns_path`` and the chart under ``home``."""
     from corpus_build.atomic import write_bytes_atomic, write_parquet_atomic
     from training.turn_pools import CorpusLookup
@@ -238,7 +241,7 @@ def report_from_tables(
         per_turn = evaluate_systems(
             sets, retrievers, generator, lookup, popularity_counts(turns, datasets, folds),
             set(lookup.corpus["movie_id"].to_list()), candidates=candidates, log=log,
-            sequence_popularity=sequence_counts(sequences),
+            sequence_popularity=sequence_counts(sequences), generator_weight=generator_weight,
         )
     finally:
         generator.close()

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from training.fusion import fuse_rankings
 from training.generator.base import Generator, RankRequest
 
 # Capitalised one-word spans that are everyday words, not film mentions, in a chat message.
@@ -57,27 +58,30 @@ class Recommender:
     corpus rows, a retrieve function and the generator (the recommend service keeps one alive)."""
 
     def __init__(self, corpus_path: str | Path, retrieve: Retrieve, generator: Generator, candidates: int = 20,
-                 linker=None):
+                 linker=None, generator_weight: float = 1.0):
         from corpus_build.linking import Linker
         from training.turn_pools import CorpusLookup
 
         self.retrieve, self.generator, self.candidates = retrieve, generator, candidates
+        self.generator_weight = generator_weight
         self.corpus = CorpusLookup.from_parquet(corpus_path)
         self.linker = linker or Linker(self.corpus.corpus, fuzzy_threshold=101.0)  # no fuzzy links in free text
 
     def recommend(self, text: str, k: int) -> tuple[list[dict], list[str]]:
         """(top-``k`` recommended corpus rows with their rank, the movie_ids the message mentioned).
 
-        The generator ranks the retriever's top ``max(k, candidates)`` films (mentioned films excluded)."""
+        The generator ranks the retriever's top ``max(k, candidates)`` films (mentioned films excluded); its
+        order is fused with the retriever's at ``generator_weight`` (:func:`training.fusion.fuse_rankings`)."""
         mentioned = find_mentions(text, self.linker)
         retrieved = [movie_id for movie_id, _ in self.retrieve(mentioned, text, max(k, self.candidates))]
         retrieved = [m for m in dict.fromkeys(retrieved) if m not in mentioned]
         movies = self.corpus(retrieved + mentioned)
         result = self.generator.rank(RankRequest.from_text(text, retrieved, movies))
-        return [{"rank": i + 1, **movies.get(m, {"movie_id": m})} for i, m in enumerate(result.ranking[:k])], mentioned
+        ranking = fuse_rankings(retrieved, result.ranking, self.generator_weight)
+        return [{"rank": i + 1, **movies.get(m, {"movie_id": m})} for i, m in enumerate(ranking[:k])], mentioned
 
 
 def recommend(text: str, k: int, corpus_path: str | Path, retrieve: Retrieve, generator: Generator,
-              linker=None, candidates: int = 20) -> tuple[list[dict], list[str]]:
+              linker=None, candidates: int = 20, generator_weight: float = 1.0) -> tuple[list[dict], list[str]]:
     """(top-``k`` recommended corpus rows with their rank, the movie_ids the message mentioned)."""
-    return Recommender(corpus_path, retrieve, generator, candidates, linker).recommend(text, k)
+    return Recommender(corpus_path, retrieve, generator, candidates, linker, generator_weight).recommend(text, k)
