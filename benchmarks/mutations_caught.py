@@ -68,7 +68,10 @@ MUTATIONS = [
              "if sequences is not None and sequences.height:", "if False:",
              ("tests/test_evaluation_report.py", "tests/test_alignment_assets.py::test_round_gate_promotion_report_and_rerun")),
     Mutation("report: popularity also counts held-out turns", REPORT,
-             'train = turns.filter(pl.col("split") == "train")', "train = turns", REPORT_TESTS),
+             'learned = pl.concat([frame for name, frame in pool.items() if name != "gate"])', "learned = turns",
+             REPORT_TESTS),
+    Mutation("report: popularity also counts the gate's turns", REPORT,
+             'for name, frame in pool.items() if name != "gate"])', "for name, frame in pool.items()])", REPORT_TESTS),
     # --- the promotion gate and promotion
     Mutation("gate: a round's non-finite weights are not reported to the gate", "training/alignment_round.py",
              "finite = weights_finite(retriever.model)", "finite = True", ("tests/test_alignment_gate.py",)),
@@ -153,8 +156,9 @@ MUTATIONS = [
              ("tests/test_ranking_metrics.py",)),
     # --- the CLI
     Mutation("CLI: the least trained retriever served first", "training/promotion.py",
-             "    for system in SYSTEMS:\n        path = checkpoint_path(home, system)",
-             "    for system in reversed(SYSTEMS):\n        path = checkpoint_path(home, system)", ("tests/test_layout.py",)),
+             "    for system in preference(kind):\n        path = checkpoint_path(home, system)",
+             "    for system in reversed(preference(kind)):\n        path = checkpoint_path(home, system)",
+             ("tests/test_layout.py",)),
     Mutation("CLI: rar materialize succeeds whatever the run did", "rar_pipeline/cli.py",
              "    if not run.is_success:\n        sys.exit(1)", "    if False:\n        sys.exit(1)",
              ("tests/test_alignment_assets.py::test_rar_materialize_runs_a_round_headless_and_survives_a_rejection",)),
