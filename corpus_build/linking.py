@@ -102,7 +102,6 @@ def title_variants(title: str) -> list[str]:
 
 @dataclass
 class _Film:
-    movie_id: str
     year: int | None
     votes: int
     label: str  # "Title (Year)"
@@ -133,12 +132,10 @@ class Linker:
         for row in self.corpus.iter_rows(named=True):
             movie_id, year = row["movie_id"], row["year"]
             label = f"{row['title']} ({year})" if year else row["title"]
-            self._films[movie_id] = _Film(movie_id, year, (row["imdb_votes"] or 0) if has_votes else 0, label)
+            self._films[movie_id] = _Film(year, (row["imdb_votes"] or 0) if has_votes else 0, label)
             names = [row["title"], *((row["aliases"] or []) if has_aliases else [])]
             variants = [v for n in names if n for v in title_variants(n)]
-            for key in dict.fromkeys(title_key(v) for v in variants):
-                if not key:
-                    continue
+            for key in dict.fromkeys(title_key(v) for v in variants):  # title_variants: every key non-empty
                 self._by_key[key].append(movie_id)
                 if year is not None:
                     by_year[year][0].append(key)

@@ -550,7 +550,7 @@ def _finish(corpus: pl.DataFrame) -> pl.DataFrame:
         pl.col("directors").fill_null(_EMPTY_LIST),
         pl.col("cast").fill_null(_EMPTY_LIST).list.head(CAST_LIMIT),
     )
-    corpus = corpus.drop("aliases", strict=False).join(_aliases(corpus), on="movie_id", how="left")
+    corpus = corpus.join(_aliases(corpus), on="movie_id", how="left")
     corpus = corpus.select(
         *[pl.col(c).cast(t) for c, t in CORPUS_SCHEMA.items() if c not in ("content_hash", "aliases")],
         pl.col("aliases").fill_null(_EMPTY_LIST).cast(CORPUS_SCHEMA["aliases"]),

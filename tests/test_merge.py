@@ -230,6 +230,9 @@ def test_vectorised_movie_text_equals_the_contract_function():
                  plot="\x1f  A shy waitress.\u2003\n"),
             dict(title="No Year", year=None, genres=[], directors=["X", "Y"], cast=[], plot=None),
             dict(title="Only Title", year=1950, genres=[], directors=[], cast=[None, "B"], plot="   "),
+            dict(title=None, year=1, genres=[f"G{i}" for i in range(7)], directors=[f"D{i}" for i in range(7)],
+                 cast=[], plot="p"),
+            dict(title="Year Zero", year=0, genres=[], directors=[], cast=[], plot=None),
         ],
         schema={k: CORPUS_SCHEMA[k] for k in ("title", "year", "genres", "directors", "cast", "plot")},
     )
