@@ -30,7 +30,7 @@ FILMS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def linker() -> Linker:
     corpus = pl.DataFrame(
         [{"movie_id": i, "title": t, "year": y, "aliases": a, "imdb_votes": v} for i, t, y, a, v in FILMS],
@@ -154,7 +154,7 @@ def test_linker_is_fast_on_a_large_corpus():
     assert elapsed < 20, f"building + {len(mentions)} links took {elapsed:.1f} s"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_films() -> Linker:
     from corpus_build.schema import CORPUS_SCHEMA
 

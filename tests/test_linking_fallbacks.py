@@ -43,7 +43,7 @@ def corpus_frame() -> pl.DataFrame:
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: building it is cheap, and mutmut then sees which tests use the Linker
 def linker() -> Linker:
     return Linker(corpus_frame())
 
@@ -141,6 +141,13 @@ def test_an_explicit_year_counts_like_a_year_in_the_text(linker):
     assert found(linker.link("Jaws", year=1975)) == ("tt0073195", "title_year", 0.98)
     assert found(linker.link("Hamlet", year=1990)) == ("rar:0b0b0b0b0b0b", "title_year", 0.98)
     assert found(linker.link("Hamlet")) == ("tt0116477", "title_only", 0.80)  # no year: the one with votes
+
+
+def test_answers_are_cached_per_mention_and_id(linker):
+    assert linker.link(None, imdb_id="tt0073195").movie_id == "tt0073195"
+    assert linker.link(None, imdb_id="tt0093300").movie_id == "tt0093300"  # another id: another answer
+    assert linker.link("Jaws", imdb_id="tt0093300").movie_id == "tt0093300"
+    assert linker.link("Jaws").movie_id == "tt0073195"  # the same text without the id
 
 
 def test_link_many_links_each_text(linker):
