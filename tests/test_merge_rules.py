@@ -30,7 +30,7 @@ def film(result, title: str) -> dict:
 def test_control_characters_are_removed_and_counted_per_row():
     wiki = source_rows(
         "wikipedia",
-        dict(title="Bell\x07 Boy", year=2002, plot="Plot\x00 here"),  # title and plot: 1 row
+        dict(title="Bell\x07 Boy", year=2002, plot="A bellboy."),
         dict(title="Quiet  Film\t Two", year=2002, plot="  \x1b "),  # blank once cleaned: the plot is null
         dict(title="M", year=1931, cast=["Peter\x1b Lorre"]),  # a one-letter title is a title
         dict(title="Plain", year=1990, directors=["Dir\u202e ector"]),
@@ -41,7 +41,6 @@ def test_control_characters_are_removed_and_counted_per_row():
     movielens = source_rows("movielens", dict(title="Quiet Film Two", year=2002, plot="The real plot."))
     result = merge_rows([wiki, movielens], max_year=MAX_YEAR)
     assert sorted(result.corpus["title"]) == ["Aliased", "Bell Boy", "M", "Plain", "Plotty", "Quiet Film Two"]
-    assert film(result, "Bell Boy")["plot"] == "Plot here"
     assert film(result, "Quiet Film Two")["plot"] == "The real plot."  # a blank plot hides no other source's
     assert film(result, "M")["cast"] == ["Peter Lorre"]
     assert film(result, "Plain")["directors"] == ["Dir ector"]
@@ -131,7 +130,10 @@ def test_rows_whose_title_is_unrelated_to_their_imdb_ids_film_are_quarantined():
         dict(imdb_id="tt0190332", title="Crouching Tiger, Hidden Dragon", year=2000,
              aliases=["Wo hu cang long"]),  # its alias is the reference's title
         dict(imdb_id="tt0073195", title="Java", year=1975),  # token-set ratio 'java'/'jaws' = 50: kept
+        dict(imdb_id="tt0073195", title="Completely Unrelated Picture", year=1975),  # quarantined
         dict(imdb_id="tt0000777", title="Some Other Film", year=1980),  # the reference has no comparable title
+        # token-set ratio 100 ('shining' is a subset), though the plain ratio is only 39: kept
+        dict(imdb_id="tt0081505", title="Stanley Kubrick's The Shining", year=1980),
     )
     imdb = source_rows(
         "imdb",
@@ -140,21 +142,24 @@ def test_rows_whose_title_is_unrelated_to_their_imdb_ids_film_are_quarantined():
         dict(imdb_id="tt0190332", title="Wo hu cang long", year=2000),
         dict(imdb_id="tt0073195", title="Jaws", year=1975),
         dict(imdb_id="tt0000777", title="?", year=1980),
+        dict(imdb_id="tt0081505", title="The Shining", year=1980),
     )
     result = merge_rows([movielens, imdb], max_year=MAX_YEAR)
-    [conflict] = result.quarantine.to_dicts()
-    assert conflict["source"] == "movielens"
-    assert conflict["reason"] == "title conflicts with its IMDb id: tt0133093 is 'The Matrix'"
-    assert "Completely Different Film" in conflict["raw"]
+    conflicts = result.quarantine.sort("reason").to_dicts()
+    assert [c["source"] for c in conflicts] == ["movielens", "movielens"]
+    assert [c["reason"] for c in conflicts] == ["title conflicts with its IMDb id: tt0073195 is 'Jaws'",
+                                                "title conflicts with its IMDb id: tt0133093 is 'The Matrix'"]
+    assert "Completely Unrelated Picture" in conflicts[0]["raw"] and "Completely Different Film" in conflicts[1]["raw"]
     films = by_id(result)
     assert films["tt0133093"]["title"] == "The Matrix" and films["tt0133093"]["aliases"] == ["!!!"]
     assert films["tt0190332"]["aliases"] == ["Crouching Tiger, Hidden Dragon"]
     assert films["tt0073195"]["aliases"] == ["Java"]
     assert films["tt0000777"]["aliases"] == ["Some Other Film"]
-    assert result.stats["title_conflicts"] == 1 and result.stats["quarantined"] == 1
-    assert result.source_stats["movielens"] == {**ZERO, "rows_in": 6, "quarantined": 1, "title_conflicts": 1,
-                                                "matched_imdb_id": 5}
-    assert result.source_stats["imdb"] == {**ZERO, "rows_in": 5, "new_films": 5}
+    assert result.stats["title_conflicts"] == 2 and result.stats["quarantined"] == 2
+    assert films["tt0081505"]["aliases"] == ["Stanley Kubrick's The Shining"]
+    assert result.source_stats["movielens"] == {**ZERO, "rows_in": 8, "quarantined": 2, "title_conflicts": 2,
+                                                "matched_imdb_id": 6}
+    assert result.source_stats["imdb"] == {**ZERO, "rows_in": 6, "new_films": 6}
 
 
 # -- field precedence, aliases, genres ---------------------------------------------------------------
@@ -202,6 +207,7 @@ def test_title_precedence_between_sources_without_an_imdb_id():
     result = merge_rows([one_m, movielens, wiki], max_year=MAX_YEAR)
     assert sorted(result.corpus["title"]) == ["Heat-Wave", "Nixon"]
     assert film(result, "Heat-Wave")["aliases"] == []  # 'Heat Wave' is the same spelling, punctuation aside
+    assert film(result, "Heat-Wave")["genres"] == [] and film(result, "Heat-Wave")["directors"] == []
     assert film(result, "Nixon")["sources"] == ["movielens", "movielens_1m"]
 
 
@@ -235,19 +241,21 @@ def test_single_row_genres_keep_their_order_without_duplicates():
 
 
 def test_titles_join_imdb_films_by_alias_and_never_two_years_off():
-    imdb = source_rows("imdb", dict(imdb_id="tt0001001", title="Known As", year=1970, aliases=["Other Name", "…"]))
+    imdb = source_rows("imdb", dict(imdb_id="tt0001001", title="Known As", year=1970, aliases=["Other Name", "…"]),
+                       dict(imdb_id="tt0001002", title="Far Off", year=1970))
     wiki = source_rows(
         "wikipedia",
         dict(title="Other Name", year=1970, plot="Found by its alias."),
-        dict(title="Known As", year=1972, plot="Two years off: another film."),
+        dict(title="Far Off", year=1972, plot="Two years off: another film."),
         dict(title="?", year=1970, plot="No letters: matches nothing."),
     )
     result = merge_rows([imdb, wiki], max_year=MAX_YEAR)
     films = by_id(result)
     assert films["tt0001001"]["plot"] == "Found by its alias."
-    assert films[movie_text.rar_movie_id("Known As", 1972)]["plot"] == "Two years off: another film."
+    assert films["tt0001002"]["plot"] is None
+    assert films[movie_text.rar_movie_id("Far Off", 1972)]["plot"] == "Two years off: another film."
     assert films[movie_text.rar_movie_id("?", 1970)]["plot"] == "No letters: matches nothing."
-    assert result.corpus.height == 3
+    assert result.corpus.height == 4
 
 
 def test_each_imdb_film_takes_one_group_and_the_loser_takes_its_next_choice():
