@@ -237,3 +237,25 @@ def test_markdown_table_and_chart_size_exactly():
         "| dataset | system | turns | ndcg@10 [95% CI] | recall@10 |",
         "| redial | good | 2 | 1.0000 [1.000, 1.000] | 1.0000 |",
     ]
+
+
+def test_bootstrap_ci_of_one_turn_is_that_turns_value():
+    assert bootstrap_ci(np.array([0.25])) == (0.25, 0.25)
+
+
+def test_a_turn_whose_mentioned_flags_do_not_match_its_targets_is_an_error():
+    with pytest.raises(ValueError):  # zip(strict=True): a corrupt row never silently loses a target
+        effective_targets(["m1", "m2"], [False], None, Protocol())
+
+
+def test_per_turn_results_report_exactly_the_ks_asked_for():
+    out = per_turn_results(_turns(), [["m2", "m1"], ["m3"]], "s", protocol=Protocol(False, False), ks=(1, 3))
+    assert out.columns[7:] == ["ndcg@1", "recall@1", "ndcg@3", "recall@3", "mrr"]
+
+
+def test_summary_cis_are_the_bootstrap_with_the_callers_resamples_and_seed():
+    values = [0.0, 0.2, 0.5, 1.0, 0.1]
+    per_turn = pl.DataFrame({"dataset": ["redial"] * 5, "system": ["s"] * 5, "mrr": values})
+    row = summarise(per_turn, ["mrr"], n_boot=37, seed=11).row(0, named=True)
+    assert (row["mrr_lo"], row["mrr_hi"]) == bootstrap_ci(np.array(values), n_boot=37, seed=11)
+    assert row["mrr"] == pytest.approx(0.36) and row["turns"] == 5

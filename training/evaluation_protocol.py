@@ -131,31 +131,30 @@ def markdown_table(summary: pl.DataFrame, metrics: Sequence[str], with_ci: Seque
 CHART_WIDTH_PX = 960
 CHART_COLUMNS = 2
 CHART_COLOURS = 32  # a palette PNG: ~5x smaller than RGBA, and the chart has a handful of colours
+CHART_DPI = 100
+CHART_BAR_COLOUR = "#4C72B0"
 
 
-def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None,
-              width_px: int = CHART_WIDTH_PX) -> bytes:
-    """PNG: ``metric`` per system with its CI (one panel per dataset), and across alignment rounds; panels on a
-    grid of CHART_COLUMNS columns, at most ``width_px`` wide, cropped to what is drawn, as a small palette PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
+def chart_figure(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None,
+                 width_px: int = CHART_WIDTH_PX):
+    """A matplotlib ``Figure``: ``metric`` per system with its CI (one panel per dataset, in the summary's order,
+    the first system on top), then the gate's ``metric`` across alignment rounds; panels on a grid of
+    CHART_COLUMNS columns, ``width_px`` wide at CHART_DPI, each row tall enough for its bars."""
+    from matplotlib.figure import Figure  # not pyplot: no global figure registry, no backend to choose
 
     datasets = summary["dataset"].unique(maintain_order=True).to_list()
     panels = len(datasets) + (1 if rounds else 0)
-    columns, dpi = min(CHART_COLUMNS, panels), 100
+    columns = min(CHART_COLUMNS, panels)
     rows = math.ceil(panels / columns)
     systems = summary.group_by("dataset").len()["len"].max() if summary.height else 1
     panel_height = max(1.6, 0.55 + 0.22 * systems)  # inches: a bar per system, title and axis
-    fig, axes = plt.subplots(rows, columns, figsize=(width_px / dpi, rows * panel_height), squeeze=False)
-    flat = list(axes.flat)
+    fig = Figure(figsize=(width_px / CHART_DPI, rows * panel_height), dpi=CHART_DPI)
+    flat = list(fig.subplots(rows, columns, squeeze=False).flat)
     for ax, dataset in zip(flat, datasets):
         part = summary.filter(pl.col("dataset") == dataset)
         means = part[metric].to_numpy()
         err = np.vstack([means - part[f"{metric}_lo"].to_numpy(), part[f"{metric}_hi"].to_numpy() - means])
-        ax.barh(part["system"].to_list(), means, xerr=np.clip(err, 0, None), color="#4C72B0", capsize=3)
+        ax.barh(part["system"].to_list(), means, xerr=np.clip(err, 0, None), color=CHART_BAR_COLOUR, capsize=3)
         ax.set_title(f"{dataset}: {metric} (95% CI)", fontsize=10)
         ax.tick_params(labelsize=8)
         ax.invert_yaxis()
@@ -168,9 +167,17 @@ def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | 
     for ax in flat[panels:]:
         ax.set_visible(False)
     fig.tight_layout()
+    return fig
+
+
+def chart_png(summary: pl.DataFrame, metric: str, rounds: Mapping[str, float] | None = None,
+              width_px: int = CHART_WIDTH_PX) -> bytes:
+    """:func:`chart_figure` as a PNG cropped to what is drawn, at most ``width_px`` wide, with a palette of at
+    most CHART_COLOURS colours (small enough to embed in every materialisation's metadata)."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
-    plt.close(fig)
+    chart_figure(summary, metric, rounds, width_px).savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.05)
     image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     if image.width > width_px:  # bbox_inches="tight" can widen a figure whose labels stick out
         image = image.resize((width_px, round(image.height * width_px / image.width)), Image.LANCZOS)
