@@ -58,7 +58,7 @@ MUTATIONS = [
              "Protocol(exclude_mentioned=True, in_corpus_only=True)",
              "Protocol(exclude_mentioned=True, in_corpus_only=False)", REPORT_TESTS),
     Mutation("report: popularity rankings keep the user's history", REPORT,
-             "[[m for m in top if m not in set(h)][:k]", "[[m for m in top][:k]", REPORT_TESTS),
+             "(m for m in ranked if m not in seen)", "(m for m in ranked)", REPORT_TESTS),
     Mutation("report: next-item history drops the validation film", REPORT,
              "[t + [v] for t, v in", "[t for t, v in", REPORT_TESTS),
     Mutation("report: evaluates the validation turns the rounds learned from", REPORT,

@@ -132,25 +132,36 @@ def _write_tables(folder):
     return paths
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+ROUNDS = {"round-1": 0.25, "round-2": 0.5}  # gate NDCG@10 after each finished alignment round
+N_BOOT = 200
+
+
+@pytest.fixture
+def report(tmp_path):
+    """(home, the report, its log lines). Built per test (~1 s): mutmut attributes what a shared fixture calls
+    to the first test that uses it, so a module-wide report would leave the other tests out of every mutant."""
+    from corpus_build.atomic import write_json_atomic
     from training.evaluation_report import report_from_tables
     from training.generator.preference_backend import PreferenceGenerator
-    from training.layout import checkpoint_path
+    from training.layout import checkpoint_path, round_dir, round_record_path
 
-    home = tmp_path_factory.mktemp("report_home")
+    home = tmp_path
     paths = _write_tables(home)
     fixed_order_checkpoint(checkpoint_path(home, "pretrained"), list(YEARS), PRETRAINED_ORDER)
     fixed_order_checkpoint(checkpoint_path(home, "sft"), list(YEARS), SFT_ORDER)
-    return home, report_from_tables(
+    for name, ndcg in ROUNDS.items():
+        write_json_atomic({"round": name, "gate_ndcg_after": ndcg}, round_record_path(round_dir(home, name)))
+    log: list[str] = []
+    out = report_from_tables(
         home, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
         lambda: PreferenceGenerator("year<1980"), home / "evaluation_turns.parquet",
-        max_turns=100, seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=200, log=lambda _: None,
+        max_turns=100, seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=N_BOOT, log=log.append,
     )
+    return home, out, log
 
 
 def test_every_per_turn_figure_matches_the_hand_computed_table(report):
-    _, out = report
+    _, out, _ = report
     rows = {(r["dataset"], r["system"], r["dialog_id"]): r for r in out.per_turn.iter_rows(named=True)}
     assert set(rows) == set(EXPECTED)  # no validation turn of redial, no train turn, no turn without a target
     for key, (ndcg1, ndcg_k, recall1, recall_k, mrr) in EXPECTED.items():
@@ -168,7 +179,7 @@ def test_every_per_turn_figure_matches_the_hand_computed_table(report):
 
 
 def test_summary_means_turn_counts_and_headline_by_hand(report):
-    _, out = report
+    _, out, _ = report
     summary = {(r["dataset"], r["system"]): r for r in out.summary.iter_rows(named=True)}
     expected_ndcg10 = {
         ("inspired/validation", "popularity"): 0.0, ("inspired/validation", "pretrained"): 1.0,
@@ -201,12 +212,31 @@ def test_summary_means_turn_counts_and_headline_by_hand(report):
     assert cells[1:] == [f"{summary[('redial/test', 'sft+preference')][m]:.4f}" for m in recalls_mrr]
 
 
-def test_report_writes_its_chart_under_home(report):
+def test_report_cis_are_the_seeded_bootstrap_of_each_systems_per_turn_values(report):
+    """Every CI is the percentile bootstrap (the caller's ``n_boot``, seed 0) of that system's per-turn values on
+    that set, in turn order: the same tables give the same report."""
+    from training.evaluation_protocol import bootstrap_ci
+    from training.evaluation_report import REPORT_METRICS
+
+    _, out, _ = report
+    for row in out.summary.iter_rows(named=True):
+        turns = out.per_turn.filter((pl.col("dataset") == row["dataset"]) & (pl.col("system") == row["system"]))
+        for metric in REPORT_METRICS:
+            low, high = bootstrap_ci(turns[metric].to_numpy(), n_boot=N_BOOT, seed=0)
+            assert (row[f"{metric}_lo"], row[f"{metric}_hi"]) == (low, high), (row["dataset"], row["system"], metric)
+    redial_sft = out.summary.filter((pl.col("dataset") == "redial/test") & (pl.col("system") == "sft")).row(0, named=True)
+    assert redial_sft["ndcg@10_lo"] < redial_sft["ndcg@10_hi"]  # three different turns: a real interval
+
+
+def test_report_writes_its_chart_with_the_rounds_curve_under_home(report):
+    from training.evaluation_protocol import chart_png
     from training.layout import evaluation_chart_path
 
-    home, out = report
+    home, out, _ = report
     assert out.chart_path == evaluation_chart_path(home)
-    assert out.chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" == out.png[:8]
+    # the headline metric per system and set, then the gate's NDCG@10 after each finished round
+    assert out.chart_path.read_bytes() == out.png == chart_png(out.summary, "ndcg@10", ROUNDS)
+    assert out.png != chart_png(out.summary, "ndcg@10")
 
 
 def test_without_user_sequences_only_the_dialogue_sets_are_evaluated(tmp_path):
@@ -216,14 +246,18 @@ def test_without_user_sequences_only_the_dialogue_sets_are_evaluated(tmp_path):
 
     paths = _write_tables(tmp_path)
     paths["user_sequences"].unlink()
-    fixed_order_checkpoint(checkpoint_path(tmp_path, "sft"), list(YEARS), SFT_ORDER)
+    fixed_order_checkpoint(checkpoint_path(tmp_path, "pretrained"), list(YEARS), PRETRAINED_ORDER)
     out = report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
                              lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
-                             seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=50, log=lambda _: None)
+                             seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds(), n_boot=50, log=lambda _: None,
+                             generator_weight=0.0)
     assert sorted(out.summary["dataset"].unique()) == ["inspired/validation", "redial/test"]
     # popularity without the MovieLens histories: B 4, D 3, E 3, F 1 (A no longer counted)
     te2 = out.per_turn.filter((pl.col("system") == "popularity") & (pl.col("dialog_id") == "te2"))
     assert te2["top10"].item()[0] == B and A not in te2["top10"].item()
+    # generator weight 0: the generator's order counts for nothing, te1 keeps pretrained's B C D (not C B D)
+    lists = {(r["system"], r["dialog_id"]): r["top10"] for r in out.per_turn.iter_rows(named=True)}
+    assert lists[("pretrained+preference", "te1")] == lists[("pretrained", "te1")] == [B, C, D, E, F]
 
 
 def test_no_retriever_checkpoint_is_a_clear_error(tmp_path):
@@ -231,18 +265,20 @@ def test_no_retriever_checkpoint_is_a_clear_error(tmp_path):
     from training.generator.preference_backend import PreferenceGenerator
 
     paths = _write_tables(tmp_path)
-    with pytest.raises(NoRetrieverError, match="materialise lrurec_pretrained first"):
+    with pytest.raises(NoRetrieverError, match="^no retriever checkpoint found: materialise lrurec_pretrained first$"):
         report_from_tables(tmp_path, paths["conversation_turns"], paths["user_sequences"], paths["movie_corpus"],
                            lambda: PreferenceGenerator("year<1980"), tmp_path / "turns.parquet", max_turns=100,
                            seed=0, candidates=CANDIDATES, datasets=DATASETS, folds=Folds())
 
 
-def test_systems_appear_least_trained_first_then_each_with_the_generator(report):
-    _, out = report
+def test_systems_appear_least_trained_first_then_each_with_the_generator_and_each_set_is_logged(report):
+    _, out, log = report
     redial = out.summary.filter(pl.col("dataset") == "redial/test")["system"].to_list()
     assert redial == ["popularity", "pretrained", "pretrained+preference", "sft", "sft+preference"]
     assert out.summary["dataset"].unique(maintain_order=True).to_list() == [
         "inspired/validation", "redial/test", "ml-latest-small/test"]
+    assert log == ["inspired/validation: 1 turns, 5 systems", "redial/test: 5 turns, 5 systems",
+                   "ml-latest-small/test: 2 turns, 3 systems"]  # no generator without a dialogue
 
 
 def test_evaluation_sets_sample_at_most_max_turns_and_skip_datasets_without_a_held_out_split():
@@ -305,7 +341,7 @@ def test_evaluate_systems_says_when_no_turn_keeps_a_target(tmp_path):
 
 
 @pytest.mark.parametrize(("weight", "top"), [(0.0, [B, C, D, E, F]), (0.5, [B, C, D, E, F]), (0.6, [C, B, D, E, F]),
-                                             (1.0, [C, B, D, E, F])])
+                                             (1.0, [C, B, D, E, F]), (None, [C, B, D, E, F])])  # default: the generator's
 def test_the_generator_order_is_fused_with_the_retrievers_at_the_weight(tmp_path, weight, top):
     """te1 (history A, target C): ``pretrained``'s top three B C D, the generator's C B D. Fused scores
     (1 - w) x retriever rank + w x generator rank: B = w, C = 1 - w, D = 2; at w = 0.5 B and C tie and keep
@@ -321,7 +357,114 @@ def test_the_generator_order_is_fused_with_the_retrievers_at_the_weight(tmp_path
     per_turn = evaluate_systems(
         [EvaluationSet("redial/test", turns, True)], {"pretrained": Retriever.from_checkpoint(tmp_path / "pretrained.pt")},
         PreferenceGenerator("year<1980"), CorpusLookup.from_parquet(paths["movie_corpus"]), Counter({B: 1}),
-        set(YEARS), candidates=CANDIDATES, log=lambda _: None, generator_weight=weight)
+        set(YEARS), candidates=CANDIDATES, log=lambda _: None, **({} if weight is None else {"generator_weight": weight}))
     row = per_turn.filter(pl.col("system") == "pretrained+preference").row(0, named=True)
     assert row["top10"] == top
     assert row["ndcg@10"] == pytest.approx(1.0 if top[0] == C else H)
+
+
+def test_samples_are_seeded_and_keep_the_tables_order():
+    from training.evaluation_report import evaluation_sets
+
+    turns = pl.DataFrame(TURNS, schema=CONVERSATION_TURNS_SCHEMA)
+    sequences = pl.DataFrame([{"dataset": "ml-1m", "user_id": f"u{i:02d}", "movie_ids": [A, B, C, D],
+                               "train_movie_ids": [A, B], "val_movie_id": C, "test_movie_id": D} for i in range(40)],
+                             schema=USER_SEQUENCES_SCHEMA)
+
+    def sampled(seed):
+        return [s.turns["dialog_id"].to_list() for s in evaluation_sets(turns, sequences, max_turns=4, seed=seed)]
+
+    first = sampled(3)
+    assert [len(ids) for ids in first] == [1, 4, 4]
+    assert sampled(3) == first and sampled(4) != first  # the seed, and only the seed, picks the sample
+    assert all(ids == sorted(ids) for ids in first)  # te1..te5 and u00..u39 in the tables' order
+
+
+def test_next_item_turns_are_conversation_turns_without_a_conversation():
+    from training.evaluation_report import next_item_turns
+
+    turns = next_item_turns(pl.DataFrame(SEQUENCES, schema=USER_SEQUENCES_SCHEMA))
+    assert turns.schema == CONVERSATION_TURNS_SCHEMA
+    assert turns.select("dataset", "split", "turn_index", "context", "target_mentioned_before").rows() == [
+        ("ml-latest-small", "test", 0, [], [False])] * 2
+
+
+def test_popularity_ranks_k_unseen_films_even_after_hundreds_of_popular_ones_were_seen():
+    from training.evaluation_report import popularity_rankings
+
+    counts = Counter({f"m{i:03d}": 1000 - i for i in range(400)})  # m000 most frequent, then m001, ...
+    seen_300 = [f"m{i:03d}" for i in range(300)]  # a MovieLens user who rated the 300 most popular films
+    turns = pl.DataFrame({"history_movie_ids": [seen_300, [], ["m001"]]})
+    assert popularity_rankings(turns, counts, 3) == [["m300", "m301", "m302"], ["m000", "m001", "m002"],
+                                                      ["m000", "m002", "m003"]]
+    few = pl.DataFrame({"history_movie_ids": [["m000"]]})
+    assert popularity_rankings(few, Counter({"m000": 2, "m001": 1}), 5) == [["m001"]]  # only what was counted
+
+
+# the report's systems from most to least preferred for the headline (the generator is "preference" here)
+HEADLINE_ORDER = ["aligned+preference", "dialogue+preference", "sft+preference", "pretrained+preference",
+                  "aligned", "dialogue", "sft", "pretrained", "popularity"]
+
+
+def _summary(rows):
+    """A summary frame from (dataset, system, turns, ndcg@10); the CI is the value +- 0.01."""
+    return pl.DataFrame([{"dataset": d, "system": s, "turns": n, "ndcg@10": v, "ndcg@10_lo": v - 0.01,
+                          "ndcg@10_hi": v + 0.01} for d, s, n, v in rows])
+
+
+@pytest.mark.parametrize("best", range(len(HEADLINE_ORDER)))
+def test_headline_is_the_most_trained_system_with_the_generator_first(best):
+    from training.evaluation_report import headline
+
+    present = HEADLINE_ORDER[best:]
+    values = {system: 0.1 + 0.05 * i for i, system in enumerate(HEADLINE_ORDER)}  # each system its own figure
+    rows = [("redial/test", system, 900, values[system]) for system in reversed(present)]  # least trained first
+    top = headline(_summary(rows), ["redial/test"])
+    system = HEADLINE_ORDER[best]
+    assert top == {"dataset": "redial/test", "system": system, "value": values[system],
+                   "lo": values[system] - 0.01, "hi": values[system] + 0.01}
+
+
+def test_headline_set_is_the_largest_dialogue_set_never_movielens_ties_alphabetical():
+    from training.evaluation_report import headline
+
+    summary = _summary([("ml-1m/test", "sft", 6000, 0.9), ("redial/test", "sft", 900, 0.2),
+                        ("inspired/validation", "sft", 900, 0.3), ("inspired/test", "sft", 100, 0.4)])
+    sets = ["redial/test", "inspired/validation", "inspired/test"]
+    assert headline(summary, sets)["dataset"] == "inspired/validation"  # 900 turns each: the first by name
+    assert headline(summary, ["redial/test"])["dataset"] == "redial/test"  # a larger MovieLens set does not count
+    assert headline(summary, [])["dataset"] == "ml-1m/test"  # no dialogue set: the largest set
+
+
+def test_a_dialogue_aware_retriever_ranks_each_turn_by_its_own_conversation_in_any_batch():
+    """A real dialogue-aware retriever reading text alone (no LRU state, zero biases) whose film texts are unit
+    vectors and whose text encoder reads a conversation as the film it names: each turn's first film is the
+    film its conversation names, whatever the batch the turn falls in."""
+    import numpy as np
+    import torch
+
+    from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig
+    from training.evaluation_report import retriever_rankings
+    from training.retriever import Retriever, item_text_matrix
+
+    films = list(YEARS)  # A..F: tt0000001..tt0000006
+    film_text = np.eye(len(films), dtype=np.float32)
+    torch.manual_seed(0)
+    model = DialogueRetriever(DialogueRetrieverConfig(num_items=len(films), text_dim=len(films), hidden=8, blocks=1,
+                                                      history=False), item_text_matrix(film_text)).eval()
+    with torch.no_grad():
+        model.bias.zero_()
+
+    class NamedFilmEncoder:  # "... like Film 3" reads exactly like film tt0000003
+        def encode(self, texts):
+            return np.stack([film_text[int(text[-1]) - 1] for text in texts])
+
+    retriever = Retriever(model, films, text_encoder=NamedFilmEncoder())
+    asked = [C, E, A, F, B]
+    turns = pl.DataFrame([_turn("redial", "test", f"d{i}", [D] if film != D else [], [film], [False])
+                          | {"context": [{"role": "seeker", "text": "hi"}, {"role": "seeker", "text": f"like Film {film[-1]}"}]}
+                          for i, film in enumerate(asked)], schema=CONVERSATION_TURNS_SCHEMA)
+    for batch in (2, 256):
+        rankings = retriever_rankings(retriever, turns, 3, batch=batch)
+        assert [ranking[0] for ranking in rankings] == asked, batch
+        assert all(len(ranking) == 3 and D not in ranking for ranking in rankings)  # the history is masked

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import polars as pl
 
+from corpus_build.schema import CONVERSATION_TURNS_SCHEMA
 from corpus_build.storage import as_path, read_parquet
 from training.evaluation_protocol import DEFAULT_KS, Protocol, chart_png, markdown_table, per_turn_results, summarise
 from training.fusion import fuse_rankings
@@ -65,7 +67,7 @@ def next_item_turns(sequences: pl.DataFrame) -> pl.DataFrame:
         "history_movie_ids": [t + [v] for t, v in zip(sequences["train_movie_ids"].to_list(), sequences["val_movie_id"].to_list())],
         "target_movie_ids": [[t] for t in sequences["test_movie_id"].to_list()],
         "target_mentioned_before": [[False] for _ in range(sequences.height)],
-    })
+    }, schema=CONVERSATION_TURNS_SCHEMA)
 
 
 def popularity_counts(turns: pl.DataFrame, datasets: Sequence[str], folds) -> Counter:
@@ -94,15 +96,19 @@ def sequence_counts(sequences: pl.DataFrame | None) -> Counter:
 
 
 def popularity_rankings(turns: pl.DataFrame, counts: Counter, k: int) -> list[list[str]]:
-    """The most frequent films, minus each turn's history."""
-    top = [m for m, _ in counts.most_common(k + 200)]
-    return [[m for m in top if m not in set(h)][:k] for h in turns["history_movie_ids"].to_list()]
+    """The ``k`` most frequent films outside each turn's history (fewer only when fewer films were counted)."""
+    ranked = [m for m, _ in counts.most_common()]
+    out = []
+    for history in turns["history_movie_ids"].to_list():
+        seen = set(history)
+        out.append(list(islice((m for m in ranked if m not in seen), k)))
+    return out
 
 
 def retriever_rankings(retriever, turns: pl.DataFrame, k: int, batch: int = 256) -> list[list[str]]:
     """Each turn's top-k films (a dialogue-aware retriever also reads the turn's conversation)."""
     histories = turns["history_movie_ids"].to_list()
-    contexts = turns["context"].to_list() if getattr(retriever, "reads_dialogue", False) else None
+    contexts = turns["context"].to_list() if retriever.reads_dialogue else None
     out = []
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]
