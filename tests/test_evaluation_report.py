@@ -327,7 +327,7 @@ def test_headline_falls_back_to_the_most_trained_system_without_a_dialogue_set()
         "dataset": ["ml-1m/test"] * 3, "system": ["popularity", "pretrained", "sft"], "turns": [9, 9, 9],
         "ndcg@10": [0.1, 0.2, 0.3], "ndcg@10_lo": [0.0, 0.1, 0.2], "ndcg@10_hi": [0.2, 0.3, 0.4]})
     assert headline(summary, []) == {"dataset": "ml-1m/test", "system": "sft", "value": 0.3, "lo": 0.2, "hi": 0.4}
-    with pytest.raises(ValueError, match="empty summary"):
+    with pytest.raises(ValueError, match="^empty summary$"):
         headline(summary.with_columns(pl.lit("other").alias("system")), [])
 
 
@@ -335,7 +335,7 @@ def test_evaluate_systems_says_when_no_turn_keeps_a_target(tmp_path):
     from training.evaluation_report import EvaluationSet, evaluate_systems
 
     turns = pl.DataFrame([_turn("redial", "test", "te3", [D], [G], [False])], schema=CONVERSATION_TURNS_SCHEMA)
-    with pytest.raises(ValueError, match="no evaluation set has a turn with a target left"):
+    with pytest.raises(ValueError, match="^no evaluation set has a turn with a target left under the protocol$"):
         evaluate_systems([EvaluationSet("redial/test", turns, True)], {}, None, None, Counter({A: 1}), set(YEARS),
                          log=lambda _: None)
 
@@ -434,6 +434,8 @@ def test_headline_set_is_the_largest_dialogue_set_never_movielens_ties_alphabeti
     assert headline(summary, sets)["dataset"] == "inspired/validation"  # 900 turns each: the first by name
     assert headline(summary, ["redial/test"])["dataset"] == "redial/test"  # a larger MovieLens set does not count
     assert headline(summary, [])["dataset"] == "ml-1m/test"  # no dialogue set: the largest set
+    two_generators = _summary([("redial/test", "sft+embedding", 900, 0.2), ("redial/test", "sft+preference", 900, 0.3)])
+    assert headline(two_generators, ["redial/test"])["system"] == "sft+embedding"  # the first of equals listed
 
 
 def test_a_dialogue_aware_retriever_ranks_each_turn_by_its_own_conversation_in_any_batch():
@@ -468,3 +470,53 @@ def test_a_dialogue_aware_retriever_ranks_each_turn_by_its_own_conversation_in_a
         rankings = retriever_rankings(retriever, turns, 3, batch=batch)
         assert [ranking[0] for ranking in rankings] == asked, batch
         assert all(len(ranking) == 3 and D not in ranking for ranking in rankings)  # the history is masked
+
+
+def test_build_report_summarises_with_the_callers_resamples_and_seed():
+    import numpy as np
+
+    from training.evaluation_protocol import bootstrap_ci
+    from training.evaluation_report import build_report
+
+    values = np.random.default_rng(1).random(40)  # 40 different turns: every resample count and seed shows
+    per_turn = pl.DataFrame({"dataset": "redial/test", "system": "sft", "dialog_id": [f"d{i}" for i in range(40)],
+                             **{m: values for m in ("ndcg@1", "ndcg@5", "ndcg@10", "ndcg@20", "ndcg@50", "recall@1",
+                                                    "recall@5", "recall@10", "recall@20", "recall@50", "mrr")}})
+    summary, _, _ = build_report(per_turn, {}, n_boot=60, seed=5)
+    row = summary.row(0, named=True)
+    assert (row["ndcg@10_lo"], row["ndcg@10_hi"]) == bootstrap_ci(values, n_boot=60, seed=5)
+    assert (row["ndcg@10_lo"], row["ndcg@10_hi"]) != bootstrap_ci(values, n_boot=1000, seed=0)
+
+
+def test_current_retrievers_least_trained_first_caching_text_vectors_under_home(tmp_path):
+    from training.evaluation_report import current_retrievers
+    from training.layout import checkpoint_path, text_vectors_dir
+
+    fixed_order_checkpoint(checkpoint_path(tmp_path, "sft"), list(YEARS), SFT_ORDER)
+    fixed_order_checkpoint(checkpoint_path(tmp_path, "pretrained"), list(YEARS), PRETRAINED_ORDER)
+    retrievers = current_retrievers(tmp_path)
+    assert list(retrievers) == ["pretrained", "sft"]  # no dialogue or aligned checkpoint yet
+    # a dialogue-aware retriever embeds each conversation once across reports
+    assert {r.text_cache_dir for r in retrievers.values()} == {text_vectors_dir(tmp_path)}
+
+
+def test_popularity_ranks_as_deep_as_the_retrievers_and_reports_without_counts(tmp_path):
+    """Every system ranks ``depth`` films, so MRR compares like with like: a target at popularity rank 61 is
+    a miss for popularity as it would be for a retriever. Without any count, popularity ranks nothing and
+    scores 0 rather than stopping the report."""
+    from training.evaluation_report import EvaluationSet, evaluate_systems
+    from training.retriever import Retriever
+
+    turns = pl.DataFrame([_turn("redial", "test", "te1", [], ["f60"], [False])], schema=CONVERSATION_TURNS_SCHEMA)
+    counts = Counter({f"f{i:02d}": 100 - i for i in range(70)})  # f00 most frequent; f60 is 61st
+    per_turn = evaluate_systems([EvaluationSet("redial/test", turns, True)], {}, None, None, counts, set(counts),
+                                log=lambda _: None)
+    assert per_turn["mrr"].to_list() == [0.0] and per_turn["recall@50"].to_list() == [0.0]
+
+    retriever = Retriever.from_checkpoint(fixed_order_checkpoint(tmp_path / "r.pt", list(YEARS), PRETRAINED_ORDER))
+    turns = pl.DataFrame([_turn("redial", "test", "te1", [A], [C], [False])], schema=CONVERSATION_TURNS_SCHEMA)
+    per_turn = evaluate_systems([EvaluationSet("redial/test", turns, True)], {"pretrained": retriever}, None, None,
+                                Counter(), set(YEARS), log=lambda _: None)
+    rows = {r["system"]: r for r in per_turn.iter_rows(named=True)}
+    assert rows["popularity"]["top10"] == [] and rows["popularity"]["mrr"] == 0.0
+    assert rows["pretrained"]["top10"] == [B, C, D, E, F] and rows["pretrained"]["mrr"] == 0.5
