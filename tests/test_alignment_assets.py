@@ -176,6 +176,7 @@ def test_nightly_schedule_adds_a_round_and_requests_it():
     assert defs.resolve_job_def("nightly_alignment").partitions_def.name == "alignment_rounds"
 
 
+@pytest.mark.long
 def test_rar_materialize_runs_a_round_headless_and_survives_a_rejection(tiny_pipeline):
     """The nightly job from the CLI with a round the gate rejects and nothing promoted yet: the run succeeds,
     says why the round was not promoted, and a second run (the evaluation job) builds the report. Both runs

@@ -16,6 +16,9 @@ IDS = ("tt0078748", "tt2543164", "tt0133093")
 MOVIES = {"tt0078748": {"title": "Alien", "year": 1979}, "tt2543164": {"title": "Arrival", "year": 2016},
           "tt0133093": {"title": "The Matrix", "year": 1999}}
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
+# The "slow" fault answers after SLOW_S, past the client's timeout; every other answer must arrive well within
+# it, also on a machine loaded by parallel test workers (the endpoint runs in the test's own process).
+SLOW_S, TIMEOUT_S = 3.0, 1.0
 
 
 def req(text: str = "I loved Alien, what next?") -> RankRequest:
@@ -48,9 +51,9 @@ def test_chat_mode_parses_the_ranked_labels(tmp_path):
 
 @pytest.mark.parametrize("fault", ["429", "500", "malformed", "empty", "slow"])
 def test_transient_faults_are_retried_then_succeed(tmp_path, fault):
-    with ScriptedEndpoint(slow_s=1.0) as endpoint:
+    with ScriptedEndpoint(slow_s=SLOW_S) as endpoint:
         endpoint.script = [fault, fault]
-        gen = generator(endpoint, tmp_path, timeout_s=0.3)
+        gen = generator(endpoint, tmp_path, timeout_s=TIMEOUT_S)
         [result] = gen.rank_batch([req()])
         assert endpoint.requests == 3
     assert result.source == "model" and result.ranking[0] == "tt2543164"
@@ -59,9 +62,9 @@ def test_transient_faults_are_retried_then_succeed(tmp_path, fault):
 
 @pytest.mark.parametrize("fault", ["429", "500", "malformed", "slow"])
 def test_persistent_faults_fall_back_to_retriever_order_without_raising(tmp_path, fault):
-    with ScriptedEndpoint(slow_s=1.0) as endpoint:
+    with ScriptedEndpoint(slow_s=SLOW_S) as endpoint:
         endpoint.rules = {"FAULTY": fault}
-        gen = generator(endpoint, tmp_path, timeout_s=0.3)
+        gen = generator(endpoint, tmp_path, timeout_s=TIMEOUT_S)
         results = gen.rank_batch([req("FAULTY turn"), req("a good turn")])
         assert endpoint.requests == 3 + 1  # first try + 2 retries for the faulty prompt; one for the good one
     assert results[0].source == "fallback" and results[0].ranking == IDS and results[0].error

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_main_job_succeeds_on_the_sample_profile(main_run):

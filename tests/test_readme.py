@@ -25,3 +25,10 @@ def test_links_to_docs_exist_and_the_readme_stays_short():
         for link in re.findall(r"\]\(([^)#:]+\.md)", page.read_text(encoding="utf-8")):
             assert (page.parent / link).is_file(), f"{page.name} links {link}, which does not exist"
     assert len(README.splitlines()) <= 250
+
+
+def test_ci_runs_the_readmes_test_command():
+    """CI runs the suite exactly as the README tells a user to (the same workers, the same distribution)."""
+    [readme_command] = re.findall(r"(?m)^\. \.venv/bin/activate && (python -m pytest.*)$", README)
+    ci_commands = re.findall(r"(?m)^(python -m pytest.*)$", (REPO / ".ci" / "run").read_text(encoding="utf-8"))
+    assert ci_commands == [readme_command]

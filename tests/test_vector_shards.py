@@ -102,6 +102,7 @@ with dg.execute_job(job, instance=instance, asset_selection=[dg.AssetKey("movie_
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_failed_shard_is_embedded_again_alone(sample_slice, tiny_encoder, tmp_path):
     from corpus_build.embed import Embedder
 
