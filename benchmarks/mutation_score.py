@@ -24,6 +24,7 @@ NO_TESTS, SKIPPED, TIMEOUTS = 33, 34, {36, 24, -24, 152, 255}
 
 _ARANGE = "torch.arange over k positions: "
 _MERGE, _LINKING = "corpus_build.merge.x_", "corpus_build.linking.x"
+_PROTOCOL, _REPORT = "training.evaluation_protocol.x_", "training.evaluation_report.x_"
 
 
 def _named(prefix: str, names: list[str], reason: str) -> dict[str, str]:
@@ -145,6 +146,22 @@ EQUIVALENT = {
         "drop_nulls over every column: only _name and _ref_name can be null"),
     **_named(_MERGE, ["merge_rows__mutmut_51"],
         "the sum over an empty corpus's sources is 0, the else value"),
+    **_named(_PROTOCOL, ["bootstrap_ci__mutmut_8", "bootstrap_ci__mutmut_11"], 'float("NAN") is nan as float("nan") is'),
+    **_named(_PROTOCOL, ["bootstrap_ci__mutmut_18"],
+        "rng.integers(n, size=...) draws from [0, n) exactly as rng.integers(0, n, size=...), from the same stream"),
+    **_named(_PROTOCOL, ["chart_png__mutmut_19"], "matplotlib lower-cases savefig's format: 'PNG' is 'png'"),
+    **_named(_PROTOCOL, ["chart_png__mutmut_47"], "Pillow upper-cases save's format: 'png' is 'PNG'"),
+    **_named(_PROTOCOL, ["chart_png__mutmut_29"],
+        "a PNG exactly width_px wide resized to its own size: Pillow returns an unchanged copy"),
+    **_named(_PROTOCOL, ["chart_figure__mutmut_28"],
+        "the system count of an empty summary, 2 instead of 1: both give the 1.6 in minimum panel height"),
+    **_named(_PROTOCOL, ["chart_figure__mutmut_50"], "subplots(squeeze=None): only a true squeeze squeezes"),
+    **_named(_REPORT, ["_sample__mutmut_3"],
+        "a frame of exactly `limit` rows sampled without shuffling: every row, in the frame's order"),
+    **_named(_REPORT, ["evaluate_systems__mutmut_7", "evaluate_systems__mutmut_8", "evaluate_systems__mutmut_78"],
+        "Protocol's switches default to True, and per_turn_results' protocol to Protocol(): both switches on"),
+    **_named(_REPORT, ["retriever_rankings__mutmut_7"],
+        "contexts passed to an LRURec retriever: Retriever.scores reads them for the dialogue kind only"),
 }
 
 
