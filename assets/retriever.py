@@ -132,9 +132,7 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     bias starts from log popularity in the turns learned from. Learns from the SFT and RL folds of the
     learning dialogues (RAR_ALIGNMENT_DATASETS), early-stopped on the SFT validation slice (never the
     gate's). Checkpoint: $RAR_HOME/retriever/dialogue/retriever.pt."""
-    from training.dialogue_training import DialogueTrainConfig, train_from_tables
-    from training.layout import checkpoint_path, system_dir, text_vectors_dir
-    from training.text_cache import TextVectorCache
+    from training.layout import system_dir
 
     s = get_settings()
     store = s.vector_store()
@@ -146,16 +144,7 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     if models != [embedder.model_name]:
         raise dg.Failure(f"movie_vectors holds vectors of {models}, but dialogues are embedded with "
                          f"{embedder.model_name} (RAR_EMBEDDING_MODEL): rebuild movie_vectors with that model")
-    pretrained = checkpoint_path(s.home, "pretrained")
-    config = DialogueTrainConfig(epochs=s.sft_epochs, seed=s.seed, threads=s.retriever_threads,
-                                 max_minutes=s.retriever_minutes)
-    out = train_from_tables(
-        s.table_path("conversation_turns"), s.table_path("movie_corpus"), system_dir(s.home, "dialogue"),
-        store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
-        model_config={"hidden": s.retriever_hidden}, datasets=s.alignment_datasets, folds=s.learning_folds(),
-        pretrained_checkpoint=pretrained if _text_tied(pretrained) else None,
-        sequences_path=s.table_path("user_sequences"), log=context.log.info,
-    )
+    out = train_dialogue_retriever(system_dir(s.home, "dialogue"), log=context.log.info)
     return dg.MaterializeResult(
         metadata=readable({
             "training_examples": out["training_examples"], "items": out["items"],
@@ -164,6 +153,30 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             "best_epoch": out["best_epoch"], "epochs_run": out["epochs_run"], "seconds": out["seconds"],
             **_metrics("val", out["val"]),
         })
+    )
+
+
+def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None) -> dict:
+    """Train the dialogue-aware retriever from this home's tables and movie_vectors with the settings'
+    epochs, budget and folds (see :func:`training.dialogue_training.train_from_tables`).
+    ``learn_from_rl_fold=False`` leaves the rounds' fold unseen: a parent whose rounds learn from new turns,
+    as ``benchmarks/alignment_proof.py`` needs."""
+    from training.dialogue_training import DialogueTrainConfig, train_from_tables
+    from training.layout import checkpoint_path, text_vectors_dir
+    from training.text_cache import TextVectorCache
+
+    s = get_settings()
+    store = s.vector_store()
+    embedder = store.embedder
+    pretrained = checkpoint_path(s.home, "pretrained")
+    config = DialogueTrainConfig(epochs=s.sft_epochs, seed=s.seed, threads=s.retriever_threads,
+                                 max_minutes=s.retriever_minutes)
+    return train_from_tables(
+        s.table_path("conversation_turns"), s.table_path("movie_corpus"), out_dir,
+        store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
+        model_config={"hidden": s.retriever_hidden}, datasets=s.alignment_datasets, folds=s.learning_folds(),
+        pretrained_checkpoint=pretrained if _text_tied(pretrained) else None, learn_from_rl_fold=learn_from_rl_fold,
+        sequences_path=s.table_path("user_sequences"), log=log,
     )
 
 

@@ -7,17 +7,20 @@ so it earns a higher reward; nothing in the targets tells the NLL term so. An al
 learn to leave those films out of its top K; the ``nll`` control (the same round without the RL term)
 has no reason to.
 
-The same script measures real generators (``--generator embedding`` or ``llama_cpp``, built as the pipeline
-builds them, answers remembered in ``responses.sqlite``) from either retriever (``--parent sft`` or
-``dialogue``); the trait columns are then empty.
+The rounds start (``--parent``) from the dialogue-aware retriever trained as the pipeline trains it but on
+the SFT fold only (built here once per home, ~2 min), so they learn from turns their parent has never
+seen; ``sft`` (lrurec_sft), ``dialogue`` (dialogue_retriever, which has also learnt the RL fold) or a
+checkpoint file instead. The same script measures real generators (``--generator embedding`` or
+``llama_cpp``, built as the pipeline builds them, answers remembered in ``responses.sqlite``); the trait
+columns are then empty.
 
-Prerequisites (the documented Dagster way, mirror data, RAR_HOME outside the repo; the SFT settings are
-those of the measured runs in docs/alignment.md)::
+Prerequisites (the documented Dagster way, mirror data, RAR_HOME outside the repo; the settings are those
+of the measured runs in docs/alignment.md)::
 
     export RAR_HOME=/work/cache/alignment/home DAGSTER_HOME=/work/cache/alignment/dghome RAR_PROFILE=full \
            RAR_SOURCE_MIRROR=/work/shared/data RAR_ALIGNMENT_DATASETS='["redial"]' RAR_RETRIEVER_TEXT_INIT=false \
            RAR_RETRIEVER_EPOCHS=3 RAR_RETRIEVER_MAX_MINUTES=6 RAR_RETRIEVER_THREADS=2
-    dagster asset materialize -m rar_pipeline.definitions --select 'group:corpus and not key:movie_vectors'
+    dagster asset materialize -m rar_pipeline.definitions --select 'group:corpus'   # movie_vectors: ~30 min
     dagster asset materialize -m rar_pipeline.definitions \
         --select 'user_sequences,conversation_turns,lrurec_pretrained,lrurec_sft'
 
@@ -26,7 +29,7 @@ Then::
     python benchmarks/alignment_proof.py --seeds 1,2,3 --threads 1 --json proof.json
 
 For each seed, one round per objective (``--objectives``, default grpo, dpo and the nll control) from
-the parent checkpoint (``--parent``, default lrurec_sft) on the RL fold of the ReDial learning pool
+the parent on the RL fold of the ReDial learning pool
 (:class:`training.turn_pools.Folds`), each in its own folder under ``$RAR_HOME/benchmarks/alignment_proof/`` (resumable; a finished round is
 reused). Then every retriever (the parent and each round) on every turn of the evaluation sets (``--eval``,
 default ReDial test; never learned from) under the zero-shot CRS protocol: pipeline NDCG@10 (the
@@ -60,6 +63,7 @@ from training.generator.base import Generator, RankResult  # noqa: E402
 
 METRIC = "ndcg@10"
 CONTROL = "nll"
+SFT_FOLD_PARENT = "dialogue-sft-fold"
 DATASETS = ["redial"]
 
 
@@ -97,6 +101,21 @@ class RememberedGenerator(Generator):
     def close(self) -> None:
         self.inner.close()
         self.cache.close()
+
+
+def sft_fold_parent(settings) -> Path:
+    """The dialogue-aware retriever trained as the pipeline trains it but on the SFT fold only, so the rounds
+    learn from turns their parent has never seen (``dialogue_retriever`` also learns from the RL fold: more
+    NLL on turns it has fitted overfits them, and a control that loses to its parent proves nothing). Built
+    once per home in the benchmark's folder and reused."""
+    from assets.retriever import train_dialogue_retriever
+    from training.layout import benchmark_dir, exported_checkpoint
+
+    out_dir = benchmark_dir(settings.home, "alignment_proof") / f"parent-{SFT_FOLD_PARENT}"
+    if not exported_checkpoint(out_dir).is_file():
+        print(f"training the {SFT_FOLD_PARENT} parent (dialogue-aware retriever, SFT fold only) in {out_dir}", flush=True)
+        train_dialogue_retriever(out_dir, learn_from_rl_fold=False, log=lambda m: print(f"  {m}", flush=True))
+    return exported_checkpoint(out_dir)
 
 
 def make_generator(args, settings):
@@ -139,7 +158,7 @@ def round_config(args, objective: str, seed: int):
     return RoundConfig(
         objective=objective, num_sets=args.num_sets, set_size=args.k, temperature=args.temperature, lr=args.lr,
         epochs=args.epochs, rollout_every=args.rollout_every, nll_weight=args.nll_weight,
-        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, grpo_kl=args.grpo_kl,
+        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, grpo_clip=args.grpo_clip, grpo_kl=args.grpo_kl,
         probe_turns=args.probe_turns, seed=seed,
     )
 
@@ -329,14 +348,16 @@ def main() -> None:
     parser.add_argument("--nll-weight", type=float, default=1.0)
     parser.add_argument("--reward-baseline", default="none", choices=["none", "retriever"])
     parser.add_argument("--dpo-beta", type=float, default=0.1)
+    parser.add_argument("--grpo-clip", type=float, default=0.2)
     parser.add_argument("--grpo-kl", type=float, default=0.04)
     parser.add_argument("--probe-turns", type=int, default=None)
     parser.add_argument("--model", help="llama_cpp: a GGUF file (default: RAR_GENERATOR_MODEL, else the packaged "
                         "Gemma-3-270M); other RAR_GENERATOR_* settings apply as in the pipeline")
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parent", default="sft", help="the retriever the rounds start from: sft (lrurec_sft), "
-                        "dialogue (dialogue_retriever) or a checkpoint file")
+    parser.add_argument("--parent", default=SFT_FOLD_PARENT, help="the retriever the rounds start from: "
+                        f"{SFT_FOLD_PARENT} (the dialogue-aware retriever learning from the SFT fold only, built "
+                        "here once), sft (lrurec_sft), dialogue (dialogue_retriever) or a checkpoint file")
     parser.add_argument("--json", type=Path, help="also write everything as JSON here")
     args = parser.parse_args()
 
@@ -348,11 +369,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = get_settings()
     args.rl_share = args.rl_share if args.rl_share is not None else settings.alignment_rl_share
-    parent_path = checkpoint_path(settings.home, args.parent) if args.parent in SYSTEMS else Path(args.parent)
+    if args.parent == SFT_FOLD_PARENT:
+        parent_path = sft_fold_parent(settings)
+    else:
+        parent_path = checkpoint_path(settings.home, args.parent) if args.parent in SYSTEMS else Path(args.parent)
     if not parent_path.is_file():
         raise SystemExit(f"{parent_path} not found: materialise lrurec_sft or dialogue_retriever first "
                          "(see this script's docstring)")
-    args.parent_name = args.parent if args.parent in SYSTEMS else "parent"
+    args.parent_name = args.parent if args.parent in (*SYSTEMS, SFT_FOLD_PARENT) else "parent"
     args.parent_digest = hashlib.md5(parent_path.read_bytes()).hexdigest()
     load_start = os.getloadavg()
     started = time.monotonic()

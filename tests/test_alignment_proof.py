@@ -47,7 +47,7 @@ def _run(home: Path, out: Path) -> tuple[dict, str]:
     env = {**os.environ, "RAR_HOME": str(home), "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "alignment_proof.py"), "--seeds", "1", "--max-turns", "200",
-         "--epochs", "1", "--num-sets", "2", "--k", "5", "--n-boot", "200", "--threads", "1", "--json", str(out)],
+         "--epochs", "1", "--num-sets", "2", "--k", "5", "--n-boot", "200", "--threads", "1", "--parent", "sft", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout

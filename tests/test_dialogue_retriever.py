@@ -245,3 +245,15 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     assert sum(movie_id in horror for movie_id, _ in top) >= 4
     with pytest.raises(ValueError, match="one conversation context per history"):
         retriever.scores([[]])
+
+    # the alignment proof's parent: the same training on the SFT fold only, the rounds' fold left unseen
+    import polars as pl
+
+    from assets.retriever import train_dialogue_retriever
+
+    folds = settings.learning_folds().split(pl.read_parquet(settings.table_path("conversation_turns")), ["redial"])
+    assert folds["rl"].height > 0
+    sft_only = train_dialogue_retriever(settings.home / "sft-fold-only", learn_from_rl_fold=False)
+    assert sft_only["training_turns"] == folds["sft_train"].height
+    assert meta["training_turns"].value == folds["sft_train"].height + folds["rl"].height
+    assert Retriever.from_checkpoint(sft_only["checkpoint"]).kind == "dialogue"
