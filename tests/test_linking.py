@@ -7,6 +7,7 @@ import unicodedata
 
 import polars as pl
 import pytest
+from linking_fixtures import corpus_frame
 
 from corpus_build.linking import Linker, LinkLog, loose_key, split_title_year, title_variants
 
@@ -32,12 +33,7 @@ FILMS = [
 
 @pytest.fixture
 def linker() -> Linker:
-    corpus = pl.DataFrame(
-        [{"movie_id": i, "title": t, "year": y, "aliases": a, "imdb_votes": v} for i, t, y, a, v in FILMS],
-        schema={"movie_id": pl.String, "title": pl.String, "year": pl.Int32, "aliases": pl.List(pl.String),
-                "imdb_votes": pl.Int64},
-    )
-    return Linker(corpus)
+    return Linker(corpus_frame(FILMS))
 
 
 @pytest.mark.parametrize("imdb_id", ["tt0133093", "0133093", 133093])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from linking_fixtures import corpus_frame
 
 from corpus_build.linking import UNRESOLVED_SCHEMA, Linker, LinkLog, loose_key, split_title_year, title_variants
-from corpus_build.schema import CORPUS_SCHEMA
 
 FILMS = [  # movie_id, title, year, aliases, IMDb votes
     ("tt0000101", "Silent River Crossing", 1990, [], 1_000),
@@ -36,16 +36,9 @@ FILMS = [  # movie_id, title, year, aliases, IMDb votes
 ]
 
 
-def corpus_frame() -> pl.DataFrame:
-    rows = [{c: None for c in CORPUS_SCHEMA} | {"movie_id": i, "title": t, "year": y, "aliases": a, "imdb_votes": v,
-                                                "genres": [], "directors": [], "cast": [], "sources": ["x"]}
-            for i, t, y, a, v in FILMS]
-    return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
-
-
 @pytest.fixture  # per test: building it is cheap, and mutmut then sees which tests use the Linker
 def linker() -> Linker:
-    return Linker(corpus_frame())
+    return Linker(corpus_frame(FILMS))
 
 
 def found(link) -> tuple:
@@ -124,9 +117,9 @@ def test_a_miss_reports_its_candidate_with_zero_confidence(linker):
 
 def test_a_score_equal_to_the_threshold_links():
     """'silent rivr crosing' (19 letters) vs 'silent river crossing' (21): two deletions, 100 * (1 - 2/40) = 95."""
-    strict = Linker(corpus_frame(), fuzzy_threshold=95.0)
+    strict = Linker(corpus_frame(FILMS), fuzzy_threshold=95.0)
     assert found(strict.link("Silent Rivr Crosing (1990)")) == ("tt0000101", "fuzzy", round(0.95 * 0.9, 4))
-    assert Linker(corpus_frame(), fuzzy_threshold=95.5).link("Silent Rivr Crosing (1990)").movie_id is None
+    assert Linker(corpus_frame(FILMS), fuzzy_threshold=95.5).link("Silent Rivr Crosing (1990)").movie_id is None
 
 
 def test_the_best_scoring_title_variant_wins_the_fuzzy_step(linker):
@@ -171,7 +164,7 @@ def test_helpers_on_edge_cases():
 
 def test_from_parquet_reads_only_the_columns_the_linker_uses(tmp_path):
     path = tmp_path / "movie_corpus.parquet"
-    corpus_frame().with_columns(pl.lit("a long plot " * 50).alias("plot")).write_parquet(path)
+    corpus_frame(FILMS).with_columns(pl.lit("a long plot " * 50).alias("plot")).write_parquet(path)
     linker = Linker.from_parquet(path)
     assert linker.corpus.columns == ["movie_id", "title", "year", "aliases", "imdb_votes"]
     assert found(linker.link("Star Trek")) == ("tt1408101", "title_prefix", 0.75)
@@ -183,7 +176,7 @@ def test_from_parquet_reads_only_the_columns_the_linker_uses(tmp_path):
 def test_link_rates_of_unknown_and_unlinked_datasets():
     log = LinkLog()
     assert log.link_rate("never_recorded") == 0.0
-    log.record("inspired", "Nope (1950)", Linker(corpus_frame()).link("Nope (1950)"))
+    log.record("inspired", "Nope (1950)", Linker(corpus_frame(FILMS)).link("Nope (1950)"))
     assert log.link_rate("inspired") == 0.0
     assert log.rates() == {"inspired": 0.0}
 
