@@ -135,16 +135,10 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     from training.layout import system_dir
 
     s = get_settings()
-    store = s.vector_store()
-    if not store.exists():
-        raise dg.Failure("movie_vectors not found: the dialogue-aware retriever matches dialogues against the "
-                         "films' text vectors; materialise movie_vectors first (or set RAR_RETRIEVER_KIND=lrurec)")
-    embedder = store.embedder
-    models = sorted(store.read_columns(["model"])["model"].unique().to_list())
-    if models != [embedder.model_name]:
-        raise dg.Failure(f"movie_vectors holds vectors of {models}, but dialogues are embedded with "
-                         f"{embedder.model_name} (RAR_EMBEDDING_MODEL): rebuild movie_vectors with that model")
-    out = train_dialogue_retriever(system_dir(s.home, "dialogue"), log=context.log.info)
+    try:
+        out = train_dialogue_retriever(system_dir(s.home, "dialogue"), log=context.log.info)
+    except VectorsUnusable as error:
+        raise dg.Failure(f"{error} (or set RAR_RETRIEVER_KIND=lrurec)") from error
     return dg.MaterializeResult(
         metadata=readable({
             "training_examples": out["training_examples"], "items": out["items"],
@@ -154,6 +148,10 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             **_metrics("val", out["val"]),
         })
     )
+
+
+class VectorsUnusable(RuntimeError):
+    """movie_vectors is missing or holds another model's vectors than the dialogue encoder's."""
 
 
 def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None) -> dict:
@@ -167,7 +165,14 @@ def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None)
 
     s = get_settings()
     store = s.vector_store()
+    if not store.exists():
+        raise VectorsUnusable("movie_vectors not found: the dialogue-aware retriever matches dialogues against the "
+                              "films' text vectors; materialise movie_vectors first")
     embedder = store.embedder
+    models = sorted(store.read_columns(["model"])["model"].unique().to_list())
+    if models != [embedder.model_name]:
+        raise VectorsUnusable(f"movie_vectors holds vectors of {models}, but dialogues are embedded with "
+                              f"{embedder.model_name} (RAR_EMBEDDING_MODEL): rebuild movie_vectors with that model")
     pretrained = checkpoint_path(s.home, "pretrained")
     config = DialogueTrainConfig(epochs=s.sft_epochs, seed=s.seed, threads=s.retriever_threads,
                                  max_minutes=s.retriever_minutes)

@@ -108,13 +108,16 @@ def sft_fold_parent(settings) -> Path:
     learn from turns their parent has never seen (``dialogue_retriever`` also learns from the RL fold: more
     NLL on turns it has fitted overfits them, and a control that loses to its parent proves nothing). Built
     once per home in the benchmark's folder and reused."""
-    from assets.retriever import train_dialogue_retriever
+    from assets.retriever import VectorsUnusable, train_dialogue_retriever
     from training.layout import benchmark_dir, exported_checkpoint
 
     out_dir = benchmark_dir(settings.home, "alignment_proof") / f"parent-{SFT_FOLD_PARENT}"
     if not exported_checkpoint(out_dir).is_file():
         print(f"training the {SFT_FOLD_PARENT} parent (dialogue-aware retriever, SFT fold only) in {out_dir}", flush=True)
-        train_dialogue_retriever(out_dir, learn_from_rl_fold=False, log=lambda m: print(f"  {m}", flush=True))
+        try:
+            train_dialogue_retriever(out_dir, learn_from_rl_fold=False, log=lambda m: print(f"  {m}", flush=True))
+        except VectorsUnusable as error:
+            raise SystemExit(f"{error} (or pass --parent sft)") from error
     return exported_checkpoint(out_dir)
 
 

@@ -95,3 +95,15 @@ def test_proof_figures_match_its_retrievers_and_a_rerun_costs_no_generator_call(
 def _test_turns(home: Path) -> list[dict]:
     turns = pl.read_parquet(home / "tables" / "conversation_turns.parquet").filter(pl.col("split") == "test")
     return [{"mentioned": mentioned[0]} for mentioned in turns["target_mentioned_before"].to_list()]
+
+
+def test_the_default_parent_needs_movie_vectors_and_says_so(tmp_path):
+    home = tmp_path / "home"
+    _tiny_home(home)  # no movie_vectors: the SFT-fold dialogue parent cannot be trained
+    env = {**os.environ, "RAR_HOME": str(home), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "alignment_proof.py"), "--seeds", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == ("movie_vectors not found: the dialogue-aware retriever matches "
+                                                    "dialogues against the films' text vectors; materialise "
+                                                    "movie_vectors first (or pass --parent sft)")
