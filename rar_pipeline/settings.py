@@ -187,6 +187,11 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Fresh rollouts with the current retriever every this many epochs (1: "
         "on-policy; >= epochs: one rollout per round). Each rollout costs up to turns x G generator calls.",
     )
+    alignment_rollout_steps: int | None = Field(
+        default=None, ge=1, description="Fresh rollouts every this many optimisation steps instead, each for the "
+        "turns of those steps (every turn still drawn once per epoch): every step learns from sets its own "
+        "policy drew. Unset: every RAR_ALIGNMENT_ROLLOUT_EVERY epochs.",
+    )
     alignment_reward_baseline: Literal["none", "retriever"] = Field(
         default="none", description="'retriever': learn from the reward minus NDCG@K of the same set in the "
         "retriever's order (what the generator adds); 'none': the plain reward.",

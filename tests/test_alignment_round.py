@@ -307,6 +307,65 @@ def test_an_interrupted_on_policy_round_resumes_to_the_same_retriever(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_rollouts_every_step_are_drawn_by_the_policy_each_step_updates(tmp_path):
+    """rollout_steps=1: each step's turns are drawn just before it by the policy it updates, so no step's
+    ratio leaves 1 (nothing clipped) even at a learning rate that moves the policy far within an epoch; every
+    turn is still drawn once per epoch (the generator cost of rollouts every epoch), and it still learns."""
+    import polars as pl
+
+    torch.set_num_threads(1)
+    model, item_ids, turns = _setup()
+    config = RoundConfig(objective="grpo", num_sets=4, set_size=5, nll_weight=0.0, lr=1e-2, epochs=3,
+                         batch_size=8, rollout_batch=16, rollout_steps=1)
+    before = _favourite_log_prob(model, turns)
+    result = _run(model, item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), config, tmp_path)
+    assert _favourite_log_prob(model, turns) > before + 0.2
+    assert all(row["max_ratio_deviation"] < 1e-4 and row["clip_fraction"] == 0.0 for row in result.loss_curve)
+    assert [row["rollout"] for row in result.loss_curve] == [1, 2, 3]
+    stored = pl.read_parquet(tmp_path / "rollouts" / "*.parquet")
+    assert result.rollouts == stored.height == 3 * 40 * 4
+    assert stored.group_by("rollout", "turn_key").len()["len"].unique().to_list() == [4]  # each turn once a draw
+    assert len(list((tmp_path / "rollouts").glob("part-p000-c*.parquet"))) == 5  # 40 turns / 8 per step
+    assert config.planned_requests(40, 8, 8) == RoundConfig(**{**config.to_dict(), "rollout_steps": None}
+                                                            ).planned_requests(40, 8, 8)
+    # the same round drawing once per epoch: its steps drift from their sampler, so ratios leave 1
+    per_epoch = _run(_setup()[0], item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]),
+                     RoundConfig(**{**config.to_dict(), "rollout_steps": None}), tmp_path / "per-epoch")
+    assert max(row["max_ratio_deviation"] for row in per_epoch.loss_curve) > 0.2
+
+
+def test_a_round_drawing_every_few_steps_resumes_to_the_same_retriever(tmp_path):
+    """An outage in the middle of the second epoch: the rerun replays that epoch from its stored chunks and
+    draws the rest, ending with the weights of a run that never stopped."""
+    torch.set_num_threads(1)
+    _, item_ids, turns = _setup(1)
+    config = RoundConfig(num_sets=2, set_size=8, epochs=2, lr=1e-2, batch_size=8, rollout_steps=2)
+    clean, counting, marks = _setup(1)[0], PreferOneFilm(item_ids[FAVOURITE]), {}
+
+    def log(message):
+        if message.startswith(("epoch 1:", "epoch 2:")):
+            marks[message[:7]] = len(counting.seen)
+
+    _run(clean, item_ids, turns, counting, config, tmp_path / "clean", log)
+    flaky = PreferOneFilm(item_ids[FAVOURITE], fail_after=(marks["epoch 1"] + marks["epoch 2"]) // 2)
+    with pytest.raises(GeneratorUnavailable):
+        _run(_setup(1)[0], item_ids, turns, flaky, config, tmp_path / "r")
+    assert (tmp_path / "r" / "epochs" / "last.pt").is_file()
+    assert 0 < len(list((tmp_path / "r" / "rollouts").glob("part-p001-c*.parquet"))) < 3  # of 40 / 16 chunks
+    resumed, logs = _setup(1)[0], []
+    _run(resumed, item_ids, turns, PreferOneFilm(item_ids[FAVOURITE]), config, tmp_path / "r", logs.append)
+    assert "resuming after epoch 1 of 2" in logs
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_rollout_steps_is_checked():
+    with pytest.raises(ValueError, match="rollout_steps must be >= 1"):
+        RoundConfig(rollout_steps=0)
+    with pytest.raises(ValueError, match="rollout_every left at 1"):
+        RoundConfig(rollout_steps=2, rollout_every=2)
+
+
 class FirstShownFirst(PreferOneFilm):
     """A generator with pure position bias: it ranks the candidates in the order it is shown them."""
 

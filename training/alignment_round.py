@@ -5,22 +5,23 @@ costs no LLM calls:
 
 1. **Gate before**: pipeline NDCG@10 (retriever top-K -> generator ranking) of the round-start
    retriever on the gate turns.
-2. **Rollout and optimisation, on-policy**: every ``rollout_every`` epochs the *current* retriever draws
-   ``G`` candidate sets of ``K`` films per training turn by Gumbel top-k from its scores (films already
-   mentioned are never proposed); the generator ranks each set; the reward is NDCG@K of its ranking
-   against the turn's targets. Each set is stored with the sampler's per-draw log-probabilities
+2. **Rollout and optimisation, on-policy**: the *current* retriever draws ``G`` candidate sets of ``K``
+   films per training turn by Gumbel top-k from its scores (films already mentioned are never proposed),
+   either every ``rollout_steps`` optimisation steps for the turns of those steps, or every
+   ``rollout_every`` epochs for every turn; the generator ranks each set; the reward is NDCG@K of its
+   ranking against the turn's targets. Each set is stored with the sampler's per-draw log-probabilities
    (``pi_old`` of GRPO) and the NDCG@K of the same set in the retriever's own order (the optional
    baseline: what the generator adds). Then DPO or GRPO (see :mod:`training.alignment`) plus the NLL of
-   the targets, ``L = L_rl + lambda * L_nll``, for ``rollout_every`` epochs; the round-start retriever
-   is the reference (KL of GRPO, DPO's ``pi_ref``). Only the retriever changes.
+   the targets, ``L = L_rl + lambda * L_nll``, on those turns; the round-start retriever is the reference (KL of GRPO, DPO's ``pi_ref``). Only the retriever changes.
 3. **Gate after**: the same measurement with the updated retriever, so the promotion gate
    (:mod:`training.promotion`) can compare the round with its parent turn by turn, plus the reward of
    fresh draws before and after on held-out turns.
 
-Resume: rollouts are written batch by batch (``rollouts/part-pNNN-NNNNN.parquet``, one phase ``p`` per
-fresh draw) and the retriever and optimiser after each epoch (``epochs/last.pt``); a rerun loads the
-last epoch, skips finished batches, and draws are seeded per (phase, batch), so it asks the generator
-the same prompts (answered from its response cache).
+Resume: rollouts are written batch by batch (``rollouts/part-pNNN[-cNNNN]-NNNNN.parquet``: the draw
+``p``, the chunk of steps ``c`` when drawing every few steps, the batch) and the retriever and optimiser
+after each epoch (``epochs/last.pt``); a rerun loads the last epoch, replays it from the stored rollouts
+where they exist, and draws are seeded per (draw, chunk, batch), so it asks the generator the same prompts
+(answered from its response cache).
 
 The generator sees each set in a seeded shuffled order that depends on the turn and on which films the
 set holds, not on the order they were drawn in: a generator with a position bias cannot reward the
@@ -87,6 +88,10 @@ class RoundConfig:
     # one rollout by the round-start retriever for the whole round). Each rollout costs up to
     # train turns x G generator calls.
     rollout_every: int = 1
+    # fresh rollouts every this many optimisation steps instead, each for the turns of those steps only: every
+    # turn is still drawn once per epoch (the generator cost of rollout_every=1), and every step learns from
+    # sets drawn by the policy it updates (ratios of 1, nothing clipped). None: every rollout_every epochs
+    rollout_steps: int | None = None
     # "retriever": the learning signal is the reward minus NDCG@K of the same set in the retriever's order
     # (what the generator's ranking adds); "none": the plain reward
     reward_baseline: Literal["none", "retriever"] = "none"
@@ -109,13 +114,16 @@ class RoundConfig:
             raise ValueError("objective 'nll' trains on the NLL term alone: nll_weight must be > 0")
         if self.rollout_every < 1:
             raise ValueError("rollout_every must be >= 1 (epochs between fresh rollouts)")
+        if self.rollout_steps is not None and (self.rollout_steps < 1 or self.rollout_every != 1):
+            raise ValueError("rollout_steps must be >= 1 (optimisation steps between fresh rollouts), with "
+                             "rollout_every left at 1: it draws within every epoch")
         if self.reward_baseline not in ("none", "retriever"):
             raise ValueError(f"reward_baseline must be 'none' or 'retriever', not {self.reward_baseline!r}")
 
     @property
     def rollout_phases(self) -> int:
-        """How many times a round draws fresh rollouts."""
-        return math.ceil(self.epochs / self.rollout_every)
+        """How many times a round draws fresh sets for each training turn."""
+        return self.epochs if self.rollout_steps else math.ceil(self.epochs / self.rollout_every)
 
     def planned_requests(self, train_turns: int, gate_turns: int, probe_turns: int) -> int:
         """The most generator requests a round can make (sets holding no target are never sent, so
@@ -140,7 +148,8 @@ class RoundResult:
     rollouts: int  # candidate sets drawn over the round (every phase)
     rollouts_sent: int  # of which the generator ranked (the others held no target)
     rollout_phases: int
-    rollout_reward_mean: float  # mean reward of the first rollout (round-start retriever, train turns)
+    rollout_reward_mean: float  # mean reward of the first rollout (train turns; round-start retriever unless
+    # drawn every few steps)
     reward_mean_before: float
     reward_std_before: float
     reward_mean_after: float
@@ -253,15 +262,20 @@ def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup, item_ids: S
     return [answers[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
 
 
-def _part_path(rollout_dir: Path, phase: int, batch_index: int) -> Path:
-    return rollout_dir / f"part-p{phase:03d}-{batch_index:05d}.parquet"
+def _part_path(rollout_dir: Path, phase: int, batch_index: int, chunk: int | None = None) -> Path:
+    steps = "" if chunk is None else f"-c{chunk:04d}"
+    return rollout_dir / f"part-p{phase:03d}{steps}-{batch_index:05d}.parquet"
 
 
 def collect_rollouts(
     model, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], generator, movies_for: MoviesLookup,
     config: RoundConfig, rollout_dir: Path, log: Callable[[str], None] = print, phase: int = 0,
+    chunk: int | None = None,
 ) -> pl.DataFrame:
     """Sample G sets per turn with ``model``, rank them, store rewards; resumable batch by batch.
+
+    ``phase``: which draw of the turns this is (the ``rollout`` column, 0-based); ``chunk``: which chunk of
+    an epoch's steps, when rollouts are drawn every few steps.
 
     Each set keeps the sampler's per-draw log-probabilities at the round's temperature (``old_log_probs``,
     GRPO's ``pi_old``) and ``retriever_order_reward``, NDCG@K of the set sorted by the sampler's scores.
@@ -275,14 +289,14 @@ def collect_rollouts(
     batch_count = math.ceil(len(turns) / config.rollout_batch)
     shuffle_seed = config.seed if config.shuffle_candidates else None
     for batch_index in range(batch_count):
-        part = _part_path(rollout_dir, phase, batch_index)
+        part = _part_path(rollout_dir, phase, batch_index, chunk)
         if part.is_file():
             continue
         batch = turns[batch_index * config.rollout_batch:(batch_index + 1) * config.rollout_batch]
         with torch.no_grad():
             logits = turn_logits(model, batch, config.max_len)
             draws = torch.Generator(device=logits.device).manual_seed(
-                config.seed * 100_003 + phase * 10_007 + batch_index)
+                config.seed * 100_003 + phase * 10_007 + (chunk or 0) * 65_537 + batch_index)
             sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws)
             old = draw_log_probs(logits / config.temperature, sets).cpu().tolist()
             by_score = torch.gather(logits, 1, sets.flatten(1)).view(sets.shape).argsort(-1, descending=True)
@@ -304,7 +318,7 @@ def collect_rollouts(
                 })
         write_parquet_atomic(pl.DataFrame(rows), part)
         log(f"rollout batch {batch_index + 1}/{batch_count} done (rollout {phase + 1}/{config.rollout_phases})")
-    return pl.concat([read_parquet(_part_path(rollout_dir, phase, b)) for b in range(batch_count)])
+    return pl.concat([read_parquet(_part_path(rollout_dir, phase, b, chunk)) for b in range(batch_count)])
 
 
 def stored_rollouts(rollout_dir: Path) -> pl.DataFrame | None:
@@ -413,40 +427,65 @@ def _drift(policy_draws, old_draws, clip: float) -> dict[str, float]:
     }
 
 
-MEAN_STATS = ("loss", "rl", "nll", "kl", "clip_fraction", "dpo_margin")
-MAX_STATS = ("max_ratio_deviation", "max_abs_dpo_margin")
+class EpochStats:
+    """The per-step statistics of an epoch: means, maxima, and the first step's maxima (which show whether
+    a round starts on-policy: ratio 1, DPO margin 0)."""
+
+    MEAN = ("loss", "rl", "nll", "kl", "clip_fraction", "dpo_margin")
+    MAX = ("max_ratio_deviation", "max_abs_dpo_margin")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.maxima: dict[str, float] = {}
+        self.first: dict[str, float] = {}
+
+    def add(self, stats: Mapping[str, float]) -> None:
+        if not self.first:
+            self.first = {f"first_step_{k}": stats[k] for k in self.MAX if k in stats}
+        for key, value in stats.items():
+            if key in self.MAX:
+                self.maxima[key] = max(self.maxima.get(key, 0.0), value)
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def summary(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in self.MEAN if k in self.sums}
+        return {**means, **self.maxima, **self.first}
+
+
+def optimise_steps(
+    model, reference, turns, sets, old_draws, rewards, optimizer, config: RoundConfig, order, stats: EpochStats,
+) -> None:
+    """One optimisation step per ``batch_size`` turns, visiting ``turns`` (with their rollouts) in ``order``."""
+    import torch
+
+    model.eval()  # no dropout: the policy is the same function as the sampler and the reference
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start:start + config.batch_size]
+        batch = [turns[i] for i in idx]
+        loss, step = batch_loss(model, reference, batch, sets[idx], old_draws[idx], rewards[idx], config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        stats.add(step | {"loss": float(loss.detach())})
+
+
+def epoch_order(config: RoundConfig, epoch: int, count: int) -> np.ndarray:
+    """The seeded order an epoch visits the training turns in."""
+    return np.random.default_rng([config.seed, epoch]).permutation(count)
 
 
 def optimise_epoch(
     model, reference, turns, sets, old_draws, rewards, optimizer, config: RoundConfig, epoch: int,
 ) -> dict:
     """One pass over ``turns`` in a seeded order; returns the epoch's mean (and max) statistics."""
-    import torch
-
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(turns))
-    model.eval()  # no dropout: the policy is the same function as the sampler and the reference
-    sums: dict[str, float] = {}
-    maxima: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    first: dict[str, float] = {}
-    for start in range(0, len(order), config.batch_size):
-        idx = order[start:start + config.batch_size]
-        batch = [turns[i] for i in idx]
-        loss, stats = batch_loss(model, reference, batch, sets[idx], old_draws[idx], rewards[idx], config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        stats["loss"] = float(loss.detach())
-        if not first:
-            first = {f"first_step_{k}": stats[k] for k in MAX_STATS if k in stats}
-        for key, value in stats.items():
-            if key in MAX_STATS:
-                maxima[key] = max(maxima.get(key, 0.0), value)
-            else:
-                sums[key] = sums.get(key, 0.0) + value
-                counts[key] = counts.get(key, 0) + 1
-    return {**{k: sums[k] / counts[k] for k in MEAN_STATS if k in sums}, **maxima, **first}
+    stats = EpochStats()
+    optimise_steps(model, reference, turns, sets, old_draws, rewards, optimizer, config,
+                   epoch_order(config, epoch, len(turns)), stats)
+    return stats.summary()
 
 
 def _save_epoch(round_dir: Path, model, optimizer, curve: list[dict]) -> None:
@@ -467,12 +506,42 @@ def _resume_epoch(round_dir: Path, model, optimizer) -> list[dict]:
     return state["curve"]
 
 
+def _epoch_rollouts(model, turns, item_ids, generator, movies_for, config: RoundConfig, round_dir: Path,
+                    log, epoch: int, kept: dict):
+    """The rollouts an epoch learns from, as (rollout frame, its turns, their tensors, visiting order) one after
+    another: drawn lazily, so with ``rollout_steps`` each chunk is drawn by the policy the previous chunk's
+    steps left. Every ``rollout_every`` epochs instead, one rollout of every turn, ``kept`` for the next epochs."""
+    device = next(model.parameters()).device
+    order = epoch_order(config, epoch, len(turns))
+
+    def tensors(frame, chunk_turns):
+        return [t.to(device) for t in _rollout_tensors(frame, chunk_turns, config)]
+
+    if config.rollout_steps is None:
+        phase = epoch // config.rollout_every
+        if phase not in kept:
+            kept.clear()
+            frame = collect_rollouts(model, turns, item_ids, generator, movies_for, config, rollouts_dir(round_dir),
+                                     log, phase)
+            kept[phase] = (frame, tensors(frame, turns))
+        frame, epoch_tensors = kept[phase]
+        yield frame, turns, epoch_tensors, order
+        return
+    span = config.rollout_steps * config.batch_size
+    for chunk in range(math.ceil(len(order) / span)):
+        chunk_turns = [turns[i] for i in order[chunk * span:(chunk + 1) * span]]
+        frame = collect_rollouts(model, chunk_turns, item_ids, generator, movies_for, config, rollouts_dir(round_dir),
+                                 lambda _message: None, epoch, chunk)
+        yield frame, chunk_turns, tensors(frame, chunk_turns), np.arange(len(chunk_turns))
+
+
 def train_round(
     model, reference, turns: Sequence[AlignmentTurn], item_ids: Sequence[str], generator, movies_for: MoviesLookup,
     config: RoundConfig, round_dir: Path, log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Phase 2: rollouts with the current retriever every ``rollout_every`` epochs, one optimisation epoch
-    at a time; resumes from the last finished epoch. Returns the curve (one row per epoch)."""
+    """Phase 2: optimisation epochs on rollouts drawn by the current retriever (every ``rollout_steps`` steps
+    or every ``rollout_every`` epochs); resumes from the last finished epoch. Returns the curve (one row per
+    epoch)."""
     import torch
 
     from training.lrurec import parameter_groups
@@ -482,22 +551,20 @@ def train_round(
     curve = _resume_epoch(round_dir, model, optimizer)
     if curve:
         log(f"resuming after epoch {len(curve)} of {config.epochs}")
-    rollouts: dict[int, pl.DataFrame] = {}
-    tensors = None
+    kept: dict = {}
     for epoch in range(len(curve), config.epochs):
-        phase = epoch // config.rollout_every
-        if phase not in rollouts:
-            rollouts[phase] = collect_rollouts(model, turns, item_ids, generator, movies_for, config,
-                                               rollouts_dir(round_dir), log, phase)
-            tensors = [t.to(device) for t in _rollout_tensors(rollouts[phase], turns, config)]
+        stats, frames = EpochStats(), []
         # Nothing in an epoch draws from torch's global generator today; fork it anyway so a rerun gives
         # the same retriever whatever a layer does, without touching the caller's random state.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed + epoch)
-            row = optimise_epoch(model, reference, turns, *tensors, optimizer, config, epoch)
-        frame = rollouts[phase]
-        row = {"epoch": epoch + 1, "rollout": phase + 1, "rollout_reward": float(frame["reward"].mean()),
-               "rollout_sent": float(frame["generator_asked"].mean()), **row}
+            for frame, chunk_turns, tensors, order in _epoch_rollouts(
+                    model, turns, item_ids, generator, movies_for, config, round_dir, log, epoch, kept):
+                optimise_steps(model, reference, chunk_turns, *tensors, optimizer, config, order, stats)
+                frames.append(frame)
+        drawn = pl.concat(frames)
+        row = {"epoch": epoch + 1, "rollout": int(drawn["rollout"][0]), "rollout_reward": float(drawn["reward"].mean()),
+               "rollout_sent": float(drawn["generator_asked"].mean()), **stats.summary()}
         curve.append(row)
         _save_epoch(round_dir, model, optimizer, curve)
         log(f"epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)))
