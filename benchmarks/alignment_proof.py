@@ -160,9 +160,9 @@ def round_config(args, objective: str, seed: int):
 
     return RoundConfig(
         objective=objective, num_sets=args.num_sets, set_size=args.k, temperature=args.temperature, lr=args.lr,
-        epochs=args.epochs, rollout_every=args.rollout_every, rollout_steps=args.rollout_steps,
+        epochs=args.epochs, rollout_every=args.rollout_every, rollout_steps=args.rollout_steps or None,
         nll_weight=args.nll_weight,
-        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, grpo_clip=args.grpo_clip, grpo_kl=args.grpo_kl,
+        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, dpo_order=args.dpo_order, grpo_clip=args.grpo_clip, grpo_kl=args.grpo_kl,
         probe_turns=args.probe_turns, seed=seed,
     )
 
@@ -349,11 +349,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rollout-every", type=int, default=1)
-    parser.add_argument("--rollout-steps", type=int, default=None,
-                        help="fresh rollouts every this many steps (each step learns from its own policy's draws)")
-    parser.add_argument("--nll-weight", type=float, default=1.0)
+    parser.add_argument("--rollout-steps", type=int, default=1,
+                        help="fresh rollouts every this many steps (each step learns from its own policy's draws); "
+                        "0: every --rollout-every epochs")
+    parser.add_argument("--nll-weight", type=float, default=0.5)
     parser.add_argument("--reward-baseline", default="none", choices=["none", "retriever"])
     parser.add_argument("--dpo-beta", type=float, default=0.1)
+    parser.add_argument("--dpo-order", default="likeliest", choices=["likeliest", "drawn"])
     parser.add_argument("--grpo-clip", type=float, default=0.2)
     parser.add_argument("--grpo-kl", type=float, default=0.04)
     parser.add_argument("--probe-turns", type=int, default=None)

@@ -12,6 +12,7 @@ from training.alignment import (
     group_advantages,
     grpo_loss,
     gumbel_topk_sets,
+    likeliest_order,
     ndcg_of_ranking,
     nll_loss,
     set_log_probs,
@@ -35,6 +36,22 @@ def test_all_orderings_of_all_sets_sum_to_one():
     perms = torch.tensor([list(p) for p in itertools.permutations(range(4), 2)]).unsqueeze(0)
     total = set_log_probs(logits, perms).exp().sum().item()
     assert math.isclose(total, 1.0, rel_tol=1e-5)
+
+
+def test_likeliest_order_scores_a_set_whatever_order_it_was_drawn_in():
+    """The films sorted by score are the set's most probable order: its log-probability is the max over
+    every order of the set, the same for any permutation, and a lower bound on the set's total probability."""
+    import itertools
+
+    logits = torch.tensor([[0.0, 3.0, -1.0, 1.5, 0.5, 2.0]]) / 0.2  # peaked, as at T = 0.2
+    films = [4, 1, 3]
+    orders = torch.tensor([list(p) for p in itertools.permutations(films)]).unsqueeze(0)  # [1, 6, 3]
+    every_order = set_log_probs(logits, orders)
+    likeliest = set_log_probs(logits, likeliest_order(logits, orders))
+    assert torch.allclose(likeliest, every_order.max().expand_as(likeliest), atol=1e-6)
+    assert likeliest_order(logits, orders)[0, 0].tolist() == [1, 3, 4]
+    assert likeliest[0, 0] <= torch.logsumexp(every_order[0], 0) + 1e-6
+    assert likeliest[0, 0] >= torch.logsumexp(every_order[0], 0) - math.log(6)  # the max of 3! orders
 
 
 def test_gumbel_topk_has_no_repeats_skips_masked_and_follows_softmax():

@@ -20,6 +20,11 @@ DPO (best ``S_w`` vs worst ``S_l`` of a turn, ties skipped; ``pi_ref`` = retriev
 
     L_dpo = -log sigmoid( beta * [ (log pi(S_w) - log pi_ref(S_w)) - (log pi(S_l) - log pi_ref(S_l)) ] )
 
+The reward belongs to the set, not to the order it was drawn in (the generator sees its own shuffle), so
+each model scores a set through its likeliest order (:func:`likeliest_order`, the films sorted by that
+model's scores): a lower bound on log P(set) that is tight when the distribution is peaked, and free of
+the draw order's noise, which the drawn order's log-probability adds to every pair.
+
 GRPO (``G`` sets per turn; group-relative advantage; PPO-style clipping per draw position, since a
 set's log-probability is a sum over its ``K`` draws; ``pi_old`` = the policy that sampled)::
 
@@ -89,6 +94,13 @@ def draw_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
 def set_log_probs(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
     """log pi(S) for every set: [B, G] (sum of :func:`draw_log_probs` over the K draws)."""
     return draw_log_probs(logits, sets).sum(-1)
+
+
+def likeliest_order(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """Each set's films sorted by ``logits`` (descending, no gradient): the order in which Plackett-Luce
+    draws that set most likely. ``logits``: [B, N]; ``sets``: [B, G, K] -> [B, G, K]."""
+    scores = torch.gather(logits.detach(), 1, sets.flatten(1)).view(sets.shape)
+    return torch.gather(sets, 2, scores.argsort(-1, descending=True))
 
 
 def ndcg_of_ranking(ranking: Sequence[str], targets: Sequence[str] | set[str], k: int | None = None) -> float:

@@ -78,6 +78,9 @@ class RoundConfig:
     set_size: int = 20  # K: films per set (the generator's candidate list)
     temperature: float = 1.0  # sampling temperature of the Gumbel top-k draws
     dpo_beta: float = 0.1
+    # DPO compares sets (the generator never sees the draw order): "likeliest" scores each set through its
+    # likeliest order (its films sorted by the model's own scores); "drawn": the order it was drawn in
+    dpo_order: Literal["likeliest", "drawn"] = "likeliest"
     grpo_clip: float = 0.2
     grpo_kl: float = 0.04
     nll_weight: float = 1.0  # lambda in L = L_rl + lambda * L_nll
@@ -376,7 +379,16 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
     """
     import torch
 
-    from training.alignment import dpo_loss, dpo_pairs, draw_log_probs, group_advantages, grpo_loss, nll_loss, turn_kl
+    from training.alignment import (
+        dpo_loss,
+        dpo_pairs,
+        draw_log_probs,
+        group_advantages,
+        grpo_loss,
+        likeliest_order,
+        nll_loss,
+        turn_kl,
+    )
 
     logits = turn_logits(model, turns, config.max_len)
     targets, mask = _target_tensors(turns)
@@ -395,14 +407,17 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
         rows = torch.nonzero(keep).squeeze(1)
         if len(rows):
             pick = torch.stack([best[rows], worst[rows]], dim=1)  # [P, 2]
-            pair_sets = sets[rows.unsqueeze(1), pick]  # [P, 2, K]
-            policy_draws = draw_log_probs(scaled[rows], pair_sets)
+            pair_sets = sets[rows.unsqueeze(1), pick]  # [P, 2, K], as drawn
+            policy_sets, ref_sets = pair_sets, pair_sets
+            if config.dpo_order == "likeliest":
+                policy_sets, ref_sets = likeliest_order(scaled[rows], pair_sets), likeliest_order(ref_scaled[rows], pair_sets)
+            policy = draw_log_probs(scaled[rows], policy_sets).sum(-1)
             with torch.no_grad():
-                ref = draw_log_probs(ref_scaled[rows], pair_sets).sum(-1)
-            policy = policy_draws.sum(-1)
+                ref = draw_log_probs(ref_scaled[rows], ref_sets).sum(-1)
+                stats |= _drift(draw_log_probs(scaled[rows], pair_sets), old_draws[rows.unsqueeze(1), pick],
+                                config.grpo_clip)
             rl = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.dpo_beta)
             margin = ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])).detach()
-            stats |= _drift(policy_draws.detach(), old_draws[rows.unsqueeze(1), pick], config.grpo_clip)
             stats |= {"dpo_margin": float(margin.mean()), "max_abs_dpo_margin": float(margin.abs().max())}
         else:
             rl = logits.new_zeros(())
