@@ -12,7 +12,8 @@ costs no LLM calls:
    ranking against the turn's targets. Each set is stored with the sampler's per-draw log-probabilities
    (``pi_old`` of GRPO) and the NDCG@K of the same set in the retriever's own order (the optional
    baseline: what the generator adds). Then DPO or GRPO (see :mod:`training.alignment`) plus the NLL of
-   the targets, ``L = L_rl + lambda * L_nll``, on those turns; the round-start retriever is the reference (KL of GRPO, DPO's ``pi_ref``). Only the retriever changes.
+   the targets, ``L = L_rl + lambda * L_nll``, on those turns; the round-start retriever is the reference
+   (KL of GRPO, DPO's ``pi_ref``). Only the retriever changes.
 3. **Gate after**: the same measurement with the updated retriever, so the promotion gate
    (:mod:`training.promotion`) can compare the round with its parent turn by turn, plus the reward of
    fresh draws before and after on held-out turns.
@@ -285,7 +286,7 @@ def collect_rollouts(
     """
     import torch
 
-    from training.alignment import draw_log_probs, gumbel_topk_sets, ndcg_of_ranking
+    from training.alignment import draw_log_probs, gumbel_topk_sets, likeliest_order, ndcg_of_ranking
 
     ensure_folder(rollout_dir)
     model.eval()
@@ -302,8 +303,7 @@ def collect_rollouts(
                 config.seed * 100_003 + phase * 10_007 + (chunk or 0) * 65_537 + batch_index)
             sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws)
             old = draw_log_probs(logits / config.temperature, sets).cpu().tolist()
-            by_score = torch.gather(logits, 1, sets.flatten(1)).view(sets.shape).argsort(-1, descending=True)
-            retriever_order = torch.gather(sets, 2, by_score).cpu().tolist()
+            retriever_order = likeliest_order(logits, sets).cpu().tolist()
         sets = sets.cpu()
         sets_ids = [[[item_ids[i] for i in s] for s in turn_sets.tolist()] for turn_sets in sets]
         answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids, shuffle_seed)
