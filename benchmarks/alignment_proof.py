@@ -162,7 +162,8 @@ def round_config(args, objective: str, seed: int):
         objective=objective, num_sets=args.num_sets, set_size=args.k, temperature=args.temperature, lr=args.lr,
         epochs=args.epochs, rollout_every=args.rollout_every, rollout_steps=args.rollout_steps or None,
         nll_weight=args.nll_weight,
-        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, dpo_order=args.dpo_order, grpo_clip=args.grpo_clip, grpo_kl=args.grpo_kl,
+        reward_baseline=args.reward_baseline, dpo_beta=args.dpo_beta, dpo_order=args.dpo_order,
+        dpo_pairs=args.dpo_pairs, grpo_clip=args.grpo_clip, grpo_kl=args.grpo_kl,
         probe_turns=args.probe_turns, seed=seed,
     )
 
@@ -356,6 +357,8 @@ def main() -> None:
     parser.add_argument("--reward-baseline", default="none", choices=["none", "retriever"])
     parser.add_argument("--dpo-beta", type=float, default=0.1)
     parser.add_argument("--dpo-order", default="likeliest", choices=["likeliest", "drawn"])
+    parser.add_argument("--dpo-pairs", default="extremes", choices=["extremes", "all"],
+                        help="DPO's pairs per turn: best vs worst set, or every pair with different rewards")
     parser.add_argument("--grpo-clip", type=float, default=0.2)
     parser.add_argument("--grpo-kl", type=float, default=0.04)
     parser.add_argument("--probe-turns", type=int, default=None)

@@ -75,14 +75,38 @@ def test_ndcg_of_ranking_by_hand():
 
 
 def test_dpo_loss_by_hand():
-    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), beta=0.5)
+    # one pair: margin (-1 - -2) - (-3 - -2.5) = 1.5, loss log(1 + exp(-beta * margin))
+    prefer = torch.tensor([[[False, True], [False, False]]])
+    loss, margin = dpo_loss(torch.tensor([[-1.0, -3.0]]), torch.tensor([[-2.0, -2.5]]), prefer, beta=0.5)
     assert loss.item() == pytest.approx(math.log1p(math.exp(-0.75)), rel=1e-6)
+    assert margin.tolist() == pytest.approx([1.5])
+
+
+def test_dpo_loss_averages_each_turns_pairs_then_the_turns():
+    policy, ref = torch.randn(2, 3), torch.randn(2, 3)
+    rewards = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.2, 0.7]])
+    rows, columns, prefer = dpo_pairs(rewards, "all")
+    loss, margins = dpo_loss(policy[rows.unsqueeze(1), columns], ref[rows.unsqueeze(1), columns], prefer, beta=0.3)
+    per_turn = []
+    for b in range(2):  # brute force over ordered pairs with a strictly higher reward
+        pair_losses = [-torch.nn.functional.logsigmoid(0.3 * ((policy[b, i] - ref[b, i]) - (policy[b, j] - ref[b, j])))
+                       for i in range(3) for j in range(3) if rewards[b, i] > rewards[b, j]]
+        per_turn.append(torch.stack(pair_losses).mean())
+    assert loss.item() == pytest.approx(torch.stack(per_turn).mean().item(), rel=1e-6)
+    assert len(margins) == 3 + 2  # turn 0: 3 pairs; turn 1: 0.7 over each 0.2
 
 
 def test_dpo_pairs_skip_ties():
-    best, worst, keep = dpo_pairs(torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3]]))
-    assert best[0].item() == 1 and worst[0].item() == 0
-    assert keep.tolist() == [True, False]
+    rewards = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3], [0.4, 0.4, 0.0]])
+    rows, columns, prefer = dpo_pairs(rewards)
+    assert rows.tolist() == [0, 2]
+    assert columns[0].tolist() == [1, 0] and columns[1, 1].item() == 2
+    assert prefer.tolist() == [[[False, True], [False, False]]] * 2
+    rows, columns, prefer = dpo_pairs(rewards, "all")
+    assert rows.tolist() == [0, 2] and columns.tolist() == [[0, 1, 2]] * 2
+    assert prefer[1].tolist() == [[False, False, True], [False, False, True], [False, False, False]]  # 0.4 = 0.4: no pair
+    with pytest.raises(ValueError, match="extremes"):
+        dpo_pairs(rewards, "some")
 
 
 def test_group_advantages_by_hand():

@@ -366,6 +366,11 @@ def test_rollout_steps_is_checked():
         RoundConfig(rollout_steps=2, rollout_every=2)
 
 
+def test_dpo_pairs_is_checked():
+    with pytest.raises(ValueError, match="dpo_pairs must be 'extremes' or 'all'"):
+        RoundConfig(objective="dpo", dpo_pairs="best")
+
+
 class FirstShownFirst(PreferOneFilm):
     """A generator with pure position bias: it ranks the candidates in the order it is shown them."""
 

@@ -16,7 +16,8 @@ digit at low temperature, where a set holds nearly all the mass).
 Reward: the generator ranks the items of ``S``; ``r(S) = NDCG@K`` of that ranking against the turn's
 targets (0 when no target is in the set).
 
-DPO (best ``S_w`` vs worst ``S_l`` of a turn, ties skipped; ``pi_ref`` = retriever at round start)::
+DPO (best ``S_w`` vs worst ``S_l`` of a turn, or every pair of its sets with different rewards, each
+turn's pairs averaged; ties skipped; ``pi_ref`` = retriever at round start)::
 
     L_dpo = -log sigmoid( beta * [ (log pi(S_w) - log pi_ref(S_w)) - (log pi(S_l) - log pi_ref(S_l)) ] )
 
@@ -115,23 +116,40 @@ def ndcg_of_ranking(ranking: Sequence[str], targets: Sequence[str] | set[str], k
 
 
 def dpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float,
-) -> torch.Tensor:
-    """Mean DPO loss over pairs of set log-probabilities (all tensors [P])."""
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -F.logsigmoid(beta * margin).mean()
+    policy: torch.Tensor, ref: torch.Tensor, prefer: torch.Tensor, beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO over every preferred pair of each turn's scored sets, and the pairs' margins.
 
-
-def dpo_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best and worst set index per turn, and a mask of turns with a strict preference.
-
-    ``rewards``: [B, G]. Turns whose best and worst rewards tie carry no preference and are skipped.
+    ``policy``, ``ref``: [P, C] set log-probabilities; ``prefer``: [P, C, C], True where set ``i`` is
+    preferred to set ``j``; every turn holds at least one pair. Each turn's pairs are averaged, then the
+    turns, so a turn weighs the same whatever its number of pairs (one pair per turn: the plain mean).
     """
-    best = rewards.argmax(dim=1)
-    worst = rewards.argmin(dim=1)
-    has_preference = rewards.max(dim=1).values > rewards.min(dim=1).values
-    return best, worst, has_preference
+    log_ratio = policy - ref
+    margin = log_ratio.unsqueeze(2) - log_ratio.unsqueeze(1)  # [P, C, C]: set i over set j
+    per_pair = -F.logsigmoid(beta * margin) * prefer
+    per_turn = per_pair.sum(dim=(1, 2)) / prefer.sum(dim=(1, 2))
+    return per_turn.mean(), margin[prefer]
+
+
+def dpo_pairs(rewards: torch.Tensor, pairs: str = "extremes") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which turns and sets DPO scores, and which of those sets it prefers to which.
+
+    ``rewards``: [B, G] -> ``rows`` [P] (the turns with a strict preference: turns whose rewards all tie
+    carry none), ``columns`` [P, C] (the set indices to score) and ``prefer`` [P, C, C] (set ``i`` of the
+    row is preferred to set ``j``). ``pairs="extremes"``: the best set against the worst (C = 2);
+    ``"all"``: every pair of sets with different rewards, the higher preferred (C = G).
+    """
+    rows = torch.nonzero(rewards.max(dim=1).values > rewards.min(dim=1).values).squeeze(1)
+    kept = rewards[rows]
+    if pairs == "extremes":
+        columns = torch.stack([kept.argmax(dim=1), kept.argmin(dim=1)], dim=1)
+        prefer = torch.tensor([[False, True], [False, False]]).expand(len(rows), 2, 2)
+    elif pairs == "all":
+        columns = torch.arange(rewards.shape[1]).expand(len(rows), -1)
+        prefer = kept.unsqueeze(2) > kept.unsqueeze(1)
+    else:
+        raise ValueError(f"pairs must be 'extremes' or 'all', not {pairs!r}")
+    return rows, columns, prefer
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

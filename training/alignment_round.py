@@ -82,6 +82,9 @@ class RoundConfig:
     # DPO compares sets (the generator never sees the draw order): "likeliest" scores each set through its
     # likeliest order (its films sorted by the model's own scores); "drawn": the order it was drawn in
     dpo_order: Literal["likeliest", "drawn"] = "likeliest"
+    # DPO's pairs per turn: "extremes", its best set against its worst; "all", every pair of its G sets with
+    # different rewards (each turn's pairs averaged): more of what the generator's rankings say per turn
+    dpo_pairs: Literal["extremes", "all"] = "extremes"
     grpo_clip: float = 0.2
     grpo_kl: float = 0.04
     nll_weight: float = 1.0  # lambda in L = L_rl + lambda * L_nll
@@ -121,6 +124,8 @@ class RoundConfig:
         if self.rollout_steps is not None and (self.rollout_steps < 1 or self.rollout_every != 1):
             raise ValueError("rollout_steps must be >= 1 (optimisation steps between fresh rollouts), with "
                              "rollout_every left at 1: it draws within every epoch")
+        if self.dpo_pairs not in ("extremes", "all"):
+            raise ValueError(f"dpo_pairs must be 'extremes' or 'all', not {self.dpo_pairs!r}")
         if self.reward_baseline not in ("none", "retriever"):
             raise ValueError(f"reward_baseline must be 'none' or 'retriever', not {self.reward_baseline!r}")
 
@@ -373,7 +378,7 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
     draw temperature to the reference's (:func:`training.alignment.turn_kl`, also GRPO's penalty);
     ``clip_fraction``, the share of draws whose ratio to the sampler is outside ``1 +- grpo_clip``, and
     ``max_ratio_deviation``, ``max |ratio - 1|``, over the sets in the loss (GRPO: all; DPO: each turn's
-    pair; the nll control: the first set of each turn); for DPO ``dpo_margin`` (mean) and
+    pairs' sets; the nll control: the first set of each turn); for DPO ``dpo_margin`` (mean) and
     ``max_abs_dpo_margin``. Only the sets the loss needs are scored against the whole item table (it is
     the costly part of a step).
     """
@@ -403,21 +408,19 @@ def batch_loss(model, reference, turns, sets, old_draws, rewards, config: RoundC
             stats |= _drift(draw_log_probs(scaled, sets[:, :1]), old_draws[:, :1], config.grpo_clip)
         rl = logits.new_zeros(())
     elif config.objective == "dpo":
-        best, worst, keep = dpo_pairs(rewards)
-        rows = torch.nonzero(keep).squeeze(1)
+        rows, columns, prefer = dpo_pairs(rewards, config.dpo_pairs)
         if len(rows):
-            pick = torch.stack([best[rows], worst[rows]], dim=1)  # [P, 2]
-            pair_sets = sets[rows.unsqueeze(1), pick]  # [P, 2, K], as drawn
-            policy_sets, ref_sets = pair_sets, pair_sets
+            scored = sets[rows.unsqueeze(1), columns]  # [P, C, K], as drawn
+            policy_sets, ref_sets = scored, scored
             if config.dpo_order == "likeliest":
-                policy_sets, ref_sets = likeliest_order(scaled[rows], pair_sets), likeliest_order(ref_scaled[rows], pair_sets)
+                policy_sets, ref_sets = likeliest_order(scaled[rows], scored), likeliest_order(ref_scaled[rows], scored)
             policy = draw_log_probs(scaled[rows], policy_sets).sum(-1)
             with torch.no_grad():
                 ref = draw_log_probs(ref_scaled[rows], ref_sets).sum(-1)
-                stats |= _drift(draw_log_probs(scaled[rows], pair_sets), old_draws[rows.unsqueeze(1), pick],
+                stats |= _drift(draw_log_probs(scaled[rows], scored), old_draws[rows.unsqueeze(1), columns],
                                 config.grpo_clip)
-            rl = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], config.dpo_beta)
-            margin = ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1])).detach()
+            rl, margin = dpo_loss(policy, ref, prefer, config.dpo_beta)
+            margin = margin.detach()
             stats |= {"dpo_margin": float(margin.mean()), "max_abs_dpo_margin": float(margin.abs().max())}
         else:
             rl = logits.new_zeros(())
