@@ -28,6 +28,8 @@ Then::
 
     python benchmarks/alignment_proof.py --seeds 1,2,3 --threads 1 --json proof.json
 
+(GRPO's measured setting; DPO's: ``--objectives dpo,nll --dpo-pairs all --nll-weight 1``, docs/alignment.md.)
+
 For each seed, one round per objective (``--objectives``, default grpo, dpo and the nll control) from
 the parent on the RL fold of the ReDial learning pool
 (:class:`training.turn_pools.Folds`), each in its own folder under ``$RAR_HOME/benchmarks/alignment_proof/`` (resumable; a finished round is
