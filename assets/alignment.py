@@ -114,9 +114,10 @@ def alignment_round(context: dg.AssetExecutionContext, generator: GeneratorResou
     rewarded by NDCG; only the retriever is updated (GRPO or DPO + NLL). Resumable; a finished round
     makes no generator calls. Outputs `$RAR_HOME/alignment/rounds/<round>/` (retriever.pt, round.json,
     rollouts/). A round the gate rejects is kept for inspection; its promotion_gate check says why."""
-    from training.alignment_round import GeneratorUnavailable, align_from_tables
+    from training.alignment_round import align_from_tables
     from training.layout import round_dir, text_vectors_dir
     from training.promotion import round_parent
+    from training.rollouts import GeneratorUnavailable
 
     s = get_settings()
     parent_checkpoint, parent_round = round_parent(s.home, s.retriever_kind)

@@ -22,17 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from training.alignment_round import (  # noqa: E402
-    AlignmentTurn,
-    RoundConfig,
-    _rollout_tensors,
-    optimise_epoch,
-    run_round,
-    stored_rollouts,
-    turn_logits,
-)
+from training.alignment_round import RoundConfig, run_round  # noqa: E402
+from training.alignment_turns import AlignmentTurn, turn_logits  # noqa: E402
 from training.generator.base import Generator, RankResult  # noqa: E402
 from training.lrurec import LRURec, LRURecConfig  # noqa: E402
+from training.rollouts import stored_rollouts  # noqa: E402
+from training.round_optimisation import _rollout_tensors, optimise_epoch  # noqa: E402
 
 FAVOURITE = 7
 

@@ -93,7 +93,8 @@ MUTATIONS = [
     Mutation("gate: decides on a gate slice of any size", "training/promotion.py",
              "if len(before) < rule.min_turns:", "if False:", ("tests/test_alignment_gate.py",)),
     # --- the alignment round's RL term
-    Mutation("round: the policy runs with dropout, the sampler and the reference without", "training/alignment_round.py",
+    Mutation("round: the policy runs with dropout, the sampler and the reference without",
+             "training/round_optimisation.py",
              "model.eval()  # no dropout: the policy is the same function as the sampler and the reference",
              "model.train()",
              ("tests/test_alignment_round.py::test_policy_equals_sampler_and_reference_at_step_zero_despite_dropout",)),

@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from training.alignment_round import AlignmentTurn, GeneratorUnavailable, RoundConfig, run_round, turn_logits
+from training.alignment_round import RoundConfig, run_round
+from training.alignment_turns import AlignmentTurn, turn_logits
 from training.generator.base import Generator, RankResult, fallback
 from training.lrurec import LRURec, LRURecConfig
+from training.rollouts import GeneratorUnavailable
 
 N_ITEMS = 30
 FAVOURITE = 7  # the film the deterministic ranker always puts first
@@ -383,7 +385,7 @@ class FirstShownFirst(PreferOneFilm):
 def test_the_generator_sees_each_set_in_a_seeded_order_that_ignores_the_draw_order(tmp_path):
     import polars as pl
 
-    from training.alignment_round import shown_order
+    from training.rollouts import shown_order
 
     torch.set_num_threads(1)
     model, item_ids, turns = _setup()
@@ -411,7 +413,7 @@ def test_reward_baseline_is_the_same_set_in_the_retrievers_order(tmp_path):
     import polars as pl
 
     from training.alignment import ndcg_of_ranking
-    from training.alignment_round import _rollout_tensors
+    from training.round_optimisation import _rollout_tensors
 
     torch.set_num_threads(1)
     model, item_ids, turns = _setup()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.alignment_round import AlignmentTurn, turn_logits
+from training.alignment_turns import AlignmentTurn, turn_logits
 from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig, conversation_text
 from training.dialogue_training import DialogueTrainConfig, evaluate, fit, turn_examples
 from training.lrurec import LRURec, LRURecConfig

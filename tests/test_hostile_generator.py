@@ -13,9 +13,9 @@ import dagster as dg
 import pytest
 from llm_server import MisbehavingServer
 
-from training.alignment_round import GeneratorUnavailable
 from training.generator.base import RankRequest
 from training.generator.openai_backend import OpenAIConfig, OpenAIGenerator
+from training.rollouts import GeneratorUnavailable
 
 pytestmark = pytest.mark.hostile
 
