@@ -300,7 +300,7 @@ def main() -> None:
         per_turn = evaluate_systems(sets, retrievers, generator, lookup,
                                     popularity_counts(turns, s.alignment_datasets, s.learning_folds()),
                                     set(vocab.movie_ids), candidates=s.alignment_set_size, log=log,
-                                    generator_weight=s.pipeline_generator_weight)
+                                    generator_weight=s.pipeline_generator_weight, rerank_popularity=True)
     finally:
         generator.close()
     eval_seconds = time.monotonic() - t_eval

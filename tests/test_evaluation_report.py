@@ -363,6 +363,26 @@ def test_the_generator_order_is_fused_with_the_retrievers_at_the_weight(tmp_path
     assert row["ndcg@10"] == pytest.approx(1.0 if top[0] == C else H)
 
 
+def test_the_popularity_list_is_re_ranked_only_when_asked(tmp_path):
+    """te1 (history A, target C): the popularity list B C D ...; the generator puts C (1978) first."""
+    from training.evaluation_report import EvaluationSet, evaluate_systems
+    from training.generator.preference_backend import PreferenceGenerator
+    from training.turn_pools import CorpusLookup
+
+    paths = _write_tables(tmp_path)
+    turns = pl.DataFrame([t for t in TURNS if t["dialog_id"] == "te1"], schema=CONVERSATION_TURNS_SCHEMA)
+
+    def systems(**options):
+        per_turn = evaluate_systems(
+            [EvaluationSet("redial/test", turns, True)], {}, PreferenceGenerator("year<1980"),
+            CorpusLookup.from_parquet(paths["movie_corpus"]), Counter({B: 3, C: 2, D: 1}), set(YEARS),
+            candidates=CANDIDATES, log=lambda _: None, **options)
+        return {row["system"]: row["top10"][:3] for row in per_turn.iter_rows(named=True)}
+
+    assert systems() == {"popularity": [B, C, D]}
+    assert systems(rerank_popularity=True) == {"popularity": [B, C, D], "popularity+preference": [C, B, D]}
+
+
 def test_samples_are_seeded_and_keep_the_tables_order():
     from training.evaluation_report import evaluation_sets
 

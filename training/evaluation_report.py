@@ -133,24 +133,29 @@ def evaluate_systems(
     sets: Sequence[EvaluationSet], retrievers: dict, generator, movies_for, popularity: Counter,
     item_set: set[str], candidates: int = 20, log: Callable[[str], None] = print,
     sequence_popularity: Counter | None = None, depth: int | None = None, generator_weight: float = 1.0,
+    rerank_popularity: bool = False,
 ) -> pl.DataFrame:
     """Per-turn results of every system on every evaluation set (one frame).
 
     Each retriever ranks ``depth`` films (default: the largest k of the metrics); the generator re-orders
     its top ``candidates`` (K), fused with the retriever's order at ``generator_weight`` (1: the generator's
-    order alone), and the rest keep the retriever's order, so Recall@k beyond K is the retriever's. ``sequence_popularity`` is the popularity list of the sets without dialogue
-    (MovieLens next-item; default ``popularity``)."""
+    order alone), and the rest keep the retriever's order, so Recall@k beyond K is the retriever's. With
+    ``rerank_popularity`` it re-orders the popularity list's top K too (off by default: each re-ranked
+    system costs a generator call per turn). ``sequence_popularity`` is the popularity list of the sets
+    without dialogue (MovieLens next-item; default ``popularity``)."""
     frames = []
     protocol = Protocol(exclude_mentioned=True, in_corpus_only=True)
     depth = max(depth or max(DEFAULT_KS), candidates)
     for eval_set in sets:
         turns = eval_set.turns
         counts = popularity if (eval_set.has_dialogue and popularity) or sequence_popularity is None else sequence_popularity
-        systems = {"popularity": popularity_rankings(turns, counts, depth)}
-        for name, retriever in retrievers.items():
-            top = retriever_rankings(retriever, turns, depth)
+        ranked = {"popularity": popularity_rankings(turns, counts, depth)}
+        ranked |= {name: retriever_rankings(retriever, turns, depth) for name, retriever in retrievers.items()}
+        systems = {}
+        for name, top in ranked.items():
             systems[name] = top
-            if eval_set.has_dialogue and generator is not None:
+            rerank = name != "popularity" or rerank_popularity
+            if rerank and eval_set.has_dialogue and generator is not None:
                 reranked = generator_rankings(generator, turns, [t[:candidates] for t in top], movies_for)
                 systems[f"{name}+{generator.name}"] = [fuse_rankings(t[:candidates], r, generator_weight) + t[candidates:]
                                                        for r, t in zip(reranked, top, strict=True)]
