@@ -39,7 +39,7 @@ def _round_config():
         epochs=s.alignment_epochs, lr=s.alignment_lr, nll_weight=s.alignment_nll_weight,
         temperature=s.alignment_temperature, probe_turns=s.alignment_probe_turns, seed=s.seed,
         rollout_every=s.alignment_rollout_every, rollout_steps=s.alignment_rollout_steps,
-        reward_baseline=s.alignment_reward_baseline,
+        reward_baseline=s.alignment_reward_baseline, dpo_pairs=s.alignment_dpo_pairs,
         shuffle_candidates=s.alignment_shuffle_candidates, max_generator_requests=s.alignment_max_generator_requests,
     )
 

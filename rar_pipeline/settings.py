@@ -192,6 +192,11 @@ class Settings(BaseSettings):
         "turns of those steps (every turn still drawn once per epoch): every step learns from sets its own "
         "policy drew. Unset: every RAR_ALIGNMENT_ROLLOUT_EVERY epochs.",
     )
+    alignment_dpo_pairs: Literal["extremes", "all"] = Field(
+        default="extremes", description="DPO's pairs per turn: 'extremes', its best candidate set against its "
+        "worst; 'all', every pair of its sets with different rewards, each turn's pairs averaged (better than "
+        "'extremes' at lambda 1 in docs/alignment.md's proofs).",
+    )
     alignment_reward_baseline: Literal["none", "retriever"] = Field(
         default="none", description="'retriever': learn from the reward minus NDCG@K of the same set in the "
         "retriever's order (what the generator adds); 'none': the plain reward.",

@@ -1,4 +1,4 @@
-"""Round safeguards: RAR_ALIGNMENT_TEMPERATURE and RAR_ALIGNMENT_PROBE_TURNS reach the round config (a
+"""Round safeguards: RAR_ALIGNMENT_TEMPERATURE, RAR_ALIGNMENT_PROBE_TURNS and RAR_ALIGNMENT_DPO_PAIRS reach the round config (a
 diffuse retriever needs T < 1 to draw targets), and a retriever with non-finite weights never passes the gate."""
 
 import pydantic
@@ -13,6 +13,7 @@ from training.alignment import gumbel_topk_sets
 @pytest.mark.parametrize(("variable", "field", "default", "value", "parsed", "invalid"), [
     ("RAR_ALIGNMENT_TEMPERATURE", "temperature", 0.2, "0.25", 0.25, "0"),  # default: see the setting
     ("RAR_ALIGNMENT_PROBE_TURNS", "probe_turns", None, "64", 64, "0"),  # default: every gate turn
+    ("RAR_ALIGNMENT_DPO_PAIRS", "dpo_pairs", "extremes", "all", "all", "every"),
 ])
 def test_round_settings_reach_the_round_config(rar_home, monkeypatch, variable, field, default, value, parsed, invalid):
     assert getattr(_round_config(), field) == default
