@@ -72,6 +72,24 @@ def _rank_sets(generator, turns, sets_ids, movies_for: MoviesLookup, item_ids: S
     return [answers[i * per_turn:(i + 1) * per_turn] for i in range(len(turns))]
 
 
+def _shuffle_seed(config: RoundConfig) -> int | None:
+    """The seed of the order the generator sees drawn sets in (None: as drawn); rollouts and probes share it,
+    so the same set of the same turn is the same prompt."""
+    return config.seed if config.shuffle_candidates else None
+
+
+def _draw_sets(logits, item_ids: Sequence[str], config: RoundConfig, seed: int):
+    """G sets of K films per turn by seeded Gumbel top-k at the round's temperature: as item indices (on the
+    logits' device) and as movie ids."""
+    import torch
+
+    from training.alignment import gumbel_topk_sets
+
+    draws = torch.Generator(device=logits.device).manual_seed(seed)
+    sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws)
+    return sets, [[[item_ids[i] for i in s] for s in turn_sets] for turn_sets in sets.cpu().tolist()]
+
+
 def _part_path(rollout_dir: Path, phase: int, batch_index: int, chunk: int | None = None) -> Path:
     steps = "" if chunk is None else f"-c{chunk:04d}"
     return rollout_dir / f"part-p{phase:03d}{steps}-{batch_index:05d}.parquet"
@@ -92,12 +110,11 @@ def collect_rollouts(
     """
     import torch
 
-    from training.alignment import draw_log_probs, gumbel_topk_sets, likeliest_order, ndcg_of_ranking
+    from training.alignment import draw_log_probs, likeliest_order, ndcg_of_ranking
 
     ensure_folder(rollout_dir)
     model.eval()
     batch_count = math.ceil(len(turns) / config.rollout_batch)
-    shuffle_seed = config.seed if config.shuffle_candidates else None
     for batch_index in range(batch_count):
         part = _part_path(rollout_dir, phase, batch_index, chunk)
         if part.is_file():
@@ -105,14 +122,12 @@ def collect_rollouts(
         batch = turns[batch_index * config.rollout_batch:(batch_index + 1) * config.rollout_batch]
         with torch.no_grad():
             logits = turn_logits(model, batch, config.max_len)
-            draws = torch.Generator(device=logits.device).manual_seed(
-                config.seed * 100_003 + phase * 10_007 + (chunk or 0) * 65_537 + batch_index)
-            sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws)
+            sets, sets_ids = _draw_sets(logits, item_ids, config,
+                                        config.seed * 100_003 + phase * 10_007 + (chunk or 0) * 65_537 + batch_index)
             old = draw_log_probs(logits / config.temperature, sets).cpu().tolist()
             retriever_order = likeliest_order(logits, sets).cpu().tolist()
         sets = sets.cpu()
-        sets_ids = [[[item_ids[i] for i in s] for s in turn_sets.tolist()] for turn_sets in sets]
-        answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids, shuffle_seed)
+        answers = _rank_sets(generator, batch, sets_ids, movies_for, item_ids, _shuffle_seed(config))
         rows = []
         for b, (turn, turn_sets, turn_ids, turn_answers) in enumerate(zip(batch, sets.tolist(), sets_ids, answers)):
             target_ids = _target_ids(turn, item_ids)
@@ -153,16 +168,13 @@ def sampled_rewards(model, turns, item_ids, generator, movies_for, config: Round
     """Rewards of freshly drawn sets (G per turn) under ``model``: the round's 'after' statistics."""
     import torch
 
-    from training.alignment import gumbel_topk_sets, ndcg_of_ranking
+    from training.alignment import ndcg_of_ranking
 
     model.eval()
     with torch.no_grad():
         logits = turn_logits(model, turns, config.max_len)
-    draws = torch.Generator(device=logits.device).manual_seed(seed)
-    sets = gumbel_topk_sets(logits, config.set_size, config.num_sets, config.temperature, draws).cpu().tolist()
-    sets_ids = [[[item_ids[i] for i in s] for s in turn_sets] for turn_sets in sets]
-    shuffle_seed = config.seed if config.shuffle_candidates else None
-    answers = _rank_sets(generator, turns, sets_ids, movies_for, item_ids, shuffle_seed)
+    _, sets_ids = _draw_sets(logits, item_ids, config, seed)
+    answers = _rank_sets(generator, turns, sets_ids, movies_for, item_ids, _shuffle_seed(config))
     return np.array([
         ndcg_of_ranking(ranking, _target_ids(turn, item_ids), config.set_size)
         for turn, turn_answers in zip(turns, answers) for ranking, _, _ in turn_answers
