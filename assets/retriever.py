@@ -131,7 +131,8 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     names no film still retrieves on what the user said. Films stay tied to their text vectors; the item
     bias starts from log popularity in the turns learned from. Learns from the SFT and RL folds of the
     learning dialogues (RAR_ALIGNMENT_DATASETS), early-stopped on the SFT validation slice (never the
-    gate's). Checkpoint: $RAR_HOME/retriever/dialogue/retriever.pt."""
+    gate's); then adds the co-mention prior of those dialogues (RAR_RETRIEVER_CO_MENTION_WEIGHT).
+    Checkpoint: $RAR_HOME/retriever/dialogue/retriever.pt."""
     from training.layout import system_dir
 
     s = get_settings()
@@ -145,7 +146,8 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             "checkpoint": dg.MetadataValue.path(str(out["checkpoint"])),
             "training_turns": out["training_turns"], "val_turns": out["val_turns"],
             "best_epoch": out["best_epoch"], "epochs_run": out["epochs_run"], "seconds": out["seconds"],
-            **_metrics("val", out["val"]),
+            "co_mention_pairs": out["co_mention_pairs"],
+            **_metrics("val", out["val"]), **_metrics("val_without_co_mentions", out["val_without_co_mentions"]),
         })
     )
 
@@ -179,7 +181,7 @@ def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None)
     return train_from_tables(
         s.table_path("conversation_turns"), s.table_path("movie_corpus"), out_dir,
         store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
-        model_config={"hidden": s.retriever_hidden}, datasets=s.alignment_datasets, folds=s.learning_folds(),
+        model_config={"hidden": s.retriever_hidden, "co_mention_weight": s.retriever_co_mention_weight}, datasets=s.alignment_datasets, folds=s.learning_folds(),
         pretrained_checkpoint=pretrained if _text_tied(pretrained) else None, learn_from_rl_fold=learn_from_rl_fold,
         sequences_path=s.table_path("user_sequences"), log=log,
     )

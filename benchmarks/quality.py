@@ -23,6 +23,7 @@ earlier and targets outside the corpus excluded; a turn left without a target dr
   dialogue retriever's training turns, the best epoch on its validation slice;
 - ``lrurec``: the paper's history-only LRURec (``lrurec_sft``);
 - ``dialogue``: the dialogue-aware retriever (``dialogue_retriever``), the pipeline's default;
+- ``dialogue-no-co-mentions``: the same checkpoint without its co-mention prior (weight 0): what the prior adds;
 - each ``+embedding``: the generator re-orders the system's top K (RAR_ALIGNMENT_SET_SIZE, 20), fused with
   the system's order at RAR_PIPELINE_GENERATOR_WEIGHT (1: the generator's order alone); the rest keep the
   system's order, so Recall@K and beyond are the system's own.
@@ -50,6 +51,7 @@ sys.path.insert(0, str(REPO))
 EVAL_SETS = ("redial/test", "inspired/validation")
 METRICS = ("ndcg@10", "recall@10", "recall@20", "recall@50")
 REFERENCE = "lrurec"
+NO_PRIOR = "dialogue-no-co-mentions"  # the dialogue retriever's checkpoint with its co-mention prior off
 GENERATOR = "embedding"  # the backend that re-ranks every system's top K
 ASSETS = ["movie_corpus", "movie_vectors", "user_sequences", "conversation_turns", "lrurec_pretrained", "lrurec_sft",
           "dialogue_retriever"]
@@ -291,8 +293,9 @@ def main() -> None:
     t_baselines = time.monotonic()
     retrievers = baselines(s, vocab, text_encoder, args.threads, log)
     baseline_seconds = time.monotonic() - t_baselines
-    for name, system in ((REFERENCE, "sft"), ("dialogue", "dialogue")):
+    for name, system in ((REFERENCE, "sft"), ("dialogue", "dialogue"), (NO_PRIOR, "dialogue")):
         retrievers[name] = Retriever.from_checkpoint(checkpoint_path(s.home, system), text_encoder=text_encoder)
+    retrievers[NO_PRIOR].model.config.co_mention_weight = 0.0
     sets = [e for e in evaluation_sets(turns, None, args.max_turns or 10**9, s.seed) if e.name in EVAL_SETS]
     generator = GeneratorResource(backend=GENERATOR).make_generator()
     t_eval = time.monotonic()
@@ -305,7 +308,7 @@ def main() -> None:
         generator.close()
     eval_seconds = time.monotonic() - t_eval
     loads.append(os.getloadavg()[0])
-    order = ["popularity", "dense+pop", "query-adapter", REFERENCE, "dialogue"]
+    order = ["popularity", "dense+pop", "query-adapter", REFERENCE, NO_PRIOR, "dialogue"]
     rank = {name: i for i, name in enumerate(order)}
     rows = sorted(summary_rows(per_turn, args.n_boot, s.seed),
                   key=lambda r: (EVAL_SETS.index(r["dataset"]), _split(r["system"])[1] is not None,

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     )
     retriever_patience: int = Field(default=10, ge=1, description="Validations without a better Recall@10.")
     retriever_hidden: int = Field(default=64, ge=8, description="LRURec hidden size.")
+    retriever_co_mention_weight: float = Field(
+        default=8.0, ge=0, description="dialogue_retriever: weight of the co-mention prior (films named in the "
+        "same learning conversations as the mentioned ones); 0 leaves it out.",
+    )
     retriever_max_len: int = Field(default=200, ge=2, description="History length the retriever reads.")
     retriever_batch_size: int = Field(default=128, ge=1, description="Training batch size.")
     retriever_text_init: bool = Field(default=True, description="Items from movie_vectors (else random).")

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from training.alignment_turns import AlignmentTurn, turn_logits
-from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig, conversation_text
-from training.dialogue_training import DialogueTrainConfig, evaluate, fit, turn_examples
+from training.dialogue_retriever import (
+    DialogueRetriever,
+    DialogueRetrieverConfig,
+    co_mention_cosines,
+    conversation_text,
+)
+from training.dialogue_training import DialogueTrainConfig, dialogue_films, evaluate, fit, turn_examples
 from training.lrurec import LRURec, LRURecConfig
 from training.retriever import Retriever, export_retriever, item_text_matrix
 from training.sequences import last_item_examples
@@ -91,6 +96,54 @@ def test_training_learns_what_a_dialogue_asks_for(tmp_path):
     result = fit(model, data[0], data[1], DialogueTrainConfig(lr=1e-2, epochs=30, patience=30, batch_size=32, ks=(1, 5), best_metric="Recall@5"),
                  log=lambda _: None)
     assert before < 0.4 and result.best_metrics["Recall@5"] > 0.9
+
+
+def test_co_mention_cosines_count_each_conversation_once_and_never_pair_a_film_with_itself():
+    index, value = co_mention_cosines([[1, 2, 2], [1, 2, 3], [3], []], num_items=4)
+    pairs = {(int(a), int(b)): round(float(v), 4) for (a, b), v in zip(index.t().tolist(), value)}
+    # films 1, 2, 3 are each named in 2 conversations; 1 and 2 together in 2, 3 with either in 1
+    assert pairs == {(1, 2): 1.0, (2, 1): 1.0, (1, 3): 0.5, (3, 1): 0.5, (2, 3): 0.5, (3, 2): 0.5}
+
+
+def test_dialogue_films_gathers_every_film_of_a_dialogue_per_dataset():
+    import polars as pl
+
+    from training.sequences import ItemVocab
+
+    frame = pl.DataFrame({"dataset": ["redial", "redial", "inspired"], "dialog_id": ["1", "1", "1"],
+                          "history_movie_ids": [["a"], ["a", "b"], ["c"]], "target_movie_ids": [["b"], ["d"], ["a"]]})
+    films = sorted(sorted(row) for row in dialogue_films(frame, ItemVocab(["a", "b", "c", "d"])))
+    assert films == [[1, 2, 4], [1, 3]]  # the same dialog_id in two datasets stays two conversations
+
+
+def test_the_co_mention_prior_lifts_films_named_with_the_mentioned_ones_and_survives_export(tmp_path):
+    model = _dialogue_model()
+    model.set_co_mentions(*co_mention_cosines([[3, 17], [3, 17, 25], [8, 30]], N_ITEMS))
+    tokens = torch.tensor([[0, 3], [0, 0]])  # film 3 mentioned; a turn that names none
+    text = model.text[[9, 9]]
+    with torch.no_grad():
+        plain = model.logits(model.query(tokens, text))
+        scored = model.score_items(tokens, text)
+    lift = scored - plain
+    weight = model.config.co_mention_weight
+    torch.testing.assert_close(lift[0, [17, 25]], weight * torch.log1p(torch.tensor([1.0, 2 ** -0.5])))
+    assert lift[0].count_nonzero() == 2 and lift[1].count_nonzero() == 0  # 8 and 30 are not named with 3
+
+    path = export_retriever(model, [f"m{i}" for i in range(1, N_ITEMS + 1)], tmp_path / "retriever.pt", max_len=10)
+    loaded = Retriever.from_checkpoint(path, text_encoder=lambda texts: None)
+    assert loaded.model.config.co_mention_pairs == 8
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.score_items(tokens, text), scored)
+        loaded.model.config.co_mention_weight = 0.0  # the ablation: the same checkpoint without the prior
+        torch.testing.assert_close(loaded.model.score_items(tokens, text), plain)
+
+    saved = torch.load(path, weights_only=False)  # a checkpoint from before the prior still loads, without it
+    for key in ("co_mention_index", "co_mention_value"):
+        del saved["state"][key]
+    del saved["config"]["co_mention_pairs"]
+    torch.save(saved, tmp_path / "old.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(Retriever.from_checkpoint(tmp_path / "old.pt").model.score_items(tokens, text), plain)
 
 
 def test_turn_examples_drop_targets_already_mentioned():
@@ -237,6 +290,7 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     assert result.success
     meta = result.asset_materializations_for_node("dialogue_retriever")[0].metadata
     assert meta["training_turns"].value > 0 and 0 <= meta["val/Recall@20"].value <= 1
+    assert meta["co_mention_pairs"].value > 0 and "val_without_co_mentions/Recall@20" in meta
 
     retriever = Retriever.from_checkpoint(settings.path("retriever", "dialogue", "retriever.pt"),
                                           text_cache_dir=settings.path("text_vectors", "x").parent)

@@ -63,7 +63,7 @@ def turn_logits(model, turns: Sequence[AlignmentTurn], max_len: int):
         if any(t.text is None for t in turns):
             raise ValueError("a dialogue-aware retriever needs each turn's text vector (build_turns context_vectors)")
         text = torch.from_numpy(np.stack([t.text for t in turns])).to(device)
-    logits = model.logits(model.query(tokens, text)).float()
+    logits = model.score_items(tokens, text).float()
     mask = torch.zeros_like(logits, dtype=torch.bool)
     mask[:, 0] = True
     for row, turn in enumerate(turns):

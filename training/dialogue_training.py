@@ -78,7 +78,7 @@ def turn_examples(histories: Sequence[Sequence[int]], text: np.ndarray, targets:
 
 def masked_logits(model, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Logits [B, N + 1] with padding and each row's mentioned films at -inf."""
-    logits = model.logits(model.query(tokens, text)).float()
+    logits = model.score_items(tokens, text).float()
     logits[:, 0] = -math.inf
     return logits.scatter(1, tokens, -math.inf) if tokens.shape[1] else logits
 
@@ -181,6 +181,15 @@ def encode_turns(frame, vocab, text_encoder, model_config, max_len: int, one_per
     return turn_examples(histories, vectors, targets, max_len, one_per_target)
 
 
+def dialogue_films(frame, vocab) -> list[list[int]]:
+    """Per dialogue of ``frame``, the item indices of every film its turns mention or recommend."""
+    import polars as pl
+
+    films = (frame.select("dataset", "dialog_id", pl.concat_list("history_movie_ids", "target_movie_ids").alias("films"))
+             .explode("films").group_by("dataset", "dialog_id").agg(pl.col("films").drop_nulls().unique()))
+    return [vocab.encode(row) for row in films["films"].to_list()]
+
+
 def log_popularity(frame, vocab) -> np.ndarray:
     """[N + 1] log(1 + mentions) of every film in ``frame``'s histories and targets (row 0: padding)."""
     counts = np.zeros(len(vocab) + 1, dtype=np.float32)
@@ -207,10 +216,16 @@ def train_from_tables(
     popularity in the turns learned from, plus learned weights of film features (release-year buckets and,
     with ``sequences_path`` (user_sequences), log MovieLens popularity); with ``pretrained_checkpoint`` (a
     text-tied LRURec over the same films, e.g. lrurec_pretrained) the history encoder and the item
-    projection start from it."""
+    projection start from it. After training, the co-mention prior is counted from the same dialogues the
+    retriever learned from (:func:`training.dialogue_retriever.co_mention_cosines`)."""
     import polars as pl
 
-    from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig, film_features
+    from training.dialogue_retriever import (
+        DialogueRetriever,
+        DialogueRetrieverConfig,
+        co_mention_cosines,
+        film_features,
+    )
     from training.retriever import export_retriever, item_text_matrix
     from training.sequences import ItemVocab
     from training.turn_pools import Folds
@@ -250,11 +265,16 @@ def train_from_tables(
     if len(train) == 0:
         raise ValueError(f"{turns_path}: no training turn of {list(datasets)} has a target outside its history")
     result = fit(model, train, val, config, log=log)
+    model.set_co_mentions(*co_mention_cosines(dialogue_films(train_frame, vocab), len(vocab)))
+    with_prior = evaluate(model, val, ks=config.ks)
+    log(f"co-mention prior: {model.config.co_mention_pairs} film pairs at weight {model.config.co_mention_weight}; "
+        f"val {config.best_metric} {result.best_metrics[config.best_metric]:.4f} -> {with_prior[config.best_metric]:.4f}")
     model.text_model = text_model
-    path = export_retriever(model, vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, result.best_metrics)
+    path = export_retriever(model, vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, with_prior)
     return {
         "checkpoint": path, "items": len(vocab), "training_examples": len(train), "training_turns": train_frame.height,
-        "val_turns": len(val), "val": result.best_metrics, "best_epoch": result.best_epoch,
+        "val_turns": len(val), "val": with_prior, "val_without_co_mentions": result.best_metrics,
+        "co_mention_pairs": model.config.co_mention_pairs, "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run, "seconds": result.seconds, "curve": result.curve,
     }
 

@@ -390,6 +390,11 @@ class LRURec(nn.Module):
             return hidden @ self.items.weight().t() + self.bias
         return hidden @ self.items.embed(item_ids).t() + self.bias[item_ids]
 
+    def score_items(self, tokens: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, num_items + 1] scores of every film after each row's mentioned films (``text`` unused: the
+        retriever interface shared with the dialogue-aware retriever)."""
+        return self.logits(self.query(tokens))
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.logits(self.encode(tokens))
 

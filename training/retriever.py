@@ -94,9 +94,12 @@ def load_model(saved: Mapping):
         from training.dialogue_retriever import DialogueRetriever, DialogueRetrieverConfig
 
         model = DialogueRetriever(DialogueRetrieverConfig(**saved["config"]), text)
+        # checkpoints from before the co-mention prior load without it
+        state = {"co_mention_index": model.co_mention_index, "co_mention_value": model.co_mention_value, **saved["state"]}
     else:
         model = LRURec(LRURecConfig(**saved["config"]), text)
-    model.load_state_dict(saved["state"])
+        state = saved["state"]
+    model.load_state_dict(state)
     model.text_model = saved.get("text_model")
     return model
 
@@ -173,7 +176,7 @@ class Retriever:
             if contexts is None or len(contexts) != len(histories):
                 raise ValueError("a dialogue-aware retriever needs one conversation context per history")
             text = torch.from_numpy(self.context_vectors(contexts)).to(self.device)
-        return self.model.logits(self.model.query(tokens, text))[:, 1:].float()
+        return self.model.score_items(tokens, text)[:, 1:].float()
 
     def retrieve_batch(
         self,
