@@ -147,7 +147,7 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             "training_turns": out["training_turns"], "val_turns": out["val_turns"],
             "best_epoch": out["best_epoch"], "epochs_run": out["epochs_run"], "seconds": out["seconds"],
             "co_mention_pairs": out["co_mention_pairs"],
-            **_metrics("val", out["val"]), **_metrics("val_without_co_mentions", out["val_without_co_mentions"]),
+            **_metrics("val", out["val"]), **_metrics("val_no_prior", out["val_without_co_mentions"]),
         })
     )
 

@@ -290,7 +290,7 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     assert result.success
     meta = result.asset_materializations_for_node("dialogue_retriever")[0].metadata
     assert meta["training_turns"].value > 0 and 0 <= meta["val/Recall@20"].value <= 1
-    assert meta["co_mention_pairs"].value > 0 and "val_without_co_mentions/Recall@20" in meta
+    assert meta["co_mention_pairs"].value > 0 and "val_no_prior/Recall@20" in meta
 
     retriever = Retriever.from_checkpoint(settings.path("retriever", "dialogue", "retriever.pt"),
                                           text_cache_dir=settings.path("text_vectors", "x").parent)
