@@ -112,10 +112,17 @@ def _vectors_complete(s) -> bool:
 # ----------------------------------------------------------------------------------- the two baselines
 
 
-class DenseBaseline:
-    """Training-free: cosine(conversation, film text) + w * log(1 + mentions in the learning pool)."""
+class ScoredThroughQuery:
+    """The retriever interface the pipeline scores with (``score_items``), for a baseline's query/logits."""
 
     reads_dialogue = True
+
+    def score_items(self, tokens, text):
+        return self.logits(self.query(tokens, text))
+
+
+class DenseBaseline(ScoredThroughQuery):
+    """Training-free: cosine(conversation, film text) + w * log(1 + mentions in the learning pool)."""
 
     def __init__(self, text, log_popularity, weight: float = DENSE_POPULARITY_WEIGHT):
         import torch
@@ -135,9 +142,7 @@ def query_adapter_model(text, log_popularity):
     import torch
     from torch import nn
 
-    class QueryAdapter(nn.Module):
-        reads_dialogue = True
-
+    class QueryAdapter(ScoredThroughQuery, nn.Module):
         def __init__(self):
             super().__init__()
             self.config = SimpleNamespace(max_utterances=DENSE_UTTERANCES, roles=False)

@@ -53,3 +53,30 @@ def test_paired_difference_for_a_system_named_with_a_plus(quality):
     assert 0.0 <= low <= 0.25 <= high <= 1.0  # differences are 1, 0, 0, 0: never below 0
     table = quality.markdown(list(rows.values()))
     assert "| redial/test | dense+pop | 4 | 0.6250" in table and "+0.2500 [" in table
+
+
+def test_the_baselines_rank_and_train_through_the_pipelines_scoring_path(quality):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from training.dialogue_training import DialogueTrainConfig, evaluate, fit, turn_examples
+    from training.retriever import Retriever, item_text_matrix
+
+    rng = np.random.default_rng(0)
+    films = rng.normal(size=(30, 8)).astype(np.float32)
+    text = item_text_matrix(films / np.linalg.norm(films, axis=1, keepdims=True))
+    popularity = np.zeros(31, dtype=np.float32)
+    movie_ids = [f"m{i}" for i in range(1, 31)]
+    reads_like_film_7 = text[7].numpy()[None]
+    encoder = SimpleNamespace(encode=lambda texts: reads_like_film_7)
+    dense = Retriever(quality.DenseBaseline(text, popularity), movie_ids, 10, text_encoder=encoder)
+    assert dense.retrieve([], 1, context=[{"role": "seeker", "text": "like film 7"}])[0][0] == "m7"
+
+    adapter = quality.query_adapter_model(text, popularity)
+    targets = rng.integers(1, 31, size=60)
+    data = turn_examples([[] for _ in targets], text[targets].numpy(), [[int(t)] for t in targets], 4, one_per_target=True)
+    fit(adapter, data, data, DialogueTrainConfig(epochs=1, ks=(1,), best_metric="Recall@1"), log=lambda _: None)
+    with torch.no_grad():
+        assert evaluate(adapter, data, ks=(1,))["Recall@1"] > 0.5
