@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from training.lrurec import parameter_groups
 from training.sequences import left_pad
 
 
@@ -107,15 +108,6 @@ class DialogueTrainResult:
     epochs_run: int
     seconds: float
     curve: list[dict] = field(default_factory=list)
-
-
-def parameter_groups(model, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if ("bias" in name or "layer_norm" in name or "log_text_scale" in name) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def fit(model, train: TurnExamples, val: TurnExamples, config: DialogueTrainConfig,

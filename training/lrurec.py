@@ -425,11 +425,14 @@ class LRURec(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
+NOT_DECAYED = ("bias", "layer_norm", "log_text_scale")  # the last: the dialogue retriever's text scale s
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as in the paper's code: no decay on biases and LayerNorms."""
+    """AdamW groups as in the paper's code: no decay on biases and LayerNorms (nor on a learned scale)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if ("bias" in name or "layer_norm" in name) else decay).append(param)
+        (no_decay if any(part in name for part in NOT_DECAYED) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
