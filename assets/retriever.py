@@ -181,7 +181,8 @@ def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None)
     return train_from_tables(
         s.table_path("conversation_turns"), s.table_path("movie_corpus"), out_dir,
         store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,
-        model_config={"hidden": s.retriever_hidden, "co_mention_weight": s.retriever_co_mention_weight}, datasets=s.alignment_datasets, folds=s.learning_folds(),
+        model_config={"hidden": s.retriever_hidden, "co_mention_weight": s.retriever_co_mention_weight},
+        datasets=s.alignment_datasets, folds=s.learning_folds(),
         pretrained_checkpoint=pretrained if _text_tied(pretrained) else None, learn_from_rl_fold=learn_from_rl_fold,
         sequences_path=s.table_path("user_sequences"), log=log,
     )

@@ -1,8 +1,9 @@
 """Retriever checkpoints on their own (no generator): what a round changed in the retriever itself.
 
 Beside ``alignment_gain.py`` (retriever top 20 re-ranked by a generator), this scores each checkpoint's own
-order on every turn of ReDial test (``--datasets`` for others, e.g. inspired/validation) under the zero-shot CRS protocol: NDCG@10, Recall@20, and where the first
-target sits in the top 20 when it is there (the generator sees the list in this order). No LLM call, seconds.
+order on every turn of ReDial test (``--datasets`` for others, e.g. inspired/validation) under the
+zero-shot CRS protocol: NDCG@10, Recall@10/20/50, and where the first target sits in the top 20 when it
+is there (the generator sees the list in this order). No LLM call, seconds.
 
     export RAR_HOME=/tmp/rar_sft/home   # the tables and checkpoints of the alignment_gain runs
     python benchmarks/retriever_alone.py $RAR_HOME/retriever/sft/retriever.pt \\
@@ -22,7 +23,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANDIDATES = 20
+CANDIDATES = 20  # the generator's list: where the first target sits in it
+RANKED = 50  # films ranked per turn (Recall@50)
 
 
 def main() -> None:
@@ -57,7 +59,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         baseline = None
         for path, retriever in retrievers:
-            top = retriever_rankings(retriever, test.turns, 50)
+            top = retriever_rankings(retriever, test.turns, RANKED)
             scored = per_turn_results(test.turns, top, "retriever", item_set=item_set, protocol=protocol)
             ndcg = float(scored["ndcg@10"].mean())
             baseline = baseline or ndcg
