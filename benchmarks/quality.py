@@ -3,12 +3,15 @@ lightly trained baselines, each alone and re-ranked by the `embedding` generator
 
     export RAR_HOME=/work/cache/quality/home RAR_PROFILE=full RAR_SOURCE_MIRROR=/work/shared/data \\
            DAGSTER_HOME=/work/cache/quality/dghome
-    python benchmarks/quality.py [--json quality.json] [--max-minutes M] [--threads 2]
+    python benchmarks/quality.py [--json quality.json] [--pretraining-epochs 8] [--max-minutes M] [--threads 2]
 
 From a clean RAR_HOME it first materialises, through Dagster, everything the systems need (the corpus,
 movie_vectors, user_sequences, conversation_turns, lrurec_pretrained, lrurec_sft, dialogue_retriever);
-what is already materialised is reused (delete RAR_HOME to measure from scratch). ``--max-minutes`` caps
-each training stage (RAR_RETRIEVER_MAX_MINUTES) for a quick look.
+what is already materialised is reused (delete RAR_HOME to measure from scratch). Pretraining runs a fixed
+number of epochs (``--pretraining-epochs``, RAR_RETRIEVER_EPOCHS; the full profile's own cap, 200 with early
+stopping, would take hours here), so two runs train the same steps; the other stages stop early on their
+validation slices. ``--max-minutes`` caps each training stage by wall time (RAR_RETRIEVER_MAX_MINUTES) for a
+quick look: the steps it allows vary with the machine's load, and so do the figures.
 
 Systems (every ReDial test turn and every INSPIRED dev turn, zero-shot CRS protocol: targets mentioned
 earlier and targets outside the corpus excluded; a turn left without a target drops out):
@@ -56,6 +59,7 @@ GENERATOR = "embedding"  # the backend that re-ranks every system's top K
 ASSETS = ["movie_corpus", "movie_vectors", "user_sequences", "conversation_turns", "lrurec_pretrained", "lrurec_sft",
           "dialogue_retriever"]
 DENSE_UTTERANCES, DENSE_POPULARITY_WEIGHT, ADAPTER_EPOCHS, ADAPTER_LR = 6, 0.1, 6, 1e-2
+PRETRAINING_EPOCHS = 8  # 75 iterations each over the mirror's MovieLens histories, ~5 min per epoch here
 
 
 def materialise(log) -> dict[str, float]:
@@ -92,6 +96,27 @@ def materialise(log) -> dict[str, float]:
         seconds[asset] = time.monotonic() - started
         log(f"{asset}: {seconds[asset] / 60:.1f} min")
     return seconds
+
+
+def training_budget(pretraining_epochs: int, max_minutes: float | None) -> dict[str, str]:
+    """The settings (RAR_* variables) that bound the training stages."""
+    budget = {"RAR_RETRIEVER_EPOCHS": str(pretraining_epochs)}
+    if max_minutes:
+        budget["RAR_RETRIEVER_MAX_MINUTES"] = str(max_minutes)
+    return budget
+
+
+def training_steps() -> dict[str, dict]:
+    """The epochs (and iterations) each training stage ran, from its latest materialisation's metadata."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    steps = {}
+    for asset in ("lrurec_pretrained", "lrurec_sft", "dialogue_retriever"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        steps[asset] = {key: metadata[key].value for key in ("epochs_run", "iterations", "best_epoch") if key in metadata}
+    return steps
 
 
 def _keys(defs, selection: str):
@@ -259,13 +284,15 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
-    parser.add_argument("--max-minutes", type=float, default=None, help="Training budget per stage (quick looks).")
+    parser.add_argument("--pretraining-epochs", type=int, default=PRETRAINING_EPOCHS,
+                        help="lrurec_pretrained's epochs (a fixed budget: reproducible figures).")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="Wall-time budget per training stage (quick looks; figures vary with load).")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine is shared).")
     parser.add_argument("--max-turns", type=int, default=None, help="Evaluate a seeded sample of turns per set.")
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args()
-    if args.max_minutes:
-        os.environ["RAR_RETRIEVER_MAX_MINUTES"] = str(args.max_minutes)
+    os.environ.update(training_budget(args.pretraining_epochs, args.max_minutes))
     os.environ.setdefault("RAR_RETRIEVER_THREADS", str(args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -319,9 +346,12 @@ def main() -> None:
                   key=lambda r: (EVAL_SETS.index(r["dataset"]), _split(r["system"])[1] is not None,
                                  rank.get(_split(r["system"])[0], 99)))
     total = time.monotonic() - started
+    steps = training_steps()
     print()
     print(markdown(rows))
     print()
+    print("training: " + "; ".join(f"{asset} " + ", ".join(f"{k} {v}" for k, v in ran.items())
+                                   for asset, ran in steps.items()))
     print(f"K (generator candidates) = {s.alignment_set_size}; generator weight {s.pipeline_generator_weight:g}; learning datasets {s.alignment_datasets}; "
           f"build {sum(build_seconds.values()) / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in build_seconds.items()) or 'all reused'}), "
           f"baselines {baseline_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min, total {total / 60:.1f} min; "
@@ -331,6 +361,7 @@ def main() -> None:
             "rows": rows, "k": s.alignment_set_size, "generator_weight": s.pipeline_generator_weight, "datasets": list(s.alignment_datasets),
             "seconds": {"build": build_seconds, "baselines": baseline_seconds, "evaluation": eval_seconds, "total": total},
             "load_average": loads, "cores": os.cpu_count(), "max_minutes": args.max_minutes,
+            "pretraining_epochs": args.pretraining_epochs, "training": steps,
         }, indent=2))
         log(f"wrote {args.json}")
 

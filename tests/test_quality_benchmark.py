@@ -80,3 +80,34 @@ def test_the_baselines_rank_and_train_through_the_pipelines_scoring_path(quality
     fit(adapter, data, data, DialogueTrainConfig(epochs=1, ks=(1,), best_metric="Recall@1"), log=lambda _: None)
     with torch.no_grad():
         assert evaluate(adapter, data, ks=(1,))["Recall@1"] > 0.5
+
+
+def test_pretraining_budget_is_epochs_not_wall_time(quality, monkeypatch):
+    from rar_pipeline.settings import Settings
+
+    monkeypatch.delenv("RAR_RETRIEVER_MAX_MINUTES", raising=False)
+    for name, value in quality.training_budget(quality.PRETRAINING_EPOCHS, None).items():
+        monkeypatch.setenv(name, value)
+    s = Settings(profile="full")
+    assert s.pretraining_epochs == quality.PRETRAINING_EPOCHS
+    assert s.retriever_minutes is None  # no wall-time cap unless asked: the steps do not depend on the load
+    assert quality.training_budget(3, 15.0)["RAR_RETRIEVER_MAX_MINUTES"] == "15.0"
+
+
+def test_training_steps_come_from_each_stage_latest_materialisation(quality, tmp_path, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+
+    def stage(epochs: int):
+        @dg.asset(name="lrurec_pretrained")
+        def lrurec_pretrained():
+            return dg.MaterializeResult(metadata={"epochs_run": epochs, "iterations": 75 * epochs, "users": 10})
+        return lrurec_pretrained
+
+    instance = dg.DagsterInstance.get()
+    for epochs in (3, 8):
+        assert dg.materialize([stage(epochs)], instance=instance).success
+    steps = quality.training_steps()
+    assert steps["lrurec_pretrained"] == {"epochs_run": 8, "iterations": 600}
+    assert steps["lrurec_sft"] == {} and steps["dialogue_retriever"] == {}
