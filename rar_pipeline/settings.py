@@ -132,6 +132,10 @@ class Settings(BaseSettings):
         default=8.0, ge=0, description="dialogue_retriever: weight of the co-mention prior (films named in the "
         "same learning conversations as the mentioned ones); 0 leaves it out.",
     )
+    retriever_popularity_prior: float = Field(
+        default=0.3, ge=0, description="dialogue_retriever: p x log(1 + a film's mentions in the learning "
+        "conversations) added to its bias after training; 0 leaves it out.",
+    )
     retriever_max_len: int = Field(default=200, ge=2, description="History length the retriever reads.")
     retriever_batch_size: int = Field(default=128, ge=1, description="Training batch size.")
     retriever_text_init: bool = Field(default=True, description="Items from movie_vectors (else random).")

@@ -291,6 +291,7 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     meta = result.asset_materializations_for_node("dialogue_retriever")[0].metadata
     assert meta["training_turns"].value > 0 and 0 <= meta["val/Recall@20"].value <= 1
     assert meta["co_mention_pairs"].value > 0 and "val_no_prior/Recall@20" in meta
+    assert meta["popularity_prior"].value == settings.retriever_popularity_prior
 
     retriever = Retriever.from_checkpoint(settings.path("retriever", "dialogue", "retriever.pt"),
                                           text_cache_dir=settings.path("text_vectors", "x").parent)
@@ -311,3 +312,16 @@ def test_dialogue_retriever_asset_trains_on_the_conversations_and_retrieves_on_w
     assert sft_only["training_turns"] == folds["sft_train"].height
     assert meta["training_turns"].value == folds["sft_train"].height + folds["rl"].height
     assert Retriever.from_checkpoint(sft_only["checkpoint"]).kind == "dialogue"
+
+    # the popularity prior: after training, p x log(1 + mentions in the turns learned from) joins the bias
+    from training.dialogue_training import log_popularity
+    from training.sequences import ItemVocab
+
+    monkeypatch.setenv("RAR_RETRIEVER_POPULARITY_PRIOR", "0")
+    get_settings.cache_clear()
+    without = train_dialogue_retriever(settings.home / "no-popularity-prior", learn_from_rl_fold=False)
+    vocab = ItemVocab(retriever.movie_ids)
+    popularity = torch.from_numpy(log_popularity(pl.concat([folds["sft_train"], folds["sft_validation"]]), vocab))
+    lift = Retriever.from_checkpoint(sft_only["checkpoint"]).model.bias - Retriever.from_checkpoint(without["checkpoint"]).model.bias
+    assert popularity.max() > 0
+    torch.testing.assert_close(lift.detach(), settings.retriever_popularity_prior * popularity)

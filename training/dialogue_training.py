@@ -36,6 +36,8 @@ class DialogueTrainConfig:
     seed: int = 1234
     threads: int | None = None
     ks: tuple[int, ...] = (10, 20, 50)
+    # p: after training, p x log(1 + mentions in the turns learned from) joins the item bias (best on the gate)
+    popularity_prior: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,7 +211,8 @@ def train_from_tables(
     with ``sequences_path`` (user_sequences), log MovieLens popularity); with ``pretrained_checkpoint`` (a
     text-tied LRURec over the same films, e.g. lrurec_pretrained) the history encoder and the item
     projection start from it. After training, the co-mention prior is counted from the same dialogues the
-    retriever learned from (:func:`training.dialogue_retriever.co_mention_cosines`)."""
+    retriever learned from (:func:`training.dialogue_retriever.co_mention_cosines`), and
+    ``config.popularity_prior`` x the log popularity the bias started from joins the bias."""
     import polars as pl
 
     from training.dialogue_retriever import (
@@ -247,8 +250,9 @@ def train_from_tables(
     model = DialogueRetriever(model_config, text, features)
     if pretrained_checkpoint is not None:
         _start_from_pretrained(model, pretrained_checkpoint, vocab.movie_ids, log)
+    popularity = torch.from_numpy(log_popularity(pl.concat([train_frame, pools["sft_validation"]]), vocab))
     with torch.no_grad():
-        model.bias.copy_(torch.from_numpy(log_popularity(pl.concat([train_frame, pools["sft_validation"]]), vocab)))
+        model.bias.copy_(popularity)
     started = time.monotonic()
     train = encode_turns(train_frame, vocab, text_encoder, model_config, config.max_len, one_per_target=True)
     val = encode_turns(pools["sft_validation"], vocab, text_encoder, model_config, config.max_len, one_per_target=False)
@@ -258,15 +262,19 @@ def train_from_tables(
         raise ValueError(f"{turns_path}: no training turn of {list(datasets)} has a target outside its history")
     result = fit(model, train, val, config, log=log)
     model.set_co_mentions(*co_mention_cosines(dialogue_films(train_frame, vocab), len(vocab)))
+    with torch.no_grad():  # the popularity prior, beside the co-mention prior added after training
+        model.bias.add_(config.popularity_prior * popularity)
     with_prior = evaluate(model, val, ks=config.ks)
-    log(f"co-mention prior: {model.config.co_mention_pairs} film pairs at weight {model.config.co_mention_weight}; "
+    log(f"co-mention prior: {model.config.co_mention_pairs} film pairs at weight {model.config.co_mention_weight}, "
+        f"popularity prior {config.popularity_prior}; "
         f"val {config.best_metric} {result.best_metrics[config.best_metric]:.4f} -> {with_prior[config.best_metric]:.4f}")
     model.text_model = text_model
     path = export_retriever(model, vocab.movie_ids, exported_checkpoint(out_dir), config.max_len, with_prior)
     return {
         "checkpoint": path, "items": len(vocab), "training_examples": len(train), "training_turns": train_frame.height,
         "val_turns": len(val), "val": with_prior, "val_without_co_mentions": result.best_metrics,
-        "co_mention_pairs": model.config.co_mention_pairs, "best_epoch": result.best_epoch,
+        "co_mention_pairs": model.config.co_mention_pairs, "popularity_prior": config.popularity_prior,
+        "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run, "seconds": result.seconds, "curve": result.curve,
     }
 
