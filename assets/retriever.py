@@ -131,8 +131,9 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     names no film still retrieves on what the user said. Films stay tied to their text vectors; the item
     bias starts from log popularity in the turns learned from. Learns from the SFT and RL folds of the
     learning dialogues (RAR_ALIGNMENT_DATASETS), early-stopped on the SFT validation slice (never the
-    gate's); then adds the co-mention prior of those dialogues (RAR_RETRIEVER_CO_MENTION_WEIGHT) and their
-    popularity prior (RAR_RETRIEVER_POPULARITY_PRIOR). Metadata: val/* with both priors, val_no_prior/*
+    gate's), keeping the mean of the weights of epochs 1 to the best (RAR_RETRIEVER_AVERAGE_WEIGHTS); then adds
+    the co-mention prior of those dialogues (RAR_RETRIEVER_CO_MENTION_WEIGHT) and their popularity prior
+    (RAR_RETRIEVER_POPULARITY_PRIOR). Metadata: val/* with both priors, val_no_prior/*
     without. Checkpoint: $RAR_HOME/retriever/dialogue/retriever.pt."""
     from training.layout import system_dir
 
@@ -148,6 +149,7 @@ def dialogue_retriever(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             "training_turns": out["training_turns"], "val_turns": out["val_turns"],
             "best_epoch": out["best_epoch"], "epochs_run": out["epochs_run"], "seconds": out["seconds"],
             "co_mention_pairs": out["co_mention_pairs"], "popularity_prior": out["popularity_prior"],
+            "average_weights": out["average_weights"],
             **_metrics("val", out["val"]), **_metrics("val_no_prior", out["val_without_co_mentions"]),
         })
     )
@@ -178,7 +180,8 @@ def train_dialogue_retriever(out_dir, learn_from_rl_fold: bool = True, log=None)
                               f"{embedder.model_name} (RAR_EMBEDDING_MODEL): rebuild movie_vectors with that model")
     pretrained = checkpoint_path(s.home, "pretrained")
     config = DialogueTrainConfig(epochs=s.sft_epochs, seed=s.seed, threads=s.retriever_threads,
-                                 max_minutes=s.retriever_minutes, popularity_prior=s.retriever_popularity_prior)
+                                 max_minutes=s.retriever_minutes, popularity_prior=s.retriever_popularity_prior,
+                                 average_weights=s.retriever_average_weights)
     return train_from_tables(
         s.table_path("conversation_turns"), s.table_path("movie_corpus"), out_dir,
         store.load_vectors, TextVectorCache(embedder, text_vectors_dir(s.home)), embedder.model_name, config,

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
         default=0.3, ge=0, description="dialogue_retriever: p x log(1 + a film's mentions in the learning "
         "conversations) added to its bias after training; 0 leaves it out.",
     )
+    retriever_average_weights: bool = Field(
+        default=True, description="dialogue_retriever: keep the mean of the weights of epochs 1 to the best "
+        "validation epoch (false: that epoch's own).",
+    )
     retriever_max_len: int = Field(default=200, ge=2, description="History length the retriever reads.")
     retriever_batch_size: int = Field(default=128, ge=1, description="Training batch size.")
     retriever_text_init: bool = Field(default=True, description="Items from movie_vectors (else random).")

@@ -98,6 +98,32 @@ def test_training_learns_what_a_dialogue_asks_for(tmp_path):
     assert before < 0.4 and result.best_metrics["Recall@5"] > 0.9
 
 
+def test_training_keeps_the_mean_of_the_weights_of_epochs_one_to_the_best():
+    rng = np.random.default_rng(2)
+    model = _dialogue_model(seed=2)
+    rotation = torch.from_numpy(np.linalg.qr(rng.normal(size=(DIM, DIM)))[0].astype(np.float32))
+    targets = rng.integers(1, N_ITEMS + 1, size=300)
+    text = (model.text[targets] @ rotation).numpy()  # the plain cosine misses: validation rises epoch after epoch
+    data = [turn_examples([[] for _ in targets[s]], text[s], [[int(t)] for t in targets[s]], 5, one_per_target=True)
+            for s in (slice(0, 200), slice(200, 300))]
+    epoch_weights = []
+
+    def snapshot(message):  # the log line after each epoch: the model then holds that epoch's own weights
+        if message.startswith("epoch ") and not message.startswith("epoch 0"):
+            epoch_weights.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    config = DialogueTrainConfig(lr=1e-2, epochs=4, patience=10, batch_size=32, ks=(5,), best_metric="Recall@5")
+    result = fit(model, data[0], data[1], config, log=snapshot)
+    kept = epoch_weights[: result.best_epoch]
+    assert result.best_epoch >= 2 and len(epoch_weights) == 4
+    assert result.best_epoch == 1 + int(np.argmax([row["Recall@5"] for row in result.curve[1:]]))  # the epochs' own
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(w[name] for w in kept) / len(kept))
+    assert not torch.equal(model.query_delta.weight, kept[-1]["query_delta.weight"])  # not the last epoch's own
+    assert result.best_metrics == evaluate(model, data[1], ks=(5,))
+
+
 def test_co_mention_cosines_count_each_conversation_once_and_never_pair_a_film_with_itself():
     index, value = co_mention_cosines([[1, 2, 2], [1, 2, 3], [3], []], num_items=4)
     pairs = {(int(a), int(b)): round(float(v), 4) for (a, b), v in zip(index.t().tolist(), value)}

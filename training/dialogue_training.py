@@ -6,6 +6,12 @@ softmax cross-entropy over the whole item table with the turn's mentioned films 
 the ranking the retriever is evaluated on; one scored position per example, so the full softmax
 over 82k films costs batch x items. Validation after every epoch on a slice of dialogues that is
 neither trained on nor the promotion gate's; the best epoch by validation Recall@20 is kept.
+
+With ``average_weights`` (the default) the weights kept are not the best epoch's own but the mean of
+the weights at the end of epochs 1..best (stochastic weight averaging up to the early-stopping point,
+``torch.optim.swa_utils.AveragedModel``): the retriever overfits within two or three epochs, and the mean
+of those epochs ranks better than any one of them on the promotion gate's slice (docs/evaluation.md,
+"Weight averaging"). The selection is the same: the epochs' own validation figures.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class DialogueTrainConfig:
     ks: tuple[int, ...] = (10, 20, 50)
     # p: after training, p x log(1 + mentions in the turns learned from) joins the item bias (best on the gate)
     popularity_prior: float = 0.3
+    average_weights: bool = True  # keep the mean of epochs 1..best, not the best epoch's own weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,8 +121,9 @@ class DialogueTrainResult:
 
 def fit(model, train: TurnExamples, val: TurnExamples, config: DialogueTrainConfig,
         log: Callable[[str], None] | None = None) -> DialogueTrainResult:
-    """Train in place; on return ``model`` holds the best validation epoch's weights."""
-    import torch.nn.functional as F
+    """Train in place; on return ``model`` holds the best validation epoch's weights, or with
+    ``config.average_weights`` the mean of the weights of epochs 1 to that one (``best_metrics``: theirs)."""
+    from torch.optim.swa_utils import AveragedModel
 
     log = log or (lambda message: print(message, flush=True))
     if config.threads:
@@ -123,6 +131,7 @@ def fit(model, train: TurnExamples, val: TurnExamples, config: DialogueTrainConf
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    averaged = AveragedModel(model) if config.average_weights else None  # the running mean of epochs 1..e
     started = time.monotonic()
     best = evaluate(model, val, ks=config.ks)
     best_state, best_epoch, bad = copy.deepcopy(model.state_dict()), 0, 0
@@ -130,35 +139,51 @@ def fit(model, train: TurnExamples, val: TurnExamples, config: DialogueTrainConf
     log(f"epoch 0 val {config.best_metric}={best.get(config.best_metric, 0):.4f} NDCG@10={best.get('NDCG@10', 0):.4f}")
     epoch = 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = rng.permutation(len(train))
-        total, steps = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start:start + config.batch_size]
-            tokens = torch.from_numpy(train.tokens[idx])
-            logits = masked_logits(model, tokens, torch.from_numpy(train.text[idx]))
-            loss = F.cross_entropy(logits, torch.from_numpy(train.targets[idx, 0]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
+        loss = _train_epoch(model, optimizer, train, rng, config.batch_size)
+        if averaged is not None:
+            averaged.update_parameters(model)
         metrics = evaluate(model, val, ks=config.ks)
         elapsed = time.monotonic() - started
-        curve.append({"epoch": epoch, "seconds": elapsed, "loss": total / max(steps, 1), **metrics})
+        curve.append({"epoch": epoch, "seconds": elapsed, "loss": loss, **metrics})
         improved = metrics[config.best_metric] > best[config.best_metric]
         if improved:
-            best, best_state, best_epoch, bad = metrics, copy.deepcopy(model.state_dict()), epoch, 0
+            best, best_epoch, bad = metrics, epoch, 0
+            best_state = copy.deepcopy((model if averaged is None else averaged.module).state_dict())
         else:
             bad += 1
-        log(f"epoch {epoch} loss={total / max(steps, 1):.4f} val {config.best_metric}={metrics[config.best_metric]:.4f} "
+        log(f"epoch {epoch} loss={loss:.4f} val {config.best_metric}={metrics[config.best_metric]:.4f} "
             f"NDCG@10={metrics.get('NDCG@10', 0):.4f} {elapsed:.0f}s{' *' if improved else ''}")
         if bad >= config.patience or (config.max_minutes and elapsed > 60 * config.max_minutes):
             break
     model.load_state_dict(best_state)
     model.eval()
+    if averaged is not None and best_epoch > 1:
+        epoch_alone, best = best, evaluate(model, val, ks=config.ks)
+        log(f"kept the mean of epochs 1-{best_epoch}: val {config.best_metric}={best[config.best_metric]:.4f} "
+            f"NDCG@10={best.get('NDCG@10', 0):.4f} (epoch {best_epoch} alone {epoch_alone[config.best_metric]:.4f} / "
+            f"{epoch_alone.get('NDCG@10', 0):.4f})")
     return DialogueTrainResult(best, best_epoch, epoch, time.monotonic() - started, curve)
+
+
+def _train_epoch(model, optimizer, train: TurnExamples, rng: np.random.Generator, batch_size: int) -> float:
+    """One pass over ``train`` in a random order; the mean loss."""
+    import torch.nn.functional as F
+
+    model.train()
+    order = rng.permutation(len(train))
+    total, steps = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        tokens = torch.from_numpy(train.tokens[idx])
+        logits = masked_logits(model, tokens, torch.from_numpy(train.text[idx]))
+        loss = F.cross_entropy(logits, torch.from_numpy(train.targets[idx, 0]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+    return total / max(steps, 1)
 
 
 # ---------------------------------------------------------------- from the pipeline's tables
@@ -274,6 +299,7 @@ def train_from_tables(
         "checkpoint": path, "items": len(vocab), "training_examples": len(train), "training_turns": train_frame.height,
         "val_turns": len(val), "val": with_prior, "val_without_co_mentions": result.best_metrics,
         "co_mention_pairs": model.config.co_mention_pairs, "popularity_prior": config.popularity_prior,
+        "average_weights": config.average_weights,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run, "seconds": result.seconds, "curve": result.curve,
     }
